@@ -1,0 +1,80 @@
+//! The command line (clap derive). Raw values only: `send.rs` resolves them.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "relayup",
+    version,
+    about = "Upload one big file fast through SSH peers on the LAN, each using its own upload bandwidth, verified by MD5 on the server",
+    after_help = "Examples:\n  relayup send release.iso\n  relayup send build.tar --dest build-2026-11-22.tar --json\n  relayup send big.img --dry-run\n  relayup peers check"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Upload FILE to the server through the configured peers.
+    Send(SendArgs),
+    /// Inspect the configured peers.
+    Peers {
+        #[command(subcommand)]
+        command: PeersCommand,
+    },
+    /// The peer side, started over SSH by `send` (JSON lines on stdin/stdout).
+    #[command(hide = true)]
+    Relay,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PeersCommand {
+    /// Check every peer (reachable, host key, login, relayup version) and the merge login.
+    Check {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// One JSON object per line on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StrategyArg {
+    /// Many parts in a shared queue: fast hosts carry more.
+    Adaptive,
+    /// Exactly one part per host (the classic split).
+    Equal,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// The file to upload.
+    pub file: PathBuf,
+    /// Config file [default: $RELAYUP_CONFIG, then ~/.config/relayup/peers.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Name of the file on the server, inside server.url's directory [default: FILE's name].
+    #[arg(long, value_name = "NAME")]
+    pub dest: Option<std::ffi::OsString>,
+    /// How parts are cut and handed out.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Adaptive)]
+    pub strategy: StrategyArg,
+    /// Part size for `adaptive`, e.g. 32MiB [default: from file size and host count, 8-64 MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub part_size: Option<String>,
+    /// Replace the destination if it already exists.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// JSON lines on stdout: start, progress, part_done, merged, done.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress display; print only the result.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Print the plan and exit without sending anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}

@@ -1,0 +1,442 @@
+//! peers.toml and the command line, resolved once into validated [`Settings`].
+//! Nothing touches the network before this succeeds.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::protocol::ServerSpec;
+use crate::secret::Secret;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    merge: RawMerge,
+    #[serde(default)]
+    ssh: RawSsh,
+    #[serde(default, rename = "peer")]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    url: String,
+    user: String,
+    password_env: Option<String>,
+    password_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMerge {
+    host: String,
+    user: String,
+    dir: String,
+    port: Option<u16>,
+    identity: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    identity: Option<String>,
+    known_hosts: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    host: String,
+    user: Option<String>,
+    port: Option<u16>,
+    identity: Option<String>,
+    relayup: Option<String>,
+    staging: Option<String>,
+}
+
+/// One SSH login: a peer's, or the merge login on the server.
+#[derive(Clone, Debug)]
+pub struct Login {
+    /// Name used in every message: the peer's name, or `server`.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// Private key file; `None` = every identity in ssh-agent, then ~/.ssh/id_*.
+    pub identity: Option<PathBuf>,
+}
+
+impl Login {
+    /// `name (user@host:port)` for messages.
+    pub fn describe(&self) -> String {
+        format!("{} ({}@{}:{})", self.name, self.user, self.host, self.port)
+    }
+}
+
+/// A LAN peer that runs `relayup relay` and uploads its share.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub login: Login,
+    /// How to start relayup on the peer (`relayup` on its PATH by default).
+    pub relayup: String,
+    /// Staging directory on the peer; `None` = `~/.cache/relayup`.
+    pub staging: Option<String>,
+}
+
+/// The server-side login that merges parts and checks the MD5.
+#[derive(Clone, Debug)]
+pub struct Merge {
+    pub login: Login,
+    /// Filesystem path of `server.url`'s directory, as seen by the merge login.
+    pub dir: String,
+}
+
+/// Everything a send needs, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The file the settings came from, for messages.
+    pub path: PathBuf,
+    /// Where parts are uploaded, and with which credentials.
+    pub server: ServerSpec,
+    /// The SSH login on the server used to merge and verify.
+    pub merge: Merge,
+    /// known_hosts file every SSH host key is checked against.
+    pub known_hosts: PathBuf,
+    /// The LAN peers, in config order.
+    pub peers: Vec<Peer>,
+}
+
+/// Which config file to read: `--config`, else `$RELAYUP_CONFIG`, else
+/// `$XDG_CONFIG_HOME/relayup/peers.toml` (`~/.config/relayup/peers.toml`).
+pub fn config_path(cli: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = cli {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("RELAYUP_CONFIG").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => home()?.join(".config"),
+    };
+    Ok(base.join("relayup").join("peers.toml"))
+}
+
+pub fn home() -> Result<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("HOME is not set; set it or give full paths in the config"))
+}
+
+/// Expands a leading `~/` to the home directory.
+pub fn expand(p: &str) -> Result<PathBuf> {
+    match p.strip_prefix("~/") {
+        Some(rest) => Ok(home()?.join(rest)),
+        None if p == "~" => home(),
+        None => Ok(PathBuf::from(p)),
+    }
+}
+
+/// Reads and validates the config file.
+pub fn load(path: &Path) -> Result<Settings> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read config {}; create it from peers.example.toml or pass --config",
+            path.display()
+        )
+    })?;
+    parse(&text, path)
+}
+
+/// Parses config text; `path` is only used in messages and for permission checks.
+pub fn parse(text: &str, path: &Path) -> Result<Settings> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                format!(":{line}")
+            })
+            .unwrap_or_default();
+        anyhow!("{}{at}: {}", path.display(), e.message().trim())
+    })?;
+    let at = |field: &str| format!("{}: {field}", path.display());
+
+    let server = server_spec(&raw.server, path).with_context(|| at("[server]"))?;
+
+    let known_hosts = expand(raw.ssh.known_hosts.as_deref().unwrap_or("~/.ssh/known_hosts"))?;
+    let default_identity = raw.ssh.identity.as_deref().map(expand).transpose()?;
+
+    let m = &raw.merge;
+    nonempty(&m.host, "merge.host").with_context(|| at("[merge]"))?;
+    nonempty(&m.user, "merge.user").with_context(|| at("[merge]"))?;
+    if !m.dir.starts_with('/') {
+        bail!("{}: merge.dir {:?} must be an absolute path on the server", path.display(), m.dir);
+    }
+    let merge = Merge {
+        login: Login {
+            name: "server".into(),
+            host: m.host.clone(),
+            port: m.port.unwrap_or(22),
+            user: m.user.clone(),
+            identity: m.identity.as_deref().map(expand).transpose()?.or(default_identity.clone()),
+        },
+        dir: match m.dir.trim_end_matches('/') {
+            "" => "/".to_string(),
+            d => d.to_string(),
+        },
+    };
+
+    let mut peers: Vec<Peer> = Vec::new();
+    for (i, p) in raw.peers.iter().enumerate() {
+        let ctx = || at(&format!("peer #{} ({:?})", i + 1, p.name));
+        valid_name(&p.name).with_context(ctx)?;
+        if peers.iter().any(|q| q.login.name == p.name) {
+            bail!("{}: two peers are named {:?}; peer names must be unique", path.display(), p.name);
+        }
+        nonempty(&p.host, "host").with_context(ctx)?;
+        let user = match &p.user {
+            Some(u) => u.clone(),
+            None => std::env::var("USER").map_err(|_| anyhow!("no user given and $USER is not set")).with_context(ctx)?,
+        };
+        if let Some(s) = &p.staging {
+            if s.is_empty() || s.contains('\n') {
+                Err(anyhow!("staging must be a directory path")).with_context(ctx)?;
+            }
+        }
+        peers.push(Peer {
+            login: Login {
+                name: p.name.clone(),
+                host: p.host.clone(),
+                port: p.port.unwrap_or(22),
+                user,
+                identity: p.identity.as_deref().map(expand).transpose()?.or(default_identity.clone()),
+            },
+            relayup: p.relayup.clone().unwrap_or_else(|| "relayup".into()),
+            staging: p.staging.clone(),
+        });
+    }
+
+    Ok(Settings {
+        path: path.to_path_buf(),
+        server,
+        merge,
+        known_hosts,
+        peers,
+    })
+}
+
+fn nonempty(v: &str, field: &str) -> Result<()> {
+    if v.trim().is_empty() {
+        bail!("{field} is empty");
+    }
+    if v.contains(['\r', '\n', '\0']) {
+        bail!("{field} contains a line break or NUL");
+    }
+    Ok(())
+}
+
+fn valid_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && name != "local";
+    if !ok {
+        bail!("peer name {name:?} must be 1-64 letters, digits, '.', '_' or '-' (and not \"local\")");
+    }
+    Ok(())
+}
+
+fn server_spec(raw: &RawServer, config: &Path) -> Result<ServerSpec> {
+    let (scheme, host, port, dir) = parse_url(&raw.url)?;
+    nonempty(&raw.user, "user")?;
+    let password = match (&raw.password_env, &raw.password_file) {
+        (Some(_), Some(_)) => bail!("give password_env or password_file, not both"),
+        (Some(var), None) => {
+            let v = std::env::var(var).map_err(|_| {
+                anyhow!("password_env names ${var}, which is not set; export it before running relayup")
+            })?;
+            Some(Secret::new(v))
+        }
+        (None, Some(file)) => Some(read_password_file(&expand(file)?)?),
+        (None, None) if scheme == "sftp" => None,
+        (None, None) => bail!("{scheme}:// needs a password: set password_env or password_file"),
+    };
+    let _ = config;
+    Ok(ServerSpec {
+        scheme,
+        host,
+        port,
+        dir,
+        user: raw.user.clone(),
+        password,
+        host_key: None,
+    })
+}
+
+fn read_password_file(path: &Path) -> Result<Secret> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("password_file {}: cannot read it", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "password_file {} is readable by others; run: chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("password_file {}: cannot read it", path.display()))?;
+    let pw = text.strip_suffix('\n').unwrap_or(&text);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    if pw.is_empty() {
+        bail!("password_file {} is empty", path.display());
+    }
+    Ok(Secret::new(pw))
+}
+
+/// Splits `scheme://host[:port]/path` (no user or password in the URL: they have
+/// their own keys). The path is taken literally as an absolute directory.
+pub fn parse_url(url: &str) -> Result<(String, String, u16, String)> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| anyhow!("url {url:?} must look like ftp://host/dir, ftps://host/dir or sftp://host/dir"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "ftp" | "ftps" => 21,
+        "sftp" => 22,
+        other => bail!("url scheme {other:?} is not supported; use ftp://, ftps:// or sftp://"),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    if authority.contains('@') {
+        bail!("url must not contain a user or password; use server.user and password_env/password_file");
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(|| anyhow!("url {url:?}: unclosed '['"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| anyhow!("url {url:?}: bad port {p:?}"))?,
+            None if after.is_empty() => default_port,
+            None => bail!("url {url:?}: unexpected {after:?} after the address"),
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| anyhow!("url {url:?}: bad port {p:?}"))?),
+            None => (authority.to_string(), default_port),
+        }
+    };
+    if host.is_empty() {
+        bail!("url {url:?} has no host");
+    }
+    if path.contains(['\r', '\n', '\0']) {
+        bail!("url {url:?}: the path contains a line break or NUL");
+    }
+    let dir = path.trim_end_matches('/');
+    let dir = if dir.is_empty() { "/" } else { dir };
+    Ok((scheme, host, port, dir.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[server]
+url = "sftp://srv.example/up"
+user = "deploy"
+[merge]
+host = "srv.example"
+user = "deploy"
+dir = "/srv/up"
+"#;
+
+    #[test]
+    fn minimal_config() {
+        let s = parse(MIN, Path::new("t.toml")).unwrap();
+        assert_eq!(s.server.scheme, "sftp");
+        assert_eq!(s.server.port, 22);
+        assert_eq!(s.server.dir, "/up");
+        assert!(s.server.password.is_none());
+        assert_eq!(s.merge.login.port, 22);
+        assert!(s.peers.is_empty());
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        // Every example .toml in the repo must load (with its password variable set).
+        std::env::set_var("RELAYUP_SERVER_PASSWORD", "example");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut seen = 0;
+        for entry in std::fs::read_dir(root).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") && p.file_name().unwrap() != "Cargo.toml" {
+                let s = load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                assert!(!s.peers.is_empty(), "{} shows peers", p.display());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "peers.example.toml is in the repo");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = MIN.replace("user = \"deploy\"\n[merge]", "user = \"deploy\"\npasword = \"x\"\n[merge]");
+        let err = format!("{:#}", parse(&text, Path::new("t.toml")).unwrap_err());
+        assert!(err.contains("pasword"), "{err}");
+        assert!(err.contains("t.toml:"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let cases = [
+            (MIN.replace("sftp://srv.example/up", "http://x/y"), "scheme"),
+            (MIN.replace("sftp://srv.example/up", "ftp://x/y"), "needs a password"),
+            (MIN.replace("sftp://srv.example/up", "sftp://u:p@x/y"), "must not contain a user"),
+            (MIN.replace("dir = \"/srv/up\"", "dir = \"srv/up\""), "absolute"),
+            (format!("{MIN}\n[[peer]]\nname = \"a b\"\nhost = \"h\"\nuser = \"u\"\n"), "peer name"),
+            (format!("{MIN}\n[[peer]]\nname = \"local\"\nhost = \"h\"\nuser = \"u\"\n"), "peer name"),
+            (
+                format!("{MIN}\n[[peer]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\n[[peer]]\nname = \"a\"\nhost = \"h2\"\nuser = \"u\"\n"),
+                "unique",
+            ),
+            (
+                MIN.replace("user = \"deploy\"\n[merge]", "user = \"deploy\"\npassword_env = \"RELAYUP_TEST_UNSET_VAR\"\n[merge]"),
+                "RELAYUP_TEST_UNSET_VAR",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = format!("{:#}", parse(&text, Path::new("t.toml")).unwrap_err());
+            assert!(err.contains(want), "expected {want:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("ftp://h/a/b/").unwrap(), ("ftp".into(), "h".into(), 21, "/a/b".into()));
+        assert_eq!(parse_url("FTPS://h:990").unwrap(), ("ftps".into(), "h".into(), 990, "/".into()));
+        assert_eq!(parse_url("sftp://[::1]:2222/x").unwrap(), ("sftp".into(), "::1".into(), 2222, "/x".into()));
+        assert!(parse_url("ftp://h:notaport/x").is_err());
+        assert!(parse_url("ftp:///x").is_err());
+        assert!(parse_url("h/x").is_err());
+    }
+
+    #[test]
+    fn password_file_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = format!("{:#}", read_password_file(&f).unwrap_err());
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password_file(&f).unwrap().expose(), "s3cret");
+    }
+}

@@ -1,0 +1,38 @@
+//! relayup: upload one big file through SSH peers on the LAN, in parallel, and prove
+//! with MD5 on the server that it arrived whole.
+
+mod check;
+mod cli;
+mod config;
+mod error;
+mod merge;
+mod peer;
+mod plan;
+mod progress;
+mod protocol;
+mod quote;
+mod relay;
+mod schedule;
+mod secret;
+mod send;
+mod size;
+mod ssh;
+mod transport;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Send(args) => send::run(args),
+        cli::Command::Peers {
+            command: cli::PeersCommand::Check { config, json },
+        } => check::run(config.as_deref(), json),
+        cli::Command::Relay => relay::run().map(|_| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => error::report(&err),
+    }
+}

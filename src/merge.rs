@@ -1,0 +1,144 @@
+//! The server side of the end: over the `[merge]` SSH login, parts are appended to one
+//! temp file in index order *as they arrive* and hashed in the same pass, so only the
+//! last part is left to merge when the transfer ends. Then the MD5 is compared with the
+//! source's and the file is renamed into place.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ssh2::Session;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::JoinHandle;
+
+use crate::config::Settings;
+use crate::quote::sh;
+use crate::ssh::{self, Trust};
+
+/// The merge login, checked and with the temp dir created.
+pub fn prepare(settings: &Settings, dest: &str, upload_id: &str, overwrite: bool) -> Result<Session> {
+    let m = &settings.merge;
+    let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)?;
+    let script = format!(
+        "cd -- {dir} 2>/dev/null || exit 10\n\
+         [ -w . ] || exit 11\n\
+         if [ -e {dest} ] && [ {ow} != 1 ]; then exit 12; fi\n\
+         command -v md5sum >/dev/null 2>&1 || exit 13\n\
+         mkdir -p -m 700 {tmp} || exit 14\n",
+        dir = sh(&m.dir),
+        dest = sh(dest),
+        ow = u8::from(overwrite),
+        tmp = sh(&format!(".relayup-{upload_id}")),
+    );
+    let out = ssh::run(&session, &script)?;
+    let who = m.login.describe();
+    match out.status {
+        0 => Ok(session),
+        10 => bail!("{who}: merge.dir {} does not exist there; fix merge.dir in {}", m.dir, settings.path.display()),
+        11 => bail!("{who}: {} is not writable by {}; fix its permissions or merge.user", m.dir, m.login.user),
+        12 => Err(anyhow!(
+            "{who}: {}/{dest} already exists; pass --overwrite to replace it, or --dest to choose another name",
+            m.dir
+        ))
+        .context(crate::error::Code::Usage),
+        13 => bail!("{who}: md5sum is not installed on the server (coreutils)"),
+        s => bail!("{who}: preparing {} failed (exit {s}): {}", m.dir, out.stderr.trim()),
+    }
+}
+
+/// Appends parts in order on the server while the transfer goes on.
+pub struct Feeder {
+    tx: Sender<usize>,
+    handle: JoinHandle<Result<(Session, String, u64)>>,
+}
+
+impl Feeder {
+    pub fn start(session: Session, dir: &str, upload_id: &str, parts: usize, size: u64) -> Result<(Feeder, Sender<usize>)> {
+        let tmp = format!("{}/.relayup-{upload_id}", dir.trim_end_matches('/'));
+        // Names come from us (`<n>.part`), one per line, in index order.
+        let script = format!(
+            "cd -- {} || exit 1\n\
+             while IFS= read -r n; do cat -- \"$n\" || exit 1; done | tee merged.tmp | md5sum\n\
+             wc -c < merged.tmp\n",
+            sh(&tmp)
+        );
+        let mut ch = session.channel_session().context("opening the merge channel")?;
+        ch.exec(&format!("sh -c {}", sh(&script))).context("starting the merge")?;
+        let (tx, rx): (Sender<usize>, Receiver<usize>) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || -> Result<(Session, String, u64)> {
+            let mut ready = BTreeSet::new();
+            let mut next = 0usize;
+            for index in rx {
+                ready.insert(index);
+                while ready.remove(&next) {
+                    ch.write_all(format!("{next}.part\n").as_bytes())
+                        .context("feeding the merge on the server")?;
+                    ch.flush()?;
+                    next += 1;
+                }
+                if next == parts {
+                    break;
+                }
+            }
+            if next != parts {
+                bail!("merge stopped: only {next} of {parts} parts arrived");
+            }
+            ch.send_eof()?;
+            // The server still has to append the parts that came last: allow for a slow disk.
+            let secs = (size / (20 << 20)).max(120);
+            session.set_timeout((secs * 1000).min(u32::MAX as u64) as u32);
+            let mut out = String::new();
+            let mut err = String::new();
+            ch.read_to_string(&mut out).context("reading the merge result")?;
+            ch.stderr().read_to_string(&mut err).ok();
+            ch.wait_close().ok();
+            let mut lines = out.lines();
+            let md5 = lines.next().and_then(|l| l.split_whitespace().next()).unwrap_or_default().to_string();
+            let merged_size: u64 = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or(u64::MAX);
+            if md5.len() != 32 {
+                bail!("merge on the server failed: {}", err.trim());
+            }
+            if !err.trim().is_empty() {
+                bail!("merge on the server failed: {}", err.trim());
+            }
+            session.set_timeout(ssh::IO_TIMEOUT.as_millis() as u32);
+            Ok((session, md5, merged_size))
+        });
+        Ok((Feeder { tx: tx.clone(), handle }, tx))
+    }
+
+    /// Waits for the last parts to be appended; returns the session, the server's MD5
+    /// and size of the merged file.
+    pub fn finish(self) -> Result<(Session, String, u64)> {
+        drop(self.tx);
+        self.handle.join().map_err(|_| anyhow!("merge thread panicked"))?
+    }
+}
+
+/// Moves the verified file into place and removes the temp dir.
+pub fn commit(session: &Session, dir: &str, upload_id: &str, dest: &str, overwrite: bool) -> Result<()> {
+    let tmp = format!(".relayup-{upload_id}");
+    let script = format!(
+        "cd -- {dir} || exit 1\n\
+         if [ -e {dest} ] && [ {ow} != 1 ]; then exit 12; fi\n\
+         mv -f -- {merged} {dest} || exit 1\n\
+         rm -rf -- {tmp}\n",
+        dir = sh(dir),
+        dest = sh(dest),
+        ow = u8::from(overwrite),
+        merged = sh(&format!("{tmp}/merged.tmp")),
+        tmp = sh(&tmp),
+    );
+    let out = ssh::run(session, &script)?;
+    match out.status {
+        0 => Ok(()),
+        12 => Err(anyhow!("{dir}/{dest} appeared on the server during the send; pass --overwrite to replace it"))
+            .context(crate::error::Code::Usage),
+        s => bail!("moving the merged file into place failed (exit {s}): {}", out.stderr.trim()),
+    }
+}
+
+/// Removes the temp dir (after a failure the user chose not to resume).
+pub fn remove_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> {
+    let script = format!("cd -- {} && rm -rf -- {}", sh(dir), sh(&format!(".relayup-{upload_id}")));
+    ssh::run_ok(session, &script, "removing the temp dir").map(|_| ())
+}

@@ -1,0 +1,289 @@
+//! The client's side of one LAN peer: an SSH session that runs `relayup relay`, stages
+//! parts on the peer over SFTP, asks the relay to upload them, and follows its events.
+
+use anyhow::{anyhow, bail, Context, Result};
+use md5::{Digest, Md5};
+use ssh2::{Channel, ExtendedData, Session, Sftp};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use crate::config::Peer;
+use crate::plan::Part;
+use crate::progress::Progress;
+use crate::protocol::{self, Event, Request, PROTOCOL};
+use crate::quote;
+use crate::relay::HashingReader;
+use crate::schedule::{Next, Scheduler};
+use crate::ssh::{self, Trust};
+use crate::transport::sftp::write_file;
+
+/// A part fails this many times on one peer before the peer is dropped.
+const MAX_PART_FAILURES: usize = 3;
+
+pub struct PeerLink {
+    pub peer: Peer,
+    session: Session,
+    channel: Channel,
+    events: BufReader<ssh2::Stream>,
+    sftp: Sftp,
+    /// Absolute staging directory on the peer.
+    pub staging: String,
+    /// relayup version the peer runs.
+    pub version: String,
+    /// The relay's last lines of stderr, for error messages.
+    diag: VecDeque<String>,
+}
+
+impl PeerLink {
+    /// Connects, starts the relay, and sends it `hello`. Fails with the reason the peer
+    /// cannot take part (unreachable, host key, auth, no relayup, cannot reach the server).
+    pub fn open(peer: &Peer, known_hosts: &Path, hello: &Request) -> Result<PeerLink> {
+        let session = ssh::connect(&peer.login, Trust::KnownHosts(known_hosts), None)?;
+        let mut channel = session.channel_session().context("opening an SSH channel")?;
+        // One stream for stdout and stderr: a relay's stderr can never fill its window.
+        channel
+            .handle_extended_data(ExtendedData::Merge)
+            .context("merging the relay's stderr")?;
+        let script = format!("exec {} relay", quote::sh_home(&peer.relayup));
+        channel
+            .exec(&format!("sh -c {}", quote::sh(&script)))
+            .context("starting relayup on the peer")?;
+        let events = BufReader::new(channel.stream(0));
+        let sftp = session.sftp().context("starting SFTP on the peer")?;
+        let mut link = PeerLink {
+            peer: peer.clone(),
+            session,
+            channel,
+            events,
+            sftp,
+            staging: String::new(),
+            version: String::new(),
+            diag: VecDeque::new(),
+        };
+        link.send(hello)?;
+        match link.next_event()? {
+            Event::Ready {
+                version,
+                protocol,
+                staging,
+            } => {
+                if protocol != PROTOCOL {
+                    bail!(
+                        "relayup {version} there speaks protocol {protocol}, this relayup {} speaks {PROTOCOL}; install the same version",
+                        env!("CARGO_PKG_VERSION")
+                    );
+                }
+                link.version = version;
+                link.staging = staging;
+                Ok(link)
+            }
+            Event::Error { message, .. } => Err(anyhow!("{message}")),
+            other => bail!("relay sent {other:?} before ready"),
+        }
+        .with_context(|| link_name(peer))
+    }
+
+    fn send(&mut self, req: &Request) -> Result<()> {
+        self.channel
+            .write_all(protocol::to_line(req).as_bytes())
+            .and_then(|_| self.channel.flush())
+            .with_context(|| format!("{}: the relay stopped reading", link_name(&self.peer)))
+    }
+
+    /// The next event from the relay; its non-JSON output is kept for error messages.
+    pub fn next_event(&mut self) -> Result<Event> {
+        loop {
+            let line = protocol::read_line(&mut self.events)
+                .with_context(|| format!("{}: reading relay events", link_name(&self.peer)))?;
+            let Some(line) = line else {
+                let _ = self.channel.wait_close();
+                let status = self.channel.exit_status().unwrap_or(-1);
+                let diag: Vec<_> = self.diag.iter().cloned().collect();
+                let hint = if status == 127 {
+                    format!(
+                        "; relayup was not found there: install it on the peer or set `relayup = \"/path/to/relayup\"` for peer {:?}",
+                        self.peer.login.name
+                    )
+                } else {
+                    String::new()
+                };
+                bail!(
+                    "relay exited (status {status}){}{hint}",
+                    if diag.is_empty() { String::new() } else { format!(": {}", diag.join(" | ")) }
+                );
+            };
+            if line.starts_with('{') {
+                return protocol::parse_event(&line);
+            }
+            if self.diag.len() == 5 {
+                self.diag.pop_front();
+            }
+            self.diag.push_back(line);
+        }
+    }
+
+    /// Copies the part's byte range to the peer's staging dir over SFTP, hashing it.
+    fn stage(&mut self, source: &Path, part: &Part, upload_id: &str) -> Result<(String, String)> {
+        let name = format!("{upload_id}-{}", part.file_name());
+        let path = format!("{}/{name}", self.staging);
+        let mut file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
+        file.seek(SeekFrom::Start(part.offset))?;
+        let never = AtomicBool::new(false);
+        let mut reader = HashingReader {
+            inner: file.take(part.len),
+            hash: Md5::new(),
+            cancel: &never,
+        };
+        write_file(&self.sftp, Path::new(&path), &mut reader, part.len, &mut |_| {})
+            .with_context(|| format!("staging part {} at {path}", part.index))?;
+        Ok((name, format!("{:x}", reader.hash.finalize())))
+    }
+
+    /// Ends the relay: closing its stdin makes it remove what it staged and exit.
+    pub fn close(mut self) {
+        self.session.set_timeout(5_000);
+        let _ = self.channel.send_eof();
+        let mut rest = Vec::new();
+        let _ = self.events.read_to_end(&mut rest);
+        let _ = self.channel.wait_close();
+    }
+}
+
+fn link_name(peer: &Peer) -> String {
+    peer.login.describe()
+}
+
+struct InFlight {
+    part: Part,
+    md5: String,
+    bytes: u64,
+    failures: usize,
+}
+
+/// What a peer's worker needs from the send.
+pub struct Job<'a> {
+    pub host: usize,
+    pub source: &'a Path,
+    pub upload_id: &'a str,
+    pub sched: &'a Scheduler,
+    pub progress: &'a Progress,
+    /// Receives the index of every part that is complete on the server.
+    pub merged: &'a std::sync::mpsc::Sender<usize>,
+}
+
+/// Runs one peer until no part is left for it. On error, returns the parts it held
+/// so they can go to other hosts.
+pub fn drive(link: &mut PeerLink, job: &Job<'_>) -> std::result::Result<(), (anyhow::Error, Vec<Part>)> {
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let mut failures = std::collections::HashMap::<usize, usize>::new();
+    let mut stage_secs = 0.0f64;
+    let mut uploaded = 0u64;
+    let mut upload_secs = 0.0f64;
+    let mut last_event = Instant::now();
+    let fail = |e: anyhow::Error, inflight: &VecDeque<InFlight>| Err((e, inflight.iter().map(|f| f.part).collect()));
+
+    loop {
+        // Stage the next part while the relay uploads the current one, just early
+        // enough that its uplink never waits, and no earlier (a part taken too early
+        // is a part a faster host could have sent).
+        let want_next = match inflight.front() {
+            None => true,
+            Some(f) if inflight.len() == 1 => {
+                let rate = if upload_secs > 0.5 { uploaded as f64 / upload_secs } else { 0.0 };
+                let left = (f.part.len - f.bytes) as f64;
+                rate > 0.0 && left / rate <= stage_secs * 1.5 + 1.0 || rate == 0.0 && f.bytes * 2 >= f.part.len
+            }
+            Some(_) => false,
+        };
+        if want_next {
+            match job.sched.next(job.host) {
+                Next::Part(part) => {
+                    job.progress.host_state(job.host, &format!("staging part {}", part.index));
+                    let t = Instant::now();
+                    let staged = link.stage(job.source, &part, job.upload_id);
+                    let (name, md5) = match staged {
+                        Ok(v) => v,
+                        Err(e) => {
+                            inflight.push_back(InFlight { part, md5: String::new(), bytes: 0, failures: 0 });
+                            return fail(e, &inflight);
+                        }
+                    };
+                    stage_secs = t.elapsed().as_secs_f64();
+                    let req = Request::Upload { index: part.index, file: name, size: part.len, md5: md5.clone() };
+                    inflight.push_back(InFlight { part, md5, bytes: 0, failures: 0 });
+                    if let Err(e) = link.send(&req) {
+                        return fail(e, &inflight);
+                    }
+                    job.progress.host_state(job.host, &format!("uploading part {}", inflight[0].part.index));
+                    continue;
+                }
+                Next::Finished if inflight.is_empty() => {
+                    job.progress.host_state(job.host, "done");
+                    return Ok(());
+                }
+                Next::Wait if inflight.is_empty() => {
+                    job.progress.host_state(job.host, "idle");
+                    job.sched.wait(Duration::from_millis(200));
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        let ev = match link.next_event() {
+            Ok(ev) => ev,
+            Err(e) => return fail(e, &inflight),
+        };
+        let now = Instant::now();
+        let dt = now.duration_since(last_event).as_secs_f64();
+        last_event = now;
+        match ev {
+            Event::Progress { index, bytes } => {
+                if let Some(f) = inflight.iter_mut().find(|f| f.part.index == index) {
+                    uploaded += bytes.saturating_sub(f.bytes);
+                    upload_secs += dt;
+                    f.bytes = bytes;
+                    job.progress.part_progress(job.host, index, bytes);
+                }
+            }
+            Event::PartDone { index, bytes, md5 } => {
+                let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
+                    return fail(anyhow!("relay reported part {index}, which it was not given"), &inflight);
+                };
+                let f = inflight.remove(pos).expect("position is valid");
+                if md5 != f.md5 || bytes != f.part.len {
+                    inflight.push_back(f);
+                    return fail(anyhow!("relay uploaded part {index} with md5 {md5}, staged md5 was different"), &inflight);
+                }
+                uploaded += bytes.saturating_sub(f.bytes);
+                upload_secs += dt;
+                job.sched.complete(&f.part);
+                job.progress.part_done(job.host, index, bytes, &md5);
+                let _ = job.merged.send(index);
+                if let Some(next) = inflight.front() {
+                    job.progress.host_state(job.host, &format!("uploading part {}", next.part.index));
+                }
+            }
+            Event::Error { index: Some(index), message } => {
+                let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
+                    return fail(anyhow!("relay error for unknown part {index}: {message}"), &inflight);
+                };
+                let f = inflight.remove(pos).expect("position is valid");
+                let n = failures.entry(index).or_default();
+                *n += 1;
+                job.progress.part_failed(index);
+                if *n + f.failures >= MAX_PART_FAILURES {
+                    inflight.push_back(f);
+                    return fail(anyhow!("part {index} failed {MAX_PART_FAILURES} times: {message}"), &inflight);
+                }
+                job.progress.warn(&format!("{}: part {index}: {message}; sending it again", link.peer.login.name));
+                job.sched.give_back(&[f.part]);
+            }
+            Event::Error { index: None, message } => return fail(anyhow!("{message}"), &inflight),
+            Event::Ready { .. } => return fail(anyhow!("relay sent ready twice"), &inflight),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The plan: which byte ranges of the source become which parts. Pure, so it can be
+//! table-tested and printed by `--dry-run` before anything touches the network.
+
+use crate::size::human;
+
+/// How the file is cut and handed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Many parts in a shared queue; whichever host is free takes the next one.
+    Adaptive,
+    /// Exactly one part per host, the classic split.
+    Equal,
+}
+
+/// One contiguous byte range of the source, uploaded as `<index>.part`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Part {
+    /// The part's file name on peers and on the server. Generated here, never user text.
+    pub fn file_name(&self) -> String {
+        format!("{}.part", self.index)
+    }
+}
+
+const MIB: u64 = 1 << 20;
+/// Smallest default part: smaller parts spend more time on per-part round trips.
+pub const MIN_DEFAULT_PART: u64 = 8 * MIB;
+/// Largest default part: bigger parts leave a slow host with a long tail at the end.
+pub const MAX_DEFAULT_PART: u64 = 64 * MIB;
+
+/// The default part size for `adaptive`: about eight parts per host, clamped to
+/// 8–64 MiB and rounded to whole MiB.
+pub fn default_part_size(size: u64, hosts: usize) -> u64 {
+    let per = size / (hosts.max(1) as u64 * 8);
+    let rounded = per.div_ceil(MIB) * MIB;
+    rounded.clamp(MIN_DEFAULT_PART, MAX_DEFAULT_PART)
+}
+
+/// Cuts `size` bytes into parts of `part_size` (the last one shorter). A 0-byte file
+/// has no parts.
+pub fn fixed(size: u64, part_size: u64) -> Vec<Part> {
+    assert!(part_size > 0, "part size must be positive");
+    let count = size.div_ceil(part_size);
+    (0..count)
+        .map(|i| {
+            let offset = i * part_size;
+            Part {
+                index: i as usize,
+                offset,
+                len: part_size.min(size - offset),
+            }
+        })
+        .collect()
+}
+
+/// Cuts `size` bytes into `hosts` parts whose lengths differ by at most one byte; fewer
+/// parts when there are fewer bytes than hosts (no empty parts).
+pub fn equal(size: u64, hosts: usize) -> Vec<Part> {
+    let n = (hosts.max(1) as u64).min(size);
+    if n == 0 {
+        return Vec::new();
+    }
+    let base = size / n;
+    let extra = size % n;
+    let mut offset = 0;
+    (0..n)
+        .map(|i| {
+            let len = base + u64::from(i < extra);
+            let part = Part {
+                index: i as usize,
+                offset,
+                len,
+            };
+            offset += len;
+            part
+        })
+        .collect()
+}
+
+/// A whole plan: what `--dry-run` prints and what the scheduler hands out.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub size: u64,
+    pub strategy: Strategy,
+    pub parts: Vec<Part>,
+}
+
+impl Plan {
+    pub fn new(size: u64, hosts: usize, strategy: Strategy, part_size: Option<u64>) -> Plan {
+        let parts = match strategy {
+            Strategy::Equal => equal(size, hosts),
+            Strategy::Adaptive => fixed(size, part_size.unwrap_or_else(|| default_part_size(size, hosts))),
+        };
+        Plan {
+            size,
+            strategy,
+            parts,
+        }
+    }
+
+    /// Human description, one line per part (for `--dry-run`).
+    pub fn describe(&self, hosts: &[String]) -> String {
+        let mut out = String::new();
+        let strategy = match self.strategy {
+            Strategy::Adaptive => "adaptive (shared queue: free hosts take the next part)",
+            Strategy::Equal => "equal (one part per host)",
+        };
+        out.push_str(&format!(
+            "plan: {} in {} part(s), strategy {strategy}\nhosts ({}): {}\n",
+            human(self.size),
+            self.parts.len(),
+            hosts.len(),
+            hosts.join(", ")
+        ));
+        for p in &self.parts {
+            let who = match self.strategy {
+                Strategy::Equal => hosts.get(p.index).map(String::as_str).unwrap_or("?"),
+                Strategy::Adaptive => "next free host",
+            };
+            out.push_str(&format!(
+                "  part {:>4}  bytes {}..{}  ({})  -> {who}\n",
+                p.index,
+                p.offset,
+                p.offset + p.len,
+                human(p.len)
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_covers(parts: &[Part], size: u64) {
+        let mut next = 0;
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!(p.index, i, "indexes are dense and ordered");
+            assert_eq!(p.offset, next, "no gap or overlap before part {i}");
+            assert!(p.len > 0, "no empty part");
+            next += p.len;
+        }
+        assert_eq!(next, size, "parts cover [0, size) exactly");
+    }
+
+    #[test]
+    fn equal_covers_exactly() {
+        for size in [0, 1, 2, 3, 4, 5, 7, 100, 1 << 20, (1 << 30) + 3] {
+            for hosts in 1..=9 {
+                let parts = equal(size, hosts);
+                assert_covers(&parts, size);
+                assert_eq!(parts.len() as u64, (hosts as u64).min(size));
+                let max = parts.iter().map(|p| p.len).max().unwrap_or(0);
+                let min = parts.iter().map(|p| p.len).min().unwrap_or(0);
+                assert!(max - min <= 1, "equal parts differ by at most a byte");
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_covers_exactly() {
+        let ps = 1 << 20;
+        for size in [0, 1, ps - 1, ps, ps + 1, 3 * ps, 3 * ps + 17] {
+            let parts = fixed(size, ps);
+            assert_covers(&parts, size);
+            assert!(parts.iter().all(|p| p.len <= ps));
+        }
+        assert_eq!(fixed(0, 10).len(), 0);
+        assert_eq!(fixed(10, 10).len(), 1);
+        assert_eq!(fixed(11, 10).len(), 2);
+    }
+
+    #[test]
+    fn default_part_size_is_clamped() {
+        assert_eq!(default_part_size(0, 4), MIN_DEFAULT_PART);
+        assert_eq!(default_part_size(10 << 20, 4), MIN_DEFAULT_PART);
+        assert_eq!(default_part_size(100 << 30, 4), MAX_DEFAULT_PART);
+        // 1 GiB over 4 hosts: 32 parts of 32 MiB.
+        assert_eq!(default_part_size(1 << 30, 4), 32 * MIB);
+    }
+
+    #[test]
+    fn plan_picks_by_strategy() {
+        let p = Plan::new(100, 4, Strategy::Equal, None);
+        assert_eq!(p.parts.len(), 4);
+        let p = Plan::new(100, 4, Strategy::Adaptive, Some(30));
+        assert_eq!(p.parts.len(), 4);
+        assert_eq!(p.parts[3].len, 10);
+        assert!(p.describe(&["local".into()]).contains("4 part(s)"));
+    }
+}

@@ -1,0 +1,220 @@
+//! The peer protocol: JSON lines between `relayup send` and `relayup relay`.
+//! Requests go to the relay's stdin, events come back on its stdout.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Read};
+
+use crate::secret::Secret;
+
+/// Bumped whenever a message changes shape; client and relay must agree.
+pub const PROTOCOL: u32 = 1;
+
+/// Longest line either side accepts; anything longer is an error, not an allocation.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Where and how a host uploads to the server. Sent to relays in `hello`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// `ftp`, `ftps` or `sftp`.
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    /// Upload directory as the server shows it (absolute).
+    pub dir: String,
+    pub user: String,
+    /// `None` for `sftp://` with keys.
+    pub password: Option<Secret>,
+    /// For `sftp://`: the server's host key (`type base64`) the client trusts; relays
+    /// accept no other.
+    pub host_key: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Hello {
+        protocol: u32,
+        upload_id: String,
+        server: ServerSpec,
+        /// Staging directory on the peer; `None` = `~/.cache/relayup`.
+        staging: Option<String>,
+    },
+    /// Upload the staged file `file` (a name inside the staging dir) as part `index`.
+    Upload {
+        index: usize,
+        file: String,
+        size: u64,
+        md5: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    Ready {
+        version: String,
+        protocol: u32,
+        /// Absolute staging directory, created with mode 0700.
+        staging: String,
+    },
+    Progress {
+        index: usize,
+        bytes: u64,
+    },
+    PartDone {
+        index: usize,
+        bytes: u64,
+        md5: String,
+    },
+    Error {
+        index: Option<usize>,
+        message: String,
+    },
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes; `Ok(None)` at end of input.
+pub fn read_line<R: BufRead>(reader: &mut R) -> Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = Read::take(&mut *reader, MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .context("reading a protocol line")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        if buf.len() > MAX_LINE {
+            bail!("protocol line longer than {MAX_LINE} bytes");
+        }
+        bail!("protocol line cut off before its end");
+    }
+    buf.pop();
+    String::from_utf8(buf)
+        .map(Some)
+        .context("protocol line is not UTF-8")
+}
+
+pub fn parse_request(line: &str) -> Result<Request> {
+    serde_json::from_str(line).with_context(|| format!("bad request {:?}", clip(line)))
+}
+
+pub fn parse_event(line: &str) -> Result<Event> {
+    serde_json::from_str(line).with_context(|| format!("bad event {:?}", clip(line)))
+}
+
+/// One JSON line, newline included.
+pub fn to_line<T: Serialize>(msg: &T) -> String {
+    let mut s = serde_json::to_string(msg).expect("protocol messages always serialize");
+    s.push('\n');
+    s
+}
+
+fn clip(s: &str) -> String {
+    // Never echo a whole request: it may be a hello with a password in it.
+    let head: String = s.chars().take(40).collect();
+    if s.contains("password") {
+        "(request with credentials)".into()
+    } else {
+        head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn requests_round_trip() {
+        let hello = Request::Hello {
+            protocol: PROTOCOL,
+            upload_id: "abc".into(),
+            server: ServerSpec {
+                scheme: "ftp".into(),
+                host: "h".into(),
+                port: 21,
+                dir: "/up".into(),
+                user: "u".into(),
+                password: Some(Secret::new("pw")),
+                host_key: None,
+            },
+            staging: None,
+        };
+        let line = to_line(&hello);
+        assert!(line.ends_with('\n'));
+        assert_eq!(parse_request(line.trim_end()).unwrap(), hello);
+        assert!(!format!("{hello:?}").contains("pw\""), "Debug hides the password");
+        let up = Request::Upload {
+            index: 3,
+            file: "x-3.part".into(),
+            size: 10,
+            md5: "00".into(),
+        };
+        assert_eq!(parse_request(to_line(&up).trim_end()).unwrap(), up);
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let evs = [
+            Event::Ready {
+                version: "1".into(),
+                protocol: 1,
+                staging: "/s".into(),
+            },
+            Event::Progress { index: 1, bytes: 5 },
+            Event::PartDone {
+                index: 1,
+                bytes: 5,
+                md5: "ab".into(),
+            },
+            Event::Error {
+                index: None,
+                message: "boom".into(),
+            },
+        ];
+        for ev in evs {
+            assert_eq!(parse_event(to_line(&ev).trim_end()).unwrap(), ev);
+        }
+        assert_eq!(
+            to_line(&Event::Progress { index: 2, bytes: 7 }),
+            "{\"type\":\"progress\",\"index\":2,\"bytes\":7}\n"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_and_malformed() {
+        for bad in [
+            "",
+            "{}",
+            "{\"type\":\"launch_missiles\"}",
+            "{\"type\":\"upload\",\"index\":1}",
+            "{\"type\":\"upload\",\"index\":-1,\"file\":\"a\",\"size\":1,\"md5\":\"\"}",
+            "{\"type\":\"progress\",\"index\":1,\"bytes\":2,\"extra\":3}",
+            "not json",
+        ] {
+            assert!(parse_request(bad).is_err() || parse_event(bad).is_err(), "{bad}");
+        }
+        assert!(parse_request("{\"type\":\"progress\",\"index\":1,\"bytes\":2}").is_err());
+    }
+
+    #[test]
+    fn bad_request_errors_never_echo_passwords() {
+        let err = parse_request("{\"type\":\"hello\",\"password\":\"hunter2\"").unwrap_err();
+        assert!(!format!("{err:#}").contains("hunter2"));
+    }
+
+    #[test]
+    fn line_reader_is_bounded() {
+        let mut ok = Cursor::new(b"one\ntwo\n".to_vec());
+        assert_eq!(read_line(&mut ok).unwrap().as_deref(), Some("one"));
+        assert_eq!(read_line(&mut ok).unwrap().as_deref(), Some("two"));
+        assert_eq!(read_line(&mut ok).unwrap(), None);
+        let mut long = Cursor::new(vec![b'a'; MAX_LINE + 10]);
+        assert!(read_line(&mut long).is_err());
+        let mut cut = Cursor::new(b"partial".to_vec());
+        assert!(read_line(&mut cut).is_err());
+        let mut bin = Cursor::new(b"\xff\xfe\n".to_vec());
+        assert!(read_line(&mut bin).is_err());
+    }
+}

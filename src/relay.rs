@@ -1,0 +1,290 @@
+//! `relayup relay`: the peer side. The client starts it over SSH; it reads requests
+//! on stdin, uploads staged parts to the server, and reports on stdout (DESIGN.md).
+//! Server credentials arrive on stdin and stay in memory. It exits when stdin closes,
+//! removing whatever it had staged, so a dead client never leaves it running.
+
+use anyhow::{anyhow, bail, Context, Result};
+use md5::{Digest, Md5};
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{self, Event, Request, PROTOCOL};
+use crate::transport::{self, ServerTrust, CHUNK};
+
+/// Progress events are sent at most this often per part.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
+struct Out(Arc<Mutex<std::io::Stdout>>);
+
+impl Out {
+    fn send(&self, ev: &Event) {
+        let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // If the client is gone the write fails and stdin will close too: nothing to do.
+        let _ = out.write_all(protocol::to_line(ev).as_bytes());
+        let _ = out.flush();
+    }
+
+    fn error(&self, index: Option<usize>, err: &anyhow::Error) {
+        self.send(&Event::Error {
+            index,
+            message: format!("{err:#}"),
+        });
+    }
+}
+
+struct Job {
+    index: usize,
+    path: PathBuf,
+    size: u64,
+    md5: String,
+}
+
+pub fn run() -> Result<()> {
+    let out = Out(Arc::new(Mutex::new(std::io::stdout())));
+    let mut input = BufReader::new(std::io::stdin().lock());
+    let hello = match protocol::read_line(&mut input)? {
+        Some(line) => protocol::parse_request(&line)?,
+        None => return Ok(()),
+    };
+    let Request::Hello {
+        protocol: theirs,
+        upload_id,
+        server,
+        staging,
+    } = hello
+    else {
+        bail!("the first request must be hello");
+    };
+    if theirs != PROTOCOL {
+        let err = anyhow!(
+            "relayup {} on this peer speaks protocol {PROTOCOL}, the sender speaks {theirs}: install the same relayup version on both",
+            env!("CARGO_PKG_VERSION")
+        );
+        out.error(None, &err);
+        return Err(err);
+    }
+    if !upload_id.chars().all(|c| c.is_ascii_alphanumeric()) || upload_id.is_empty() {
+        bail!("bad upload id");
+    }
+    let staging = match staging_dir(staging.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            out.error(None, &e);
+            return Err(e);
+        }
+    };
+    let trust = match &server.host_key {
+        Some(k) => ServerTrust::Exact(k),
+        None if server.scheme == "sftp" => {
+            let e = anyhow!("no server host key handed over for sftp://");
+            out.error(None, &e);
+            return Err(e);
+        }
+        None => ServerTrust::Exact(""),
+    };
+    let mut uploader = match transport::connect(&server, &upload_id, trust, None) {
+        Ok((u, _)) => u,
+        Err(e) => {
+            let e = e.context("this peer cannot log in to the server");
+            out.error(None, &e);
+            return Err(e);
+        }
+    };
+    out.send(&Event::Ready {
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol: PROTOCOL,
+        staging: staging.display().to_string(),
+    });
+
+    // Three stages, so part k+1 is verified while part k uploads:
+    // stdin reader (this thread) -> verifier -> uploader.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let staged: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+    let (verify_tx, verify_rx) = mpsc::channel::<Job>();
+    let (upload_tx, upload_rx) = mpsc::channel::<Job>();
+    let verifier = {
+        let out = out.clone();
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            for job in verify_rx {
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+                match file_md5(&job.path, job.size) {
+                    Ok(md5) if md5 == job.md5 => {
+                        let _ = upload_tx.send(job);
+                    }
+                    Ok(md5) => {
+                        let _ = std::fs::remove_file(&job.path);
+                        out.error(
+                            Some(job.index),
+                            &anyhow!("staged part {} is corrupt (md5 {md5}, expected {}); stage it again", job.index, job.md5),
+                        );
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&job.path);
+                        out.error(Some(job.index), &e);
+                    }
+                }
+            }
+        })
+    };
+    let upload_thread = {
+        let out = out.clone();
+        let cancel = cancel.clone();
+        let staged = staged.clone();
+        std::thread::spawn(move || {
+            for job in upload_rx {
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+                let result = upload(&mut *uploader, &job, &out, &cancel);
+                let _ = std::fs::remove_file(&job.path);
+                staged.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p != &job.path);
+                match result {
+                    Ok(md5) => out.send(&Event::PartDone {
+                        index: job.index,
+                        bytes: job.size,
+                        md5,
+                    }),
+                    Err(e) => out.error(Some(job.index), &e),
+                }
+            }
+        })
+    };
+
+    let result = (|| -> Result<()> {
+        while let Some(line) = protocol::read_line(&mut input)? {
+            match protocol::parse_request(&line)? {
+                Request::Upload { index, file, size, md5 } => {
+                    if !valid_file_name(&file) {
+                        bail!("refusing staged file name {file:?}");
+                    }
+                    let path = staging.join(&file);
+                    staged.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
+                    let _ = verify_tx.send(Job { index, path, size, md5 });
+                }
+                Request::Hello { .. } => bail!("hello sent twice"),
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        // Stdin is broken or hostile: stop now rather than finish queued uploads.
+        cancel.store(true, Ordering::Relaxed);
+    }
+    drop(verify_tx);
+    let _ = verifier.join();
+    let _ = upload_thread.join();
+    for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Staged names are generated by the client (`<id>-<index>.part`): nothing else passes.
+fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+}
+
+/// Creates the staging directory (mode 0700) and returns its absolute path.
+fn staging_dir(requested: Option<&str>) -> Result<PathBuf> {
+    let dir = match requested {
+        Some(s) => crate::config::expand(s)?,
+        None => crate::config::home()?.join(".cache").join("relayup"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create staging dir {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot chmod 700 staging dir {}", dir.display()))?;
+    std::fs::canonicalize(&dir).with_context(|| format!("staging dir {}", dir.display()))
+}
+
+fn file_md5(path: &Path, size: u64) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("staged file {} is missing", path.display()))?;
+    let actual = f.metadata()?.len();
+    if actual != size {
+        bail!("staged file {} is {actual} bytes, expected {size}", path.display());
+    }
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Uploads one staged part, hashing what is sent: the MD5 reported is of the bytes
+/// that actually left for the server.
+fn upload(up: &mut dyn transport::Uploader, job: &Job, out: &Out, cancel: &AtomicBool) -> Result<String> {
+    let file = File::open(&job.path).with_context(|| format!("staged file {} is missing", job.path.display()))?;
+    let mut reader = HashingReader {
+        inner: file,
+        hash: Md5::new(),
+        cancel,
+    };
+    let mut last = Instant::now();
+    let index = job.index;
+    up.put(
+        &format!("{index}.part"),
+        &mut reader,
+        job.size,
+        &mut |bytes| {
+            if last.elapsed() >= PROGRESS_EVERY {
+                last = Instant::now();
+                out.send(&Event::Progress { index, bytes });
+            }
+        },
+    )?;
+    let md5 = format!("{:x}", reader.hash.finalize());
+    if md5 != job.md5 {
+        bail!("part {index} changed on this peer while uploading (md5 {md5}, expected {})", job.md5);
+    }
+    Ok(md5)
+}
+
+/// A reader that hashes what passes through and stops when cancelled.
+pub struct HashingReader<'a, R> {
+    pub inner: R,
+    pub hash: Md5,
+    pub cancel: &'a AtomicBool,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(std::io::ErrorKind::Other, "cancelled"));
+        }
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_names() {
+        for ok in ["abc-1.part", "0123abcd-99.part"] {
+            assert!(valid_file_name(ok), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "a b", "x\n", &"a".repeat(200)] {
+            assert!(!valid_file_name(bad), "{bad:?}");
+        }
+    }
+}

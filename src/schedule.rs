@@ -1,0 +1,198 @@
+//! Who sends which part next. Hosts ask for work; parts of a host that fails go back
+//! to the front of the queue for the others.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use crate::plan::{Part, Plan, Strategy};
+
+/// What a host should do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Send this part.
+    Part(Part),
+    /// Nothing to take now, but parts are in flight elsewhere and may come back.
+    Wait,
+    /// Nothing left for this host.
+    Finished,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Parts any host may take.
+    shared: VecDeque<Part>,
+    /// Parts reserved for one host (`equal`), by host number.
+    reserved: Vec<VecDeque<Part>>,
+    alive: Vec<bool>,
+    in_flight: usize,
+    done: usize,
+    total: usize,
+}
+
+pub struct Scheduler {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Scheduler {
+    /// `hosts` hosts, numbered 0..hosts; with `equal`, part i is reserved for host i.
+    pub fn new(plan: &Plan, hosts: usize) -> Scheduler {
+        let mut reserved = vec![VecDeque::new(); hosts];
+        let mut shared = VecDeque::new();
+        for part in &plan.parts {
+            match plan.strategy {
+                Strategy::Equal if part.index < hosts => reserved[part.index].push_back(*part),
+                _ => shared.push_back(*part),
+            }
+        }
+        Scheduler {
+            state: Mutex::new(State {
+                shared,
+                reserved,
+                alive: vec![true; hosts],
+                in_flight: 0,
+                done: 0,
+                total: plan.parts.len(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn next(&self, host: usize) -> Next {
+        let mut s = self.lock();
+        if !s.alive[host] || s.done == s.total {
+            return Next::Finished;
+        }
+        let part = s.reserved[host].pop_front().or_else(|| s.shared.pop_front());
+        match part {
+            Some(p) => {
+                s.in_flight += 1;
+                Next::Part(p)
+            }
+            None if s.in_flight > 0 || s.reserved.iter().any(|r| !r.is_empty()) => Next::Wait,
+            None => Next::Finished,
+        }
+    }
+
+    /// Blocks until something changes or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let s = self.lock();
+        let _ = self.changed.wait_timeout(s, timeout);
+    }
+
+    pub fn complete(&self, _part: &Part) {
+        let mut s = self.lock();
+        s.in_flight -= 1;
+        s.done += 1;
+        self.changed.notify_all();
+    }
+
+    /// Puts parts a host took but did not finish back at the front of the queue.
+    pub fn give_back(&self, parts: &[Part]) {
+        let mut s = self.lock();
+        for p in parts.iter().rev() {
+            s.in_flight -= 1;
+            s.shared.push_front(*p);
+        }
+        self.changed.notify_all();
+    }
+
+    /// The host is out: its unfinished and reserved parts go to the others.
+    pub fn host_failed(&self, host: usize, unfinished: &[Part]) {
+        self.give_back(unfinished);
+        let mut s = self.lock();
+        s.alive[host] = false;
+        let mine: Vec<Part> = s.reserved[host].drain(..).collect();
+        for p in mine.into_iter().rev() {
+            s.shared.push_front(p);
+        }
+        // Without the host, reserved parts of others stay reserved; shared parts are for all.
+        self.changed.notify_all();
+    }
+
+    pub fn all_done(&self) -> bool {
+        let s = self.lock();
+        s.done == s.total
+    }
+
+    pub fn hosts_alive(&self) -> usize {
+        self.lock().alive.iter().filter(|a| **a).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(parts: usize, strategy: Strategy) -> Plan {
+        Plan::new(parts as u64 * 10, parts, strategy, Some(10))
+    }
+
+    #[test]
+    fn adaptive_hands_out_in_order_then_finishes() {
+        let s = Scheduler::new(&plan(3, Strategy::Adaptive), 2);
+        let Next::Part(a) = s.next(0) else { panic!() };
+        let Next::Part(b) = s.next(1) else { panic!() };
+        let Next::Part(c) = s.next(0) else { panic!() };
+        assert_eq!((a.index, b.index, c.index), (0, 1, 2));
+        assert_eq!(s.next(1), Next::Wait, "parts still in flight may come back");
+        s.complete(&a);
+        s.complete(&b);
+        s.complete(&c);
+        assert_eq!(s.next(1), Next::Finished);
+        assert!(s.all_done());
+    }
+
+    #[test]
+    fn equal_reserves_one_part_per_host() {
+        let s = Scheduler::new(&plan(3, Strategy::Equal), 3);
+        let Next::Part(p) = s.next(2) else { panic!() };
+        assert_eq!(p.index, 2);
+        s.complete(&p);
+        assert_eq!(s.next(2), Next::Wait, "others still hold their parts");
+    }
+
+    #[test]
+    fn failed_host_parts_go_to_others() {
+        let s = Scheduler::new(&plan(3, Strategy::Equal), 3);
+        let Next::Part(p1) = s.next(1) else { panic!() };
+        s.host_failed(1, &[p1]);
+        assert_eq!(s.next(1), Next::Finished, "a failed host gets nothing more");
+        let Next::Part(own) = s.next(0) else { panic!() };
+        assert_eq!(own.index, 0);
+        let Next::Part(taken) = s.next(0) else { panic!() };
+        assert_eq!(taken.index, 1, "the failed host's part is reassigned");
+        assert_eq!(s.hosts_alive(), 2);
+    }
+
+    #[test]
+    fn reserved_but_untaken_parts_move_on_failure() {
+        let s = Scheduler::new(&plan(2, Strategy::Equal), 2);
+        s.host_failed(1, &[]);
+        let Next::Part(a) = s.next(0) else { panic!() };
+        let Next::Part(b) = s.next(0) else { panic!() };
+        assert_eq!((a.index, b.index), (0, 1));
+    }
+
+    #[test]
+    fn given_back_parts_come_first() {
+        let s = Scheduler::new(&plan(4, Strategy::Adaptive), 2);
+        let Next::Part(a) = s.next(0) else { panic!() };
+        let Next::Part(_b) = s.next(1) else { panic!() };
+        s.give_back(&[a]);
+        let Next::Part(again) = s.next(1) else { panic!() };
+        assert_eq!(again.index, 0);
+    }
+
+    #[test]
+    fn empty_plan_is_finished() {
+        let s = Scheduler::new(&plan(0, Strategy::Adaptive), 2);
+        assert_eq!(s.next(0), Next::Finished);
+        assert!(s.all_done());
+    }
+}

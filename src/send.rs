@@ -1,0 +1,386 @@
+//! `relayup send`: settings → pre-flight → plan → parallel transfer with the merge
+//! running alongside → verify → rename into place → report.
+
+use anyhow::{anyhow, bail, Context, Result};
+use md5::{Digest, Md5};
+use serde_json::json;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::{Instant, SystemTime};
+
+use crate::cli::{SendArgs, StrategyArg};
+use crate::config::{self, Settings};
+use crate::error::{with_code, Code};
+use crate::merge::{self, Feeder};
+use crate::peer::{self, PeerLink};
+use crate::plan::{Plan, Strategy};
+use crate::progress::{self, Mode, Progress};
+use crate::protocol::{Request, PROTOCOL};
+use crate::relay::HashingReader;
+use crate::schedule::{Next, Scheduler};
+use crate::size::parse_size;
+use crate::transport::{self, ServerTrust, Uploader};
+
+/// What the source looked like when the send started; checked again before the rename.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    size: u64,
+    mtime: Option<SystemTime>,
+}
+
+fn stamp(path: &Path) -> Result<Stamp> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok(Stamp {
+        size: meta.len(),
+        mtime: meta.modified().ok(),
+    })
+}
+
+/// The server-side name: one plain file name inside the upload directory.
+pub fn validate_dest(name: &std::ffi::OsStr) -> Result<String> {
+    let s = name
+        .to_str()
+        .ok_or_else(|| anyhow!("destination name {name:?} is not valid UTF-8; pass --dest with a UTF-8 name"))?;
+    let bad = |why: &str| Err(anyhow!("destination name {s:?} {why}; pass --dest NAME with a plain file name"));
+    if s.is_empty() {
+        return bad("is empty");
+    }
+    if s == "." || s == ".." || s.contains('/') {
+        return bad("must stay inside the upload directory (no '/', '.' or '..')");
+    }
+    if s.contains(['\r', '\n', '\0']) {
+        return bad("contains a line break or NUL");
+    }
+    if s.starts_with(".relayup-") {
+        return bad("uses relayup's own temp prefix");
+    }
+    if s.len() > 255 {
+        return bad("is longer than 255 bytes");
+    }
+    Ok(s.to_string())
+}
+
+/// Same source, destination and server give the same id, so a re-run finds its parts.
+fn upload_id(source: &Path, st: &Stamp, dest: &str, settings: &Settings) -> String {
+    let mut h = Md5::new();
+    let canonical = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+    h.update(canonical.as_os_str().as_encoded_bytes());
+    h.update(st.size.to_le_bytes());
+    if let Some(t) = st.mtime.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+        h.update(t.as_nanos().to_le_bytes());
+    }
+    for s in [dest, &settings.server.host, &settings.server.dir, &settings.merge.dir] {
+        h.update(s.as_bytes());
+        h.update([0]);
+    }
+    format!("{:x}", h.finalize())[..16].to_string()
+}
+
+pub fn run(args: SendArgs) -> Result<ExitCode> {
+    // Stage 1: everything that can be wrong without the network. Exit 2.
+    let (settings, source, st, dest, strategy, part_size) = resolve(&args).map_err(|e| with_code(e, Code::Usage))?;
+    let mut hosts = vec!["local".to_string()];
+    hosts.extend(settings.peers.iter().map(|p| p.login.name.clone()));
+    if args.dry_run {
+        let plan = Plan::new(st.size, hosts.len(), strategy, part_size);
+        print!("{}", plan.describe(&hosts));
+        println!("destination: {}/{dest} on {}://{}:{}", settings.server.dir, settings.server.scheme, settings.server.host, settings.server.port);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = upload_id(&source, &st, &dest, &settings);
+    let mode = Mode::choose(args.json, args.no_progress);
+    if settings.server.scheme == "ftp" {
+        eprintln!("relayup: warning: ftp:// sends the password and the data in clear text; prefer ftps:// or sftp://");
+    }
+
+    // Stage 2: pre-flight. The merge login and our own server login must work; a peer
+    // that fails is reported and left out.
+    let (merge_session, local, host_key) = std::thread::scope(|s| {
+        let m = s.spawn(|| merge::prepare(&settings, &dest, &id, args.overwrite));
+        let l = s.spawn(|| {
+            transport::connect(
+                &settings.server,
+                &id,
+                ServerTrust::KnownHosts(&settings.known_hosts),
+                settings.merge.login.identity.as_deref(),
+            )
+        });
+        let m = m.join().map_err(|_| anyhow!("merge pre-flight panicked"))?;
+        let l = l.join().map_err(|_| anyhow!("server pre-flight panicked"))?;
+        let m = m.context("merge login")?;
+        let (up, key) = l.context("uploading from this machine")?;
+        Ok::<_, anyhow::Error>((m, up, key))
+    })
+    .map_err(|e| with_code(e, Code::Connect))?;
+    let mut server = settings.server.clone();
+    server.host_key = host_key;
+    let hello = Request::Hello {
+        protocol: PROTOCOL,
+        upload_id: id.clone(),
+        server,
+        staging: None,
+    };
+    let opened: Vec<(usize, Result<PeerLink>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = settings
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut hello = hello.clone();
+                if let Request::Hello { staging, .. } = &mut hello {
+                    staging.clone_from(&p.staging);
+                }
+                let kh = &settings.known_hosts;
+                (i, s.spawn(move || PeerLink::open(p, kh, &hello)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err(anyhow!("pre-flight panicked")))))
+            .collect()
+    });
+    drop(hello);
+    let mut links = Vec::new();
+    for (i, r) in opened {
+        match r {
+            Ok(link) => links.push(link),
+            Err(e) => eprintln!(
+                "relayup: warning: peer {} left out: {}",
+                settings.peers[i].login.name,
+                format!("{e:#}").replace('\n', " ")
+            ),
+        }
+    }
+    let mut live = vec!["local".to_string()];
+    live.extend(links.iter().map(|l| l.peer.login.name.clone()));
+
+    // Stage 3: plan and transfer, with the merge following on the server.
+    let plan = Plan::new(st.size, live.len(), strategy, part_size);
+    let start = json!({"type": "start", "file": source.display().to_string(), "dest": dest,
+        "bytes": st.size, "parts": plan.parts.len(), "hosts": live, "upload_id": id,
+        "strategy": match strategy { Strategy::Adaptive => "adaptive", Strategy::Equal => "equal" }});
+    let progress = Progress::start(mode, st.size, &live, start);
+    let sched = Scheduler::new(&plan, live.len());
+    let (feeder, merged_tx) = Feeder::start(merge_session, &settings.merge.dir, &id, plan.parts.len(), st.size)
+        .map_err(|e| with_code(e, Code::Transfer))?;
+    let hasher = {
+        let source = source.clone();
+        std::thread::spawn(move || file_md5(&source))
+    };
+
+    let failures: Vec<(String, anyhow::Error)> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        {
+            let (sched, progress, merged_tx, source) = (&sched, &progress, merged_tx.clone(), &source);
+            handles.push(s.spawn(move || {
+                let r = local_worker(local, sched, progress, &merged_tx, source);
+                ("local".to_string(), r)
+            }));
+        }
+        for (n, mut link) in links.into_iter().enumerate() {
+            let (sched, progress, merged_tx, source, id) = (&sched, &progress, merged_tx.clone(), &source, &id);
+            handles.push(s.spawn(move || {
+                let job = peer::Job {
+                    host: n + 1,
+                    source,
+                    upload_id: id,
+                    sched,
+                    progress,
+                    merged: &merged_tx,
+                };
+                let name = link.peer.login.name.clone();
+                let r = peer::drive(&mut link, &job).map_err(|(e, parts)| {
+                    // Hand the parts back now: other hosts may be waiting for them.
+                    for p in &parts {
+                        progress.part_failed(p.index);
+                    }
+                    sched.host_failed(n + 1, &parts);
+                    progress.host_state(n + 1, "dropped");
+                    progress.warn(&format!("{name} dropped: {e:#}; its parts go to the other hosts"));
+                    e
+                });
+                link.close();
+                (name, r)
+            }));
+        }
+        let mut failures = Vec::new();
+        for h in handles {
+            let (name, r) = h.join().expect("worker threads do not panic");
+            if let Err(e) = r {
+                failures.push((name, e));
+            }
+        }
+        failures
+    });
+    drop(merged_tx);
+
+    if !sched.all_done() {
+        progress.stop();
+        let why: Vec<String> = failures.iter().map(|(h, e)| format!("{h}: {e:#}")).collect();
+        return Err(with_code(
+            anyhow!(
+                "no host could finish the upload ({}); the parts already on the server are kept in {}/.relayup-{id}",
+                why.join("; "),
+                settings.server.dir
+            ),
+            Code::Transfer,
+        ));
+    }
+    let transfer_end = Instant::now();
+
+    // Stage 4: the server finishes the merge; compare and rename into place.
+    let (session, server_md5, server_size) = feeder.finish().map_err(|e| with_code(e, Code::Transfer))?;
+    let merge_wait = transfer_end.elapsed().as_secs_f64();
+    progress.merged(&server_md5, merge_wait);
+    let source_md5 = hasher
+        .join()
+        .map_err(|_| anyhow!("hashing thread panicked"))?
+        .with_context(|| format!("hashing {}", source.display()))
+        .map_err(|e| with_code(e, Code::Transfer))?;
+    let (summary, seconds) = progress.stop();
+    if stamp(&source)? != st {
+        return Err(with_code(
+            anyhow!("{} changed during the send; nothing was renamed into place. Send it again once it is stable", source.display()),
+            Code::Verify,
+        ));
+    }
+    if server_md5 != source_md5 || server_size != st.size {
+        return Err(with_code(
+            anyhow!(
+                "verification failed: the server's merged file has md5 {server_md5} and {server_size} bytes, the source has md5 {source_md5} and {} bytes; nothing was renamed into place",
+                st.size
+            ),
+            Code::Verify,
+        ));
+    }
+    merge::commit(&session, &settings.merge.dir, &id, &dest, args.overwrite).map_err(|e| with_code(e, Code::Transfer))?;
+    for (name, e) in &failures {
+        progress.warn(&format!("{name} dropped out during the send: {e:#}"));
+    }
+    progress::report_done(mode, st.size, seconds, &source_md5, &dest, &summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::type_complexity)]
+fn resolve(args: &SendArgs) -> Result<(Settings, PathBuf, Stamp, String, Strategy, Option<u64>)> {
+    let path = config::config_path(args.config.as_deref())?;
+    let settings = config::load(&path)?;
+    let st = stamp(&args.file)?;
+    File::open(&args.file).with_context(|| format!("{}: cannot open it for reading", args.file.display()))?;
+    let dest = match &args.dest {
+        Some(d) => validate_dest(d)?,
+        None => validate_dest(
+            args.file
+                .file_name()
+                .ok_or_else(|| anyhow!("{} has no file name; pass --dest", args.file.display()))?,
+        )?,
+    };
+    let strategy = match args.strategy {
+        StrategyArg::Adaptive => Strategy::Adaptive,
+        StrategyArg::Equal => Strategy::Equal,
+    };
+    let part_size = match &args.part_size {
+        Some(s) => {
+            let v = parse_size(s).context("--part-size")?;
+            if v == 0 {
+                bail!("--part-size must be at least 1 byte");
+            }
+            if strategy == Strategy::Equal {
+                bail!("--part-size applies to --strategy adaptive; equal makes one part per host");
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    Ok((settings, args.file.clone(), st, dest, strategy, part_size))
+}
+
+/// This machine uploads its own parts straight to the server.
+fn local_worker(
+    mut up: Box<dyn Uploader>,
+    sched: &Scheduler,
+    progress: &Progress,
+    merged: &std::sync::mpsc::Sender<usize>,
+    source: &Path,
+) -> Result<()> {
+    loop {
+        let part = match sched.next(0) {
+            Next::Part(p) => p,
+            Next::Wait => {
+                progress.host_state(0, "idle");
+                sched.wait(std::time::Duration::from_millis(200));
+                continue;
+            }
+            Next::Finished => {
+                progress.host_state(0, "done");
+                return Ok(());
+            }
+        };
+        progress.host_state(0, &format!("uploading part {}", part.index));
+        let result = (|| -> Result<String> {
+            let mut file = File::open(source)?;
+            file.seek(SeekFrom::Start(part.offset))?;
+            let never = AtomicBool::new(false);
+            let mut reader = HashingReader {
+                inner: file.take(part.len),
+                hash: Md5::new(),
+                cancel: &never,
+            };
+            up.put(&part.file_name(), &mut reader, part.len, &mut |b| {
+                progress.part_progress(0, part.index, b)
+            })?;
+            Ok(format!("{:x}", reader.hash.finalize()))
+        })();
+        match result {
+            Ok(md5) => {
+                sched.complete(&part);
+                progress.part_done(0, part.index, part.len, &md5);
+                let _ = merged.send(part.index);
+            }
+            Err(e) => {
+                progress.part_failed(part.index);
+                sched.host_failed(0, &[part]);
+                progress.warn(&format!("local: {e:#}; its parts go to the peers"));
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn file_md5(path: &Path) -> Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(format!("{:x}", h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn destination_names() {
+        for ok in ["a.iso", "with space", "it's", "$(x)", "`id`", "a;b", "-leading", "ünï"] {
+            assert_eq!(validate_dest(OsStr::new(ok)).unwrap(), ok);
+        }
+        for bad in ["", ".", "..", "a/b", "/abs", "../up", "new\nline", "cr\r", ".relayup-x"] {
+            assert!(validate_dest(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let err = validate_dest(OsStr::from_bytes(b"bad\xff")).unwrap_err();
+        assert!(format!("{err}").contains("UTF-8"));
+    }
+}

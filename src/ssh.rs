@@ -1,0 +1,292 @@
+//! SSH sessions: connect with timeouts, check the host key against known_hosts, log in,
+//! run fixed remote commands. Every other module gets its sessions from here.
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
+use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Session};
+use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{home, Login};
+use crate::secret::Secret;
+
+/// How long to wait for a TCP connect and for any single blocking SSH call.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a host key should be checked.
+pub enum Trust<'a> {
+    /// Against a known_hosts file.
+    KnownHosts(&'a Path),
+    /// Against one key, `type base64` (what the client hands its relays).
+    Exact(&'a str),
+}
+
+/// Opens a TCP connection with a timeout, trying every address the name resolves to.
+pub fn tcp(host: &str, port: u16, what: &str) -> Result<TcpStream> {
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("{what}: cannot resolve {host}"))?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                s.set_nodelay(true).ok();
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => anyhow!(e).context(format!("{what}: cannot connect to {host}:{port}")),
+        None => anyhow!("{what}: {host} resolves to no address"),
+    })
+}
+
+/// Connects, verifies the host key, and logs in as `login.user`.
+pub fn connect(login: &Login, trust: Trust<'_>, password: Option<&Secret>) -> Result<Session> {
+    let what = login.describe();
+    let stream = tcp(&login.host, login.port, &what)?;
+    let mut session = Session::new().context("creating an SSH session")?;
+    session.set_tcp_stream(stream);
+    session.set_timeout(IO_TIMEOUT.as_millis() as u32);
+    let prefs = match &trust {
+        Trust::KnownHosts(file) => known_key_types(file, &login.host, login.port),
+        Trust::Exact(line) => line.split_whitespace().next().map(|t| vec![t.to_string()]).unwrap_or_default(),
+    };
+    if !prefs.is_empty() {
+        // Ask for the key type we know, or a host with two key types reads as changed.
+        let algs: Vec<String> = prefs.iter().flat_map(|t| algorithms_for(t)).collect();
+        session.method_pref(MethodType::HostKey, &algs.join(",")).ok();
+    }
+    session
+        .handshake()
+        .with_context(|| format!("{what}: SSH handshake failed (is this an SSH server?)"))?;
+    check_host_key(&session, login, &trust)?;
+    authenticate(&session, login, password)?;
+    session.set_keepalive(true, 15);
+    Ok(session)
+}
+
+/// The algorithms to offer for a key type as written in known_hosts.
+fn algorithms_for(key_type: &str) -> Vec<String> {
+    match key_type {
+        "ssh-rsa" => vec!["rsa-sha2-512".into(), "rsa-sha2-256".into(), "ssh-rsa".into()],
+        t => vec![t.to_string()],
+    }
+}
+
+/// Key types known_hosts holds for `host` (plain entries only: hashed names cannot be
+/// matched without the hash, and libssh2 still checks them).
+fn known_key_types(file: &Path, host: &str, port: u16) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    let want = if port == 22 { host.to_string() } else { format!("[{host}]:{port}") };
+    let mut types = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(hosts), Some(kind)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if hosts.split(',').any(|h| h == want) && !types.iter().any(|t| t == kind) {
+            types.push(kind.to_string());
+        }
+    }
+    types
+}
+
+fn key_type_name(t: HostKeyType) -> &'static str {
+    match t {
+        HostKeyType::Rsa => "ssh-rsa",
+        HostKeyType::Dss => "ssh-dss",
+        HostKeyType::Ecdsa256 => "ecdsa-sha2-nistp256",
+        HostKeyType::Ecdsa384 => "ecdsa-sha2-nistp384",
+        HostKeyType::Ecdsa521 => "ecdsa-sha2-nistp521",
+        HostKeyType::Ed25519 => "ssh-ed25519",
+        HostKeyType::Unknown => "unknown",
+    }
+}
+
+/// The session's host key as a known_hosts key field: `type base64`.
+pub fn host_key_line(session: &Session) -> Result<String> {
+    let (key, kind) = session.host_key().ok_or_else(|| anyhow!("server sent no host key"))?;
+    Ok(format!(
+        "{} {}",
+        key_type_name(kind),
+        base64::engine::general_purpose::STANDARD.encode(key)
+    ))
+}
+
+/// `SHA256:…`, as `ssh-keygen -l` prints it.
+pub fn fingerprint(session: &Session) -> String {
+    match session.host_key_hash(HashType::Sha256) {
+        Some(h) => format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(h)),
+        None => "(no fingerprint)".into(),
+    }
+}
+
+fn check_host_key(session: &Session, login: &Login, trust: &Trust<'_>) -> Result<()> {
+    let what = login.describe();
+    let (key, kind) = session
+        .host_key()
+        .ok_or_else(|| anyhow!("{what}: server sent no host key"))?;
+    let kind = key_type_name(kind);
+    let fp = fingerprint(session);
+    match trust {
+        Trust::Exact(expected) => {
+            if host_key_line(session)? != expected.trim() {
+                bail!("{what}: host key {kind} {fp} is not the one the sending machine trusts; refusing to connect");
+            }
+            Ok(())
+        }
+        Trust::KnownHosts(file) => {
+            let mut known = session.known_hosts().context("loading known_hosts")?;
+            if file.exists() {
+                known
+                    .read_file(file, KnownHostFileKind::OpenSSH)
+                    .with_context(|| format!("cannot parse known_hosts file {}", file.display()))?;
+            }
+            let scan = if login.port == 22 {
+                format!("ssh-keyscan -t {kind} {}", login.host)
+            } else {
+                format!("ssh-keyscan -t {kind} -p {} {}", login.port, login.host)
+            };
+            match known.check_port(&login.host, login.port, key) {
+                CheckResult::Match => Ok(()),
+                CheckResult::NotFound => bail!(
+                    "{what}: host key is not known ({kind} {fp}); if that fingerprint is right, add it: {scan} >> {}",
+                    file.display()
+                ),
+                CheckResult::Mismatch => bail!(
+                    "{what}: HOST KEY CHANGED (now {kind} {fp}), which may mean someone is intercepting the connection; \
+                     if the change is expected, remove the old key with: ssh-keygen -R {} -f {}",
+                    if login.port == 22 { login.host.clone() } else { format!("'[{}]:{}'", login.host, login.port) },
+                    file.display()
+                ),
+                CheckResult::Failure => bail!("{what}: cannot check the host key against {}", file.display()),
+            }
+        }
+    }
+}
+
+fn authenticate(session: &Session, login: &Login, password: Option<&Secret>) -> Result<()> {
+    let what = login.describe();
+    let user = &login.user;
+    let mut tried = Vec::new();
+    if let Some(pw) = password {
+        if session.userauth_password(user, pw.expose()).is_ok() && session.authenticated() {
+            return Ok(());
+        }
+        tried.push("password".to_string());
+    }
+    if let Some(id) = &login.identity {
+        if !id.exists() {
+            bail!("{what}: identity file {} does not exist; fix ssh.identity or the host's identity", id.display());
+        }
+        match session.userauth_pubkey_file(user, None, id, None) {
+            Ok(()) if session.authenticated() => return Ok(()),
+            Ok(()) => {}
+            Err(e) => tried.push(format!("key {} ({})", id.display(), e.message())),
+        }
+        bail!(
+            "{what}: authentication failed with {}; is its public key in ~{user}/.ssh/authorized_keys there?",
+            tried.join(", ")
+        );
+    }
+    if let Ok(mut agent) = session.agent() {
+        if agent.connect().is_ok() && agent.list_identities().is_ok() {
+            // libssh2's userauth_agent stops at the first key: try each one.
+            for identity in agent.identities().unwrap_or_default() {
+                if agent.userauth(user, &identity).is_ok() && session.authenticated() {
+                    return Ok(());
+                }
+            }
+            tried.push("ssh-agent keys".into());
+        }
+    }
+    for file in default_identities() {
+        if session.userauth_pubkey_file(user, None, &file, None).is_ok() && session.authenticated() {
+            return Ok(());
+        }
+        tried.push(format!("key {}", file.display()));
+    }
+    if tried.is_empty() {
+        bail!("{what}: no credentials to try: no identity configured, no ssh-agent, no ~/.ssh/id_* key");
+    }
+    bail!("{what}: authentication failed (tried {})", tried.join(", "))
+}
+
+fn default_identities() -> Vec<PathBuf> {
+    let Ok(home) = home() else { return Vec::new() };
+    ["id_ed25519", "id_ecdsa", "id_rsa"]
+        .iter()
+        .map(|n| home.join(".ssh").join(n))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Output of a finished remote command.
+pub struct Output {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a fixed command through `sh -c` (whatever the login shell is) and waits for it.
+/// `script` must quote every path with [`crate::quote::sh`].
+pub fn run(session: &Session, script: &str) -> Result<Output> {
+    let mut ch = session.channel_session().context("opening an SSH channel")?;
+    ch.exec(&format!("sh -c {}", crate::quote::sh(script)))
+        .context("starting a remote command")?;
+    // Read stderr merged after stdout: both are small for the commands we run.
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    ch.read_to_string(&mut stdout).context("reading a remote command's output")?;
+    ch.stderr().read_to_string(&mut stderr).ok();
+    ch.wait_close().ok();
+    let status = ch.exit_status().context("reading a remote command's exit status")?;
+    Ok(Output { status, stdout, stderr })
+}
+
+/// Like [`run`], but a non-zero exit is an error carrying the command's stderr.
+pub fn run_ok(session: &Session, script: &str, what: &str) -> Result<String> {
+    let out = run(session, script)?;
+    if out.status != 0 {
+        let msg = out.stderr.trim();
+        bail!(
+            "{what} failed (exit {}){}",
+            out.status,
+            if msg.is_empty() { String::new() } else { format!(": {}", msg.lines().last().unwrap_or(msg)) }
+        );
+    }
+    Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_known_key_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("kh");
+        std::fs::write(
+            &f,
+            "# comment\nalpha ssh-ed25519 AAAA\n[alpha]:2222 ecdsa-sha2-nistp256 BBBB\nbeta,alpha ssh-rsa CCCC\n@revoked alpha ssh-dss DDDD\n",
+        )
+        .unwrap();
+        assert_eq!(known_key_types(&f, "alpha", 22), vec!["ssh-ed25519", "ssh-rsa"]);
+        assert_eq!(known_key_types(&f, "alpha", 2222), vec!["ecdsa-sha2-nistp256"]);
+        assert!(known_key_types(&f, "gamma", 22).is_empty());
+        assert!(known_key_types(&dir.path().join("missing"), "alpha", 22).is_empty());
+        assert_eq!(algorithms_for("ssh-rsa").len(), 3);
+    }
+}

@@ -1,0 +1,121 @@
+//! FTP and FTPS uploads (suppaftp), binary mode, large writes, size checked after.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Read;
+use std::net::TcpStream;
+use std::sync::Arc;
+use suppaftp::types::FileType;
+use suppaftp::{RustlsConnector, RustlsFtpStream};
+
+use super::{copy_exact, temp_dir, Uploader};
+use crate::protocol::ServerSpec;
+use crate::ssh::{tcp, CONNECT_TIMEOUT, IO_TIMEOUT};
+
+pub struct Ftp {
+    stream: RustlsFtpStream,
+    what: String,
+}
+
+fn timeouts(s: &TcpStream) -> std::io::Result<()> {
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_nodelay(true)
+}
+
+impl Ftp {
+    pub fn connect(spec: &ServerSpec, upload_id: &str) -> Result<Ftp> {
+        let what = format!("{}://{}:{}", spec.scheme, spec.host, spec.port);
+        let tcp = tcp(&spec.host, spec.port, &what)?;
+        timeouts(&tcp)?;
+        let stream = RustlsFtpStream::connect_with_stream(tcp)
+            .map_err(|e| anyhow!("{what}: no FTP greeting: {e}"))?;
+        // Passive data connections get timeouts too, or a dead server hangs us forever.
+        let stream = stream.passive_stream_builder(|addr| {
+            let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+                .map_err(suppaftp::FtpError::ConnectionError)?;
+            timeouts(&s).map_err(suppaftp::FtpError::ConnectionError)?;
+            Ok(s)
+        });
+        let mut stream = if spec.scheme == "ftps" {
+            let config = tls_config()?;
+            stream
+                .into_secure(RustlsConnector::from(Arc::new(config)), &spec.host)
+                .map_err(|e| anyhow!("{what}: TLS (AUTH TLS) failed: {e}"))?
+        } else {
+            stream
+        };
+        let password = spec
+            .password
+            .as_ref()
+            .ok_or_else(|| anyhow!("{what}: FTP needs a password"))?;
+        stream.login(spec.user.as_str(), password.expose()).map_err(|e| {
+            anyhow!("{what}: login as {} failed: {e}; check server.user and the password", spec.user)
+        })?;
+        // ASCII mode would rewrite line endings inside binary parts.
+        stream
+            .transfer_type(FileType::Binary)
+            .map_err(|e| anyhow!("{what}: TYPE I refused: {e}"))?;
+        let dir = temp_dir(&spec.dir, upload_id);
+        if stream.cwd(&dir).is_err() {
+            let _ = stream.mkdir(&dir);
+            stream.cwd(&dir).map_err(|e| {
+                anyhow!("{what}: cannot create or enter {dir}: {e}; does {} exist and is it writable?", spec.dir)
+            })?;
+        }
+        Ok(Ftp { stream, what })
+    }
+}
+
+fn tls_config() -> Result<suppaftp::rustls::ClientConfig> {
+    let mut roots = suppaftp::rustls::RootCertStore::empty();
+    let certs = rustls_native_certs::load_native_certs();
+    for cert in certs.certs {
+        roots.add(cert).ok();
+    }
+    if let Some(file) = std::env::var_os("RELAYUP_CA_FILE") {
+        use suppaftp::rustls::pki_types::pem::PemObject;
+        use suppaftp::rustls::pki_types::CertificateDer;
+        let file = std::path::PathBuf::from(file);
+        for cert in CertificateDer::pem_file_iter(&file)
+            .with_context(|| format!("reading CA file {}", file.display()))?
+        {
+            roots
+                .add(cert.with_context(|| format!("parsing CA file {}", file.display()))?)
+                .with_context(|| format!("adding CA from {}", file.display()))?;
+        }
+    }
+    Ok(suppaftp::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl Uploader for Ftp {
+    fn put(&mut self, name: &str, src: &mut dyn Read, len: u64, progress: &mut dyn FnMut(u64)) -> Result<()> {
+        if name.contains(['\r', '\n']) {
+            bail!("refusing FTP file name with a line break");
+        }
+        let what = &self.what;
+        let mut data = self
+            .stream
+            .put_with_stream(name)
+            .map_err(|e| anyhow!("{what}: STOR {name} refused: {e}"))?;
+        copy_exact(src, &mut data, len, progress).with_context(|| format!("{what}: uploading {name}"))?;
+        data.finish()
+            .map_err(|e| anyhow!("{what}: upload of {name} not confirmed: {e}"))?;
+        // A cut data connection can look like success: trust only the size.
+        let size = self
+            .stream
+            .size(name)
+            .map_err(|e| anyhow!("{what}: SIZE {name} failed: {e}"))?;
+        if size as u64 != len {
+            bail!("{what}: {name} is {size} bytes on the server, expected {len}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Ftp {
+    fn drop(&mut self) {
+        let _ = self.stream.quit();
+    }
+}

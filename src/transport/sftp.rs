@@ -1,0 +1,97 @@
+//! SFTP uploads (libssh2): large writes, fsync + close checked, size stat'ed after.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ssh2::{OpenFlags, OpenType, Session, Sftp};
+use std::io::Read;
+use std::path::Path;
+
+use super::{copy_exact, temp_dir, ServerTrust, Uploader};
+use crate::config::Login;
+use crate::protocol::ServerSpec;
+use crate::ssh::{self, Trust};
+
+pub struct SftpUpload {
+    _session: Session,
+    sftp: Sftp,
+    dir: String,
+    what: String,
+}
+
+impl SftpUpload {
+    pub fn connect(
+        spec: &ServerSpec,
+        upload_id: &str,
+        trust: ServerTrust<'_>,
+        identity: Option<&Path>,
+    ) -> Result<(SftpUpload, String)> {
+        let login = Login {
+            name: "server".into(),
+            host: spec.host.clone(),
+            port: spec.port,
+            user: spec.user.clone(),
+            identity: identity.map(Path::to_path_buf),
+        };
+        let what = format!("sftp://{}:{}", spec.host, spec.port);
+        let trust = match trust {
+            ServerTrust::KnownHosts(f) => Trust::KnownHosts(f),
+            ServerTrust::Exact(k) => Trust::Exact(k),
+        };
+        let session = ssh::connect(&login, trust, spec.password.as_ref())?;
+        let key = ssh::host_key_line(&session)?;
+        let sftp = session
+            .sftp()
+            .map_err(|e| anyhow!("{what}: cannot start SFTP: {e}"))?;
+        let dir = temp_dir(&spec.dir, upload_id);
+        if sftp.stat(Path::new(&dir)).is_err() {
+            sftp.mkdir(Path::new(&dir), 0o700).map_err(|e| {
+                anyhow!("{what}: cannot create {dir}: {e}; does {} exist and is it writable?", spec.dir)
+            })?;
+        }
+        Ok((
+            SftpUpload {
+                _session: session,
+                sftp,
+                dir,
+                what,
+            },
+            key,
+        ))
+    }
+}
+
+impl Uploader for SftpUpload {
+    fn put(&mut self, name: &str, src: &mut dyn Read, len: u64, progress: &mut dyn FnMut(u64)) -> Result<()> {
+        let what = &self.what;
+        let path = format!("{}/{name}", self.dir);
+        write_file(&self.sftp, Path::new(&path), src, len, progress).with_context(|| format!("{what}: uploading {path}"))
+    }
+}
+
+/// Writes `len` bytes to `path` (mode 0600), then fsync, close and stat: `File`'s drop
+/// would swallow a failed close.
+pub fn write_file(
+    sftp: &Sftp,
+    path: &Path,
+    src: &mut dyn Read,
+    len: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let mut file = sftp
+        .open_mode(
+            path,
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+            0o600,
+            OpenType::File,
+        )
+        .map_err(|e| anyhow!("cannot create it: {e}"))?;
+    copy_exact(src, &mut file, len, progress)?;
+    // Not every server has fsync@openssh.com; close and the size check still run.
+    let _ = file.fsync();
+    file.close().map_err(|e| anyhow!("closing it failed: {e}"))?;
+    drop(file);
+    let size = sftp.stat(path).map_err(|e| anyhow!("cannot stat it: {e}"))?.size;
+    if size != Some(len) {
+        bail!("it is {} bytes after writing, expected {len}", size.map_or("?".into(), |s| s.to_string()));
+    }
+    Ok(())
+}
