@@ -1,1 +1,4 @@
-fn main(){}
+//! End-to-end tests: real sshd peers, a real vsftpd, real bytes, MD5 checked on the server.
+
+mod harness;
+mod send;

@@ -1,0 +1,306 @@
+//! `TestEnv`: real OpenSSH `sshd` processes (one per peer, one for the server) and a real
+//! vsftpd on loopback ports, each peer logging in as its own Unix user, all owned by the
+//! test and killed when it ends. Needs root, `sshd` and `vsftpd` (`.ci/run` installs them).
+
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const SERVER_USER: &str = "relayup-t-srv";
+pub const PEER_USERS: [&str; 3] = ["relayup-t-p1", "relayup-t-p2", "relayup-t-p3"];
+pub const SERVER_PASSWORD: &str = "relayup-test-Pw-7c1e";
+
+fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("run sh")
+}
+
+/// Creates the test users once per run (idempotent across runs).
+fn setup_machine() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "the end-to-end tests need root (they create users and start sshd/vsftpd); run them as root, as .ci/run does"
+        );
+        for bin in ["/usr/sbin/sshd", "/usr/sbin/vsftpd"] {
+            assert!(Path::new(bin).exists(), "{bin} is missing: apt-get install openssh-server vsftpd (see .ci/run)");
+        }
+        for user in PEER_USERS.iter().chain([&SERVER_USER]) {
+            if !sh(&format!("id -u {user}")).status.success() {
+                let out = sh(&format!("useradd -m -s /bin/bash {user}"));
+                assert!(out.status.success(), "useradd {user}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            // useradd locks new accounts with '!', and sshd without PAM refuses even key
+            // logins to a locked account; '*' means no password but not locked.
+            assert!(sh(&format!("usermod -p '*' {user}")).status.success());
+        }
+        let out = sh(&format!("echo '{SERVER_USER}:{SERVER_PASSWORD}' | chpasswd"));
+        assert!(out.status.success(), "chpasswd: {}", String::from_utf8_lossy(&out.stderr));
+        fs::create_dir_all("/run/sshd").unwrap();
+        fs::create_dir_all("/var/run/vsftpd/empty").unwrap();
+    });
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                e.read_to_string(&mut err).ok();
+            }
+            panic!("{what} exited with {status} before listening on {port}: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port}");
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    unsafe {
+        cmd.pre_exec(|| {
+            // Die with the test process, even if it is killed.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn daemon")
+}
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// One simulated office: a server (sshd + vsftpd) and `peers` peers, each its own sshd.
+pub struct TestEnv {
+    pub root: PathBuf,
+    _tmp: tempfile::TempDir,
+    children: Vec<Child>,
+    pub ftp_port: u16,
+    pub server_ssh_port: u16,
+    pub peer_ports: Vec<u16>,
+    /// The server's upload directory (also its merge dir).
+    pub srv: PathBuf,
+    /// Only root can read here: source files, the client key, the config.
+    pub private: PathBuf,
+}
+
+impl TestEnv {
+    pub fn new(peers: usize) -> TestEnv {
+        assert!(peers <= PEER_USERS.len());
+        setup_machine();
+        let tmp = tempfile::Builder::new().prefix("relayup-e2e-").tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        // Others may traverse the root (to reach pub/ and stage/) but not list it.
+        chmod(&root, 0o711);
+        let public = root.join("pub");
+        let private = root.join("priv");
+        let srv = root.join("srv");
+        let stage = root.join("stage");
+        for (d, mode) in [(&public, 0o755), (&private, 0o700), (&srv, 0o755), (&stage, 0o1777)] {
+            fs::create_dir(d).unwrap();
+            chmod(d, mode);
+        }
+        assert!(sh(&format!("chown {SERVER_USER} {}", srv.display())).status.success());
+        // The peers run this copy: the build tree may not be readable by them.
+        fs::copy(env!("CARGO_BIN_EXE_relayup"), public.join("relayup")).unwrap();
+        chmod(&public.join("relayup"), 0o755);
+
+        let keygen = |path: &Path| {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        keygen(&private.join("id_ed25519"));
+        fs::copy(private.join("id_ed25519.pub"), public.join("authorized_keys")).unwrap();
+        chmod(&public.join("authorized_keys"), 0o644);
+
+        let mut env = TestEnv {
+            root: root.clone(),
+            _tmp: tmp,
+            children: Vec::new(),
+            ftp_port: free_port(),
+            server_ssh_port: 0,
+            peer_ports: Vec::new(),
+            srv,
+            private: private.clone(),
+        };
+        let mut known_hosts = String::new();
+        let mut start_sshd = |name: &str, user: &str, password: bool| -> u16 {
+            let port = free_port();
+            let key = private.join(format!("host_{name}"));
+            keygen(&key);
+            let pubkey = fs::read_to_string(key.with_extension("pub")).unwrap();
+            let mut fields = pubkey.split_whitespace();
+            known_hosts.push_str(&format!("[127.0.0.1]:{port} {} {}\n", fields.next().unwrap(), fields.next().unwrap()));
+            let cfg = private.join(format!("sshd_{name}.conf"));
+            fs::write(
+                &cfg,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile none\n\
+                     AuthorizedKeysFile {auth}\nStrictModes no\nUsePAM no\n\
+                     PasswordAuthentication {pw}\nKbdInteractiveAuthentication no\n\
+                     AllowUsers {user}\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n",
+                    key = key.display(),
+                    auth = public.join("authorized_keys").display(),
+                    pw = if password { "yes" } else { "no" },
+                ),
+            )
+            .unwrap();
+            let mut child = spawn(Command::new("/usr/sbin/sshd").arg("-D").arg("-e").arg("-f").arg(&cfg));
+            wait_port(port, &mut child, &format!("sshd for {name}"));
+            env.children.push(child);
+            port
+        };
+        env.server_ssh_port = start_sshd("server", SERVER_USER, true);
+        for (i, user) in PEER_USERS.iter().take(peers).enumerate() {
+            let port = start_sshd(&format!("p{}", i + 1), user, false);
+            env.peer_ports.push(port);
+        }
+        fs::write(private.join("known_hosts"), known_hosts).unwrap();
+
+        let vsftpd_conf = private.join("vsftpd.conf");
+        fs::write(
+            &vsftpd_conf,
+            format!(
+                "listen=YES\nlisten_ipv6=NO\nlisten_address=127.0.0.1\nlisten_port={}\nbackground=NO\n\
+                 anonymous_enable=NO\nlocal_enable=YES\nwrite_enable=YES\nlocal_umask=022\n\
+                 seccomp_sandbox=NO\nuserlist_enable=NO\nxferlog_enable=NO\nuse_localtime=NO\n\
+                 pasv_enable=YES\npasv_min_port=0\npasv_max_port=0\nsecure_chroot_dir=/var/run/vsftpd/empty\n\
+                 pam_service_name=vsftpd\nmax_per_ip=0\nmax_clients=0\nconnect_from_port_20=NO\n",
+                env.ftp_port
+            ),
+        )
+        .unwrap();
+        let mut child = spawn(Command::new("/usr/sbin/vsftpd").arg(&vsftpd_conf));
+        wait_port(env.ftp_port, &mut child, "vsftpd");
+        env.children.push(child);
+
+        let pass = private.join("server.pass");
+        fs::write(&pass, format!("{SERVER_PASSWORD}\n")).unwrap();
+        chmod(&pass, 0o600);
+        env.write_config("peers.toml", "ftp", &[]);
+        env
+    }
+
+    /// Writes a config; `broken` lists extra peers as (name, toml lines) for failure tests.
+    pub fn write_config(&self, name: &str, scheme: &str, extra_peers: &[(&str, String)]) -> PathBuf {
+        let p = &self.private;
+        let url = match scheme {
+            "sftp" => format!("sftp://127.0.0.1:{}{}", self.server_ssh_port, self.srv.display()),
+            s => format!("{s}://127.0.0.1:{}{}", self.ftp_port, self.srv.display()),
+        };
+        let mut text = format!(
+            "[server]\nurl = \"{url}\"\nuser = \"{SERVER_USER}\"\npassword_file = \"{pass}\"\n\n\
+             [merge]\nhost = \"127.0.0.1\"\nport = {mport}\nuser = \"{SERVER_USER}\"\ndir = \"{dir}\"\n\n\
+             [ssh]\nidentity = \"{key}\"\nknown_hosts = \"{kh}\"\n",
+            pass = p.join("server.pass").display(),
+            mport = self.server_ssh_port,
+            dir = self.srv.display(),
+            key = p.join("id_ed25519").display(),
+            kh = p.join("known_hosts").display(),
+        );
+        for (i, port) in self.peer_ports.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[peer]]\nname = \"p{n}\"\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\nrelayup = \"{bin}\"\nstaging = \"{stage}\"\n",
+                n = i + 1,
+                user = PEER_USERS[i],
+                bin = self.root.join("pub/relayup").display(),
+                stage = self.staging(i).display(),
+            ));
+        }
+        for (name, lines) in extra_peers {
+            text.push_str(&format!("\n[[peer]]\nname = \"{name}\"\n{lines}\n"));
+        }
+        let path = p.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Peer `i`'s staging dir (created by its relay, 0700).
+    pub fn staging(&self, i: usize) -> PathBuf {
+        self.root.join("stage").join(format!("p{}", i + 1))
+    }
+
+    /// A random file of `size` bytes in the private dir.
+    pub fn random_file(&self, name: &str, size: u64) -> PathBuf {
+        let path = self.private.join(name);
+        let mut f = fs::File::create(&path).unwrap();
+        let mut urandom = fs::File::open("/dev/urandom").unwrap();
+        let mut left = size;
+        let mut buf = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = buf.len().min(left as usize);
+            use std::io::Read;
+            urandom.read_exact(&mut buf[..n]).unwrap();
+            f.write_all(&buf[..n]).unwrap();
+            left -= n as u64;
+        }
+        path
+    }
+
+    /// Runs relayup with `args`.
+    pub fn relayup(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_relayup"))
+            .args(args)
+            .env_remove("RELAYUP_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Asserts nothing of relayup's is left: no temp dir on the server, no staged file.
+    pub fn assert_clean(&self) {
+        for e in fs::read_dir(&self.srv).unwrap() {
+            let name = e.unwrap().file_name();
+            assert!(!name.to_string_lossy().starts_with(".relayup-"), "temp dir left on the server: {name:?}");
+        }
+        for i in 0..self.peer_ports.len() {
+            if let Ok(rd) = fs::read_dir(self.staging(i)) {
+                let left: Vec<_> = rd.map(|e| e.unwrap().file_name()).collect();
+                assert!(left.is_empty(), "staged files left on peer p{}: {left:?}", i + 1);
+            }
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn md5_file(path: &Path) -> String {
+    use md5::{Digest, Md5};
+    let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    format!("{:x}", Md5::digest(&data))
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
