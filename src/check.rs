@@ -67,9 +67,10 @@ fn probe(login: &Login, known_hosts: &Path, command: Option<&str>) -> Row {
     if let Some(cmd) = command {
         match ssh::run(&session, cmd) {
             Ok(out) if out.status == 0 => row.version = Some(out.stdout.trim().to_string()),
-            Ok(out) if out.status == 127 => {
-                row.problem = Some("relayup not found: install it there or set `relayup = \"/path\"` for this peer".into())
-            }
+            Ok(out) if out.status == 127 => row.problem = Some(
+                "relayup not found: install it there or set `relayup = \"/path\"` for this peer"
+                    .into(),
+            ),
             Ok(out) => row.problem = Some(format!("exit {}: {}", out.status, out.stderr.trim())),
             Err(e) => row.problem = Some(format!("{e:#}")),
         }
@@ -90,13 +91,31 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
                 s.spawn(move || probe(&p.login, kh, Some(&cmd)))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("probe does not panic")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("probe does not panic"))
+            .collect()
     });
     let dir = quote::sh(&settings.merge.dir);
-    let mut merge = probe(&settings.merge.login, kh, Some(&format!("cd -- {dir} && test -w . && command -v md5sum >/dev/null && echo ok")));
+    let mut merge = probe(
+        &settings.merge.login,
+        kh,
+        Some(&format!(
+            "cd -- {dir} && test -w . && command -v md5sum >/dev/null && echo ok"
+        )),
+    );
     merge.name = "server (merge)".into();
-    if merge.auth == Some(true) && merge.version.is_none() && merge.problem.as_deref().is_some_and(|p| p.starts_with("exit")) {
-        merge.problem = Some(format!("{} is missing, not writable, or md5sum is not installed", settings.merge.dir));
+    if merge.auth == Some(true)
+        && merge.version.is_none()
+        && merge
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.starts_with("exit"))
+    {
+        merge.problem = Some(format!(
+            "{} is missing, not writable, or md5sum is not installed",
+            settings.merge.dir
+        ));
     }
     rows.push(merge);
 
@@ -115,7 +134,10 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
             Some(false) => "NO",
             None => "-",
         };
-        println!("{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} problem", "peer", "address", "reachable", "host key", "login", "relayup");
+        println!(
+            "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} problem",
+            "peer", "address", "reachable", "host key", "login", "relayup"
+        );
         for r in &rows {
             println!(
                 "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {}",

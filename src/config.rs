@@ -170,14 +170,23 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
 
     let server = server_spec(&raw.server, path).with_context(|| at("[server]"))?;
 
-    let known_hosts = expand(raw.ssh.known_hosts.as_deref().unwrap_or("~/.ssh/known_hosts"))?;
+    let known_hosts = expand(
+        raw.ssh
+            .known_hosts
+            .as_deref()
+            .unwrap_or("~/.ssh/known_hosts"),
+    )?;
     let default_identity = raw.ssh.identity.as_deref().map(expand).transpose()?;
 
     let m = &raw.merge;
     nonempty(&m.host, "merge.host").with_context(|| at("[merge]"))?;
     nonempty(&m.user, "merge.user").with_context(|| at("[merge]"))?;
     if !m.dir.starts_with('/') {
-        bail!("{}: merge.dir {:?} must be an absolute path on the server", path.display(), m.dir);
+        bail!(
+            "{}: merge.dir {:?} must be an absolute path on the server",
+            path.display(),
+            m.dir
+        );
     }
     let merge = Merge {
         login: Login {
@@ -185,7 +194,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
             host: m.host.clone(),
             port: m.port.unwrap_or(22),
             user: m.user.clone(),
-            identity: m.identity.as_deref().map(expand).transpose()?.or(default_identity.clone()),
+            identity: m
+                .identity
+                .as_deref()
+                .map(expand)
+                .transpose()?
+                .or(default_identity.clone()),
         },
         dir: match m.dir.trim_end_matches('/') {
             "" => "/".to_string(),
@@ -198,12 +212,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         let ctx = || at(&format!("peer #{} ({:?})", i + 1, p.name));
         valid_name(&p.name).with_context(ctx)?;
         if peers.iter().any(|q| q.login.name == p.name) {
-            bail!("{}: two peers are named {:?}; peer names must be unique", path.display(), p.name);
+            bail!(
+                "{}: two peers are named {:?}; peer names must be unique",
+                path.display(),
+                p.name
+            );
         }
         nonempty(&p.host, "host").with_context(ctx)?;
         let user = match &p.user {
             Some(u) => u.clone(),
-            None => std::env::var("USER").map_err(|_| anyhow!("no user given and $USER is not set")).with_context(ctx)?,
+            None => std::env::var("USER")
+                .map_err(|_| anyhow!("no user given and $USER is not set"))
+                .with_context(ctx)?,
         };
         if let Some(s) = &p.staging {
             if s.is_empty() || s.contains('\n') {
@@ -216,7 +236,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
                 host: p.host.clone(),
                 port: p.port.unwrap_or(22),
                 user,
-                identity: p.identity.as_deref().map(expand).transpose()?.or(default_identity.clone()),
+                identity: p
+                    .identity
+                    .as_deref()
+                    .map(expand)
+                    .transpose()?
+                    .or(default_identity.clone()),
             },
             relayup: p.relayup.clone().unwrap_or_else(|| "relayup".into()),
             staging: p.staging.clone(),
@@ -245,10 +270,14 @@ fn nonempty(v: &str, field: &str) -> Result<()> {
 fn valid_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && name != "local";
     if !ok {
-        bail!("peer name {name:?} must be 1-64 letters, digits, '.', '_' or '-' (and not \"local\")");
+        bail!(
+            "peer name {name:?} must be 1-64 letters, digits, '.', '_' or '-' (and not \"local\")"
+        );
     }
     Ok(())
 }
@@ -260,7 +289,9 @@ fn server_spec(raw: &RawServer, config: &Path) -> Result<ServerSpec> {
         (Some(_), Some(_)) => bail!("give password_env or password_file, not both"),
         (Some(var), None) => {
             let v = std::env::var(var).map_err(|_| {
-                anyhow!("password_env names ${var}, which is not set; export it before running relayup")
+                anyhow!(
+                    "password_env names ${var}, which is not set; export it before running relayup"
+                )
             })?;
             Some(Secret::new(v))
         }
@@ -303,9 +334,9 @@ fn read_password_file(path: &Path) -> Result<Secret> {
 /// Splits `scheme://host[:port]/path` (no user or password in the URL: they have
 /// their own keys). The path is taken literally as an absolute directory.
 pub fn parse_url(url: &str) -> Result<(String, String, u16, String)> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| anyhow!("url {url:?} must look like ftp://host/dir, ftps://host/dir or sftp://host/dir"))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        anyhow!("url {url:?} must look like ftp://host/dir, ftps://host/dir or sftp://host/dir")
+    })?;
     let scheme = scheme.to_ascii_lowercase();
     let default_port = match scheme.as_str() {
         "ftp" | "ftps" => 21,
@@ -320,16 +351,24 @@ pub fn parse_url(url: &str) -> Result<(String, String, u16, String)> {
         bail!("url must not contain a user or password; use server.user and password_env/password_file");
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or_else(|| anyhow!("url {url:?}: unclosed '['"))?;
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| anyhow!("url {url:?}: unclosed '['"))?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| anyhow!("url {url:?}: bad port {p:?}"))?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| anyhow!("url {url:?}: bad port {p:?}"))?,
             None if after.is_empty() => default_port,
             None => bail!("url {url:?}: unexpected {after:?} after the address"),
         };
         (h.to_string(), port)
     } else {
         match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| anyhow!("url {url:?}: bad port {p:?}"))?),
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse()
+                    .map_err(|_| anyhow!("url {url:?}: bad port {p:?}"))?,
+            ),
             None => (authority.to_string(), default_port),
         }
     };
@@ -377,7 +416,8 @@ dir = "/srv/up"
         let mut seen = 0;
         for entry in std::fs::read_dir(root).unwrap() {
             let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "toml") && p.file_name().unwrap() != "Cargo.toml" {
+            if p.extension().is_some_and(|e| e == "toml") && p.file_name().unwrap() != "Cargo.toml"
+            {
                 let s = load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
                 assert!(!s.peers.is_empty(), "{} shows peers", p.display());
                 seen += 1;
@@ -388,7 +428,10 @@ dir = "/srv/up"
 
     #[test]
     fn unknown_key_is_named() {
-        let text = MIN.replace("user = \"deploy\"\n[merge]", "user = \"deploy\"\npasword = \"x\"\n[merge]");
+        let text = MIN.replace(
+            "user = \"deploy\"\n[merge]",
+            "user = \"deploy\"\npasword = \"x\"\n[merge]",
+        );
         let err = format!("{:#}", parse(&text, Path::new("t.toml")).unwrap_err());
         assert!(err.contains("pasword"), "{err}");
         assert!(err.contains("t.toml:"), "{err}");
@@ -420,9 +463,18 @@ dir = "/srv/up"
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("ftp://h/a/b/").unwrap(), ("ftp".into(), "h".into(), 21, "/a/b".into()));
-        assert_eq!(parse_url("FTPS://h:990").unwrap(), ("ftps".into(), "h".into(), 990, "/".into()));
-        assert_eq!(parse_url("sftp://[::1]:2222/x").unwrap(), ("sftp".into(), "::1".into(), 2222, "/x".into()));
+        assert_eq!(
+            parse_url("ftp://h/a/b/").unwrap(),
+            ("ftp".into(), "h".into(), 21, "/a/b".into())
+        );
+        assert_eq!(
+            parse_url("FTPS://h:990").unwrap(),
+            ("ftps".into(), "h".into(), 990, "/".into())
+        );
+        assert_eq!(
+            parse_url("sftp://[::1]:2222/x").unwrap(),
+            ("sftp".into(), "::1".into(), 2222, "/x".into())
+        );
         assert!(parse_url("ftp://h:notaport/x").is_err());
         assert!(parse_url("ftp:///x").is_err());
         assert!(parse_url("h/x").is_err());

@@ -14,8 +14,6 @@ pub enum Code {
     Transfer,
     /// The server's MD5 does not match the source's (5).
     Verify,
-    /// Interrupted by the user (130).
-    Interrupted,
 }
 
 impl Code {
@@ -25,7 +23,6 @@ impl Code {
             Code::Connect => 3,
             Code::Transfer => 4,
             Code::Verify => 5,
-            Code::Interrupted => 130,
         }
     }
 }
@@ -56,7 +53,10 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     // One line, whatever a remote command printed.
     msg = msg.replace(['\n', '\r'], " ");
     eprintln!("relayup: error: {msg}");
-    let code = err.downcast_ref::<Code>().copied().unwrap_or(Code::Transfer);
+    let code = err
+        .downcast_ref::<Code>()
+        .copied()
+        .unwrap_or(Code::Transfer);
     ExitCode::from(code.exit_code())
 }
 
@@ -73,10 +73,18 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.downcast_ref::<Code>(), Some(&Code::Verify));
         let e = with_code(e, Code::Transfer);
-        assert_eq!(e.downcast_ref::<Code>(), Some(&Code::Verify), "innermost wins");
+        assert_eq!(
+            e.downcast_ref::<Code>(),
+            Some(&Code::Verify),
+            "innermost wins"
+        );
         let e = with_code(anyhow!("x"), Code::Connect);
         assert_eq!(e.downcast_ref::<Code>(), Some(&Code::Connect));
-        let joined: Vec<String> = e.chain().map(|c| c.to_string()).filter(|s| !s.is_empty()).collect();
+        let joined: Vec<String> = e
+            .chain()
+            .map(|c| c.to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         assert_eq!(joined, vec!["x"]);
     }
 }

@@ -15,7 +15,12 @@ use crate::quote::sh;
 use crate::ssh::{self, Trust};
 
 /// The merge login, checked and with the temp dir created.
-pub fn prepare(settings: &Settings, dest: &str, upload_id: &str, overwrite: bool) -> Result<Session> {
+pub fn prepare(
+    settings: &Settings,
+    dest: &str,
+    upload_id: &str,
+    overwrite: bool,
+) -> Result<Session> {
     let m = &settings.merge;
     let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)?;
     let script = format!(
@@ -52,7 +57,13 @@ pub struct Feeder {
 }
 
 impl Feeder {
-    pub fn start(session: Session, dir: &str, upload_id: &str, parts: usize, size: u64) -> Result<(Feeder, Sender<usize>)> {
+    pub fn start(
+        session: Session,
+        dir: &str,
+        upload_id: &str,
+        parts: usize,
+        size: u64,
+    ) -> Result<(Feeder, Sender<usize>)> {
         let tmp = format!("{}/.relayup-{upload_id}", dir.trim_end_matches('/'));
         // Names come from us (`<n>.part`), one per line, in index order.
         let script = format!(
@@ -61,8 +72,11 @@ impl Feeder {
              wc -c < merged.tmp\n",
             sh(&tmp)
         );
-        let mut ch = session.channel_session().context("opening the merge channel")?;
-        ch.exec(&format!("sh -c {}", sh(&script))).context("starting the merge")?;
+        let mut ch = session
+            .channel_session()
+            .context("opening the merge channel")?;
+        ch.exec(&format!("sh -c {}", sh(&script)))
+            .context("starting the merge")?;
         let (tx, rx): (Sender<usize>, Receiver<usize>) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || -> Result<(Session, String, u64)> {
             let mut ready = BTreeSet::new();
@@ -88,12 +102,20 @@ impl Feeder {
             session.set_timeout((secs * 1000).min(u32::MAX as u64) as u32);
             let mut out = String::new();
             let mut err = String::new();
-            ch.read_to_string(&mut out).context("reading the merge result")?;
+            ch.read_to_string(&mut out)
+                .context("reading the merge result")?;
             ch.stderr().read_to_string(&mut err).ok();
             ch.wait_close().ok();
             let mut lines = out.lines();
-            let md5 = lines.next().and_then(|l| l.split_whitespace().next()).unwrap_or_default().to_string();
-            let merged_size: u64 = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or(u64::MAX);
+            let md5 = lines
+                .next()
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or_default()
+                .to_string();
+            let merged_size: u64 = lines
+                .next()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(u64::MAX);
             if md5.len() != 32 {
                 bail!("merge on the server failed: {}", err.trim());
             }
@@ -103,19 +125,33 @@ impl Feeder {
             session.set_timeout(ssh::IO_TIMEOUT.as_millis() as u32);
             Ok((session, md5, merged_size))
         });
-        Ok((Feeder { tx: tx.clone(), handle }, tx))
+        Ok((
+            Feeder {
+                tx: tx.clone(),
+                handle,
+            },
+            tx,
+        ))
     }
 
     /// Waits for the last parts to be appended; returns the session, the server's MD5
     /// and size of the merged file.
     pub fn finish(self) -> Result<(Session, String, u64)> {
         drop(self.tx);
-        self.handle.join().map_err(|_| anyhow!("merge thread panicked"))?
+        self.handle
+            .join()
+            .map_err(|_| anyhow!("merge thread panicked"))?
     }
 }
 
 /// Moves the verified file into place and removes the temp dir.
-pub fn commit(session: &Session, dir: &str, upload_id: &str, dest: &str, overwrite: bool) -> Result<()> {
+pub fn commit(
+    session: &Session,
+    dir: &str,
+    upload_id: &str,
+    dest: &str,
+    overwrite: bool,
+) -> Result<()> {
     let tmp = format!(".relayup-{upload_id}");
     let script = format!(
         "cd -- {dir} || exit 1\n\
@@ -131,14 +167,13 @@ pub fn commit(session: &Session, dir: &str, upload_id: &str, dest: &str, overwri
     let out = ssh::run(session, &script)?;
     match out.status {
         0 => Ok(()),
-        12 => Err(anyhow!("{dir}/{dest} appeared on the server during the send; pass --overwrite to replace it"))
-            .context(crate::error::Code::Usage),
-        s => bail!("moving the merged file into place failed (exit {s}): {}", out.stderr.trim()),
+        12 => Err(anyhow!(
+            "{dir}/{dest} appeared on the server during the send; pass --overwrite to replace it"
+        ))
+        .context(crate::error::Code::Usage),
+        s => bail!(
+            "moving the merged file into place failed (exit {s}): {}",
+            out.stderr.trim()
+        ),
     }
-}
-
-/// Removes the temp dir (after a failure the user chose not to resume).
-pub fn remove_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> {
-    let script = format!("cd -- {} && rm -rf -- {}", sh(dir), sh(&format!(".relayup-{upload_id}")));
-    ssh::run_ok(session, &script, "removing the temp dir").map(|_| ())
 }

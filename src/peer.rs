@@ -43,7 +43,9 @@ impl PeerLink {
     /// cannot take part (unreachable, host key, auth, no relayup, cannot reach the server).
     pub fn open(peer: &Peer, known_hosts: &Path, hello: &Request) -> Result<PeerLink> {
         let session = ssh::connect(&peer.login, Trust::KnownHosts(known_hosts), None)?;
-        let mut channel = session.channel_session().context("opening an SSH channel")?;
+        let mut channel = session
+            .channel_session()
+            .context("opening an SSH channel")?;
         // One stream for stdout and stderr: a relay's stderr can never fill its window.
         channel
             .handle_extended_data(ExtendedData::Merge)
@@ -113,7 +115,11 @@ impl PeerLink {
                 };
                 bail!(
                     "relay exited (status {status}){}{hint}",
-                    if diag.is_empty() { String::new() } else { format!(": {}", diag.join(" | ")) }
+                    if diag.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", diag.join(" | "))
+                    }
                 );
             };
             if line.starts_with('{') {
@@ -130,7 +136,8 @@ impl PeerLink {
     fn stage(&mut self, source: &Path, part: &Part, upload_id: &str) -> Result<(String, String)> {
         let name = format!("{upload_id}-{}", part.file_name());
         let path = format!("{}/{name}", self.staging);
-        let mut file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
+        let mut file =
+            File::open(source).with_context(|| format!("opening {}", source.display()))?;
         file.seek(SeekFrom::Start(part.offset))?;
         let never = AtomicBool::new(false);
         let mut reader = HashingReader {
@@ -138,8 +145,14 @@ impl PeerLink {
             hash: Md5::new(),
             cancel: &never,
         };
-        write_file(&self.sftp, Path::new(&path), &mut reader, part.len, &mut |_| {})
-            .with_context(|| format!("staging part {} at {path}", part.index))?;
+        write_file(
+            &self.sftp,
+            Path::new(&path),
+            &mut reader,
+            part.len,
+            &mut |_| {},
+        )
+        .with_context(|| format!("staging part {} at {path}", part.index))?;
         Ok((name, format!("{:x}", reader.hash.finalize())))
     }
 
@@ -177,14 +190,19 @@ pub struct Job<'a> {
 
 /// Runs one peer until no part is left for it. On error, returns the parts it held
 /// so they can go to other hosts.
-pub fn drive(link: &mut PeerLink, job: &Job<'_>) -> std::result::Result<(), (anyhow::Error, Vec<Part>)> {
+pub fn drive(
+    link: &mut PeerLink,
+    job: &Job<'_>,
+) -> std::result::Result<(), (anyhow::Error, Vec<Part>)> {
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut failures = std::collections::HashMap::<usize, usize>::new();
     let mut stage_secs = 0.0f64;
     let mut uploaded = 0u64;
     let mut upload_secs = 0.0f64;
     let mut last_event = Instant::now();
-    let fail = |e: anyhow::Error, inflight: &VecDeque<InFlight>| Err((e, inflight.iter().map(|f| f.part).collect()));
+    let fail = |e: anyhow::Error, inflight: &VecDeque<InFlight>| {
+        Err((e, inflight.iter().map(|f| f.part).collect()))
+    };
 
     loop {
         // Stage the next part while the relay uploads the current one, just early
@@ -193,32 +211,56 @@ pub fn drive(link: &mut PeerLink, job: &Job<'_>) -> std::result::Result<(), (any
         let want_next = match inflight.front() {
             None => true,
             Some(f) if inflight.len() == 1 => {
-                let rate = if upload_secs > 0.5 { uploaded as f64 / upload_secs } else { 0.0 };
+                let rate = if upload_secs > 0.5 {
+                    uploaded as f64 / upload_secs
+                } else {
+                    0.0
+                };
                 let left = (f.part.len - f.bytes) as f64;
-                rate > 0.0 && left / rate <= stage_secs * 1.5 + 1.0 || rate == 0.0 && f.bytes * 2 >= f.part.len
+                rate > 0.0 && left / rate <= stage_secs * 1.5 + 1.0
+                    || rate == 0.0 && f.bytes * 2 >= f.part.len
             }
             Some(_) => false,
         };
         if want_next {
             match job.sched.next(job.host) {
                 Next::Part(part) => {
-                    job.progress.host_state(job.host, &format!("staging part {}", part.index));
+                    job.progress
+                        .host_state(job.host, &format!("staging part {}", part.index));
                     let t = Instant::now();
                     let staged = link.stage(job.source, &part, job.upload_id);
                     let (name, md5) = match staged {
                         Ok(v) => v,
                         Err(e) => {
-                            inflight.push_back(InFlight { part, md5: String::new(), bytes: 0, failures: 0 });
+                            inflight.push_back(InFlight {
+                                part,
+                                md5: String::new(),
+                                bytes: 0,
+                                failures: 0,
+                            });
                             return fail(e, &inflight);
                         }
                     };
                     stage_secs = t.elapsed().as_secs_f64();
-                    let req = Request::Upload { index: part.index, file: name, size: part.len, md5: md5.clone() };
-                    inflight.push_back(InFlight { part, md5, bytes: 0, failures: 0 });
+                    let req = Request::Upload {
+                        index: part.index,
+                        file: name,
+                        size: part.len,
+                        md5: md5.clone(),
+                    };
+                    inflight.push_back(InFlight {
+                        part,
+                        md5,
+                        bytes: 0,
+                        failures: 0,
+                    });
                     if let Err(e) = link.send(&req) {
                         return fail(e, &inflight);
                     }
-                    job.progress.host_state(job.host, &format!("uploading part {}", inflight[0].part.index));
+                    job.progress.host_state(
+                        job.host,
+                        &format!("uploading part {}", inflight[0].part.index),
+                    );
                     continue;
                 }
                 Next::Finished if inflight.is_empty() => {
@@ -251,12 +293,20 @@ pub fn drive(link: &mut PeerLink, job: &Job<'_>) -> std::result::Result<(), (any
             }
             Event::PartDone { index, bytes, md5 } => {
                 let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
-                    return fail(anyhow!("relay reported part {index}, which it was not given"), &inflight);
+                    return fail(
+                        anyhow!("relay reported part {index}, which it was not given"),
+                        &inflight,
+                    );
                 };
                 let f = inflight.remove(pos).expect("position is valid");
                 if md5 != f.md5 || bytes != f.part.len {
                     inflight.push_back(f);
-                    return fail(anyhow!("relay uploaded part {index} with md5 {md5}, staged md5 was different"), &inflight);
+                    return fail(
+                        anyhow!(
+                            "relay uploaded part {index} with md5 {md5}, staged md5 was different"
+                        ),
+                        &inflight,
+                    );
                 }
                 uploaded += bytes.saturating_sub(f.bytes);
                 upload_secs += dt;
@@ -264,12 +314,19 @@ pub fn drive(link: &mut PeerLink, job: &Job<'_>) -> std::result::Result<(), (any
                 job.progress.part_done(job.host, index, bytes, &md5);
                 let _ = job.merged.send(index);
                 if let Some(next) = inflight.front() {
-                    job.progress.host_state(job.host, &format!("uploading part {}", next.part.index));
+                    job.progress
+                        .host_state(job.host, &format!("uploading part {}", next.part.index));
                 }
             }
-            Event::Error { index: Some(index), message } => {
+            Event::Error {
+                index: Some(index),
+                message,
+            } => {
                 let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
-                    return fail(anyhow!("relay error for unknown part {index}: {message}"), &inflight);
+                    return fail(
+                        anyhow!("relay error for unknown part {index}: {message}"),
+                        &inflight,
+                    );
                 };
                 let f = inflight.remove(pos).expect("position is valid");
                 let n = failures.entry(index).or_default();
@@ -277,12 +334,21 @@ pub fn drive(link: &mut PeerLink, job: &Job<'_>) -> std::result::Result<(), (any
                 job.progress.part_failed(index);
                 if *n + f.failures >= MAX_PART_FAILURES {
                     inflight.push_back(f);
-                    return fail(anyhow!("part {index} failed {MAX_PART_FAILURES} times: {message}"), &inflight);
+                    return fail(
+                        anyhow!("part {index} failed {MAX_PART_FAILURES} times: {message}"),
+                        &inflight,
+                    );
                 }
-                job.progress.warn(&format!("{}: part {index}: {message}; sending it again", link.peer.login.name));
+                job.progress.warn(&format!(
+                    "{}: part {index}: {message}; sending it again",
+                    link.peer.login.name
+                ));
                 job.sched.give_back(&[f.part]);
             }
-            Event::Error { index: None, message } => return fail(anyhow!("{message}"), &inflight),
+            Event::Error {
+                index: None,
+                message,
+            } => return fail(anyhow!("{message}"), &inflight),
             Event::Ready { .. } => return fail(anyhow!("relay sent ready twice"), &inflight),
         }
     }

@@ -94,7 +94,10 @@ impl Plan {
     pub fn new(size: u64, hosts: usize, strategy: Strategy, part_size: Option<u64>) -> Plan {
         let parts = match strategy {
             Strategy::Equal => equal(size, hosts),
-            Strategy::Adaptive => fixed(size, part_size.unwrap_or_else(|| default_part_size(size, hosts))),
+            Strategy::Adaptive => fixed(
+                size,
+                part_size.unwrap_or_else(|| default_part_size(size, hosts)),
+            ),
         };
         Plan {
             size,

@@ -132,7 +132,11 @@ impl Progress {
             let weak = Arc::downgrade(&p);
             let stop = p.stop.clone();
             std::thread::spawn(move || {
-                let every = if mode == Mode::Json { JSON_EVERY } else { PLAIN_EVERY };
+                let every = if mode == Mode::Json {
+                    JSON_EVERY
+                } else {
+                    PLAIN_EVERY
+                };
                 let mut next = Instant::now() + every;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
@@ -155,7 +159,11 @@ impl Progress {
 
     fn host_bytes(s: &State, host: usize) -> u64 {
         s.hosts[host].done
-            + s.parts.values().filter(|(h, _)| *h == host).map(|(_, b)| b).sum::<u64>()
+            + s.parts
+                .values()
+                .filter(|(h, _)| *h == host)
+                .map(|(_, b)| b)
+                .sum::<u64>()
     }
 
     fn sent(s: &State) -> u64 {
@@ -171,11 +179,17 @@ impl Progress {
                 let hosts: serde_json::Map<String, Value> = (0..s.hosts.len())
                     .map(|i| (s.hosts[i].name.clone(), json!(Self::host_bytes(&s, i))))
                     .collect();
-                emit_json(json!({"type": "progress", "bytes": sent, "total": self.total,
-                    "seconds": round2(secs), "hosts": hosts}));
+                emit_json(
+                    json!({"type": "progress", "bytes": sent, "total": self.total,
+                    "seconds": round2(secs), "hosts": hosts}),
+                );
             }
             Mode::Plain => {
-                let pct = if self.total == 0 { 100.0 } else { sent as f64 * 100.0 / self.total as f64 };
+                let pct = if self.total == 0 {
+                    100.0
+                } else {
+                    sent as f64 * 100.0 / self.total as f64
+                };
                 let hosts: Vec<String> = (0..s.hosts.len())
                     .map(|i| format!("{} {}", s.hosts[i].name, human(Self::host_bytes(&s, i))))
                     .collect();
@@ -237,15 +251,19 @@ impl Progress {
         s.hosts[host].done += bytes;
         self.refresh_bars(&s, host);
         if self.mode == Mode::Json {
-            emit_json(json!({"type": "part_done", "part": index, "host": s.hosts[host].name,
-                "bytes": bytes, "md5": md5}));
+            emit_json(
+                json!({"type": "part_done", "part": index, "host": s.hosts[host].name,
+                "bytes": bytes, "md5": md5}),
+            );
         }
     }
 
     pub fn merged(&self, md5: &str, seconds_after_transfer: f64) {
         if self.mode == Mode::Json {
-            emit_json(json!({"type": "merged", "md5": md5, "seconds": round2(self.start.elapsed().as_secs_f64()),
-                "merge_wait": round2(seconds_after_transfer)}));
+            emit_json(
+                json!({"type": "merged", "md5": md5, "seconds": round2(self.start.elapsed().as_secs_f64()),
+                "merge_wait": round2(seconds_after_transfer)}),
+            );
         }
     }
 
@@ -267,10 +285,6 @@ impl Progress {
             .collect();
         (hosts, self.start.elapsed().as_secs_f64())
     }
-
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
 }
 
 pub fn round2(x: f64) -> f64 {
@@ -278,15 +292,29 @@ pub fn round2(x: f64) -> f64 {
 }
 
 /// Prints the final report: a `done` event with `--json`, lines on stderr otherwise.
-pub fn report_done(mode: Mode, total: u64, seconds: f64, md5: &str, dest: &str, hosts: &[HostSummary]) {
+pub fn report_done(
+    mode: Mode,
+    total: u64,
+    seconds: f64,
+    md5: &str,
+    dest: &str,
+    hosts: &[HostSummary],
+) {
     let rate = |b: u64| b as f64 / seconds.max(0.001) / 1e6;
     if mode == Mode::Json {
         let per: serde_json::Map<String, Value> = hosts
             .iter()
-            .map(|h| (h.name.clone(), json!({"bytes": h.bytes, "mbps": round2(rate(h.bytes))})))
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    json!({"bytes": h.bytes, "mbps": round2(rate(h.bytes))}),
+                )
+            })
             .collect();
-        emit_json(json!({"type": "done", "bytes": total, "seconds": round2(seconds), "md5": md5,
-            "dest": dest, "verified": true, "mbps": round2(rate(total)), "hosts": per}));
+        emit_json(
+            json!({"type": "done", "bytes": total, "seconds": round2(seconds), "md5": md5,
+            "dest": dest, "verified": true, "mbps": round2(rate(total)), "hosts": per}),
+        );
     }
     eprintln!(
         "relayup: {dest}: {} in {seconds:.1} s ({:.1} MB/s), md5 {md5} verified on the server",
@@ -295,7 +323,12 @@ pub fn report_done(mode: Mode, total: u64, seconds: f64, md5: &str, dest: &str, 
     );
     if mode != Mode::Json {
         for h in hosts {
-            eprintln!("  {:>12}  {:>11}  {:>7.1} MB/s", h.name, human(h.bytes), rate(h.bytes));
+            eprintln!(
+                "  {:>12}  {:>11}  {:>7.1} MB/s",
+                h.name,
+                human(h.bytes),
+                rate(h.bytes)
+            );
         }
     }
 }

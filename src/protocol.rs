@@ -144,7 +144,10 @@ mod tests {
         let line = to_line(&hello);
         assert!(line.ends_with('\n'));
         assert_eq!(parse_request(line.trim_end()).unwrap(), hello);
-        assert!(!format!("{hello:?}").contains("pw\""), "Debug hides the password");
+        assert!(
+            !format!("{hello:?}").contains("pw\""),
+            "Debug hides the password"
+        );
         let up = Request::Upload {
             index: 3,
             file: "x-3.part".into(),
@@ -193,7 +196,10 @@ mod tests {
             "{\"type\":\"progress\",\"index\":1,\"bytes\":2,\"extra\":3}",
             "not json",
         ] {
-            assert!(parse_request(bad).is_err() || parse_event(bad).is_err(), "{bad}");
+            assert!(
+                parse_request(bad).is_err() || parse_event(bad).is_err(),
+                "{bad}"
+            );
         }
         assert!(parse_request("{\"type\":\"progress\",\"index\":1,\"bytes\":2}").is_err());
     }

@@ -60,7 +60,11 @@ mod tests {
                 .arg(format!("printf %s {}", sh(s)))
                 .output()
                 .unwrap();
-            assert_eq!(String::from_utf8_lossy(&out.stdout), s, "round trip of {s:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                s,
+                "round trip of {s:?}"
+            );
         }
     }
 }

@@ -147,7 +147,10 @@ pub fn run() -> Result<()> {
                 }
                 let result = upload(&mut *uploader, &job, &out, &cancel);
                 let _ = std::fs::remove_file(&job.path);
-                staged.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p != &job.path);
+                staged
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|p| p != &job.path);
                 match result {
                     Ok(md5) => out.send(&Event::PartDone {
                         index: job.index,
@@ -163,13 +166,26 @@ pub fn run() -> Result<()> {
     let result = (|| -> Result<()> {
         while let Some(line) = protocol::read_line(&mut input)? {
             match protocol::parse_request(&line)? {
-                Request::Upload { index, file, size, md5 } => {
+                Request::Upload {
+                    index,
+                    file,
+                    size,
+                    md5,
+                } => {
                     if !valid_file_name(&file) {
                         bail!("refusing staged file name {file:?}");
                     }
                     let path = staging.join(&file);
-                    staged.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
-                    let _ = verify_tx.send(Job { index, path, size, md5 });
+                    staged
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(path.clone());
+                    let _ = verify_tx.send(Job {
+                        index,
+                        path,
+                        size,
+                        md5,
+                    });
                 }
                 Request::Hello { .. } => bail!("hello sent twice"),
             }
@@ -194,7 +210,9 @@ fn valid_file_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < 128
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
 }
 
 /// Creates the staging directory (mode 0700) and returns its absolute path.
@@ -203,17 +221,22 @@ fn staging_dir(requested: Option<&str>) -> Result<PathBuf> {
         Some(s) => crate::config::expand(s)?,
         None => crate::config::home()?.join(".cache").join("relayup"),
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create staging dir {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create staging dir {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot chmod 700 staging dir {}", dir.display()))?;
     std::fs::canonicalize(&dir).with_context(|| format!("staging dir {}", dir.display()))
 }
 
 fn file_md5(path: &Path, size: u64) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("staged file {} is missing", path.display()))?;
+    let mut f =
+        File::open(path).with_context(|| format!("staged file {} is missing", path.display()))?;
     let actual = f.metadata()?.len();
     if actual != size {
-        bail!("staged file {} is {actual} bytes, expected {size}", path.display());
+        bail!(
+            "staged file {} is {actual} bytes, expected {size}",
+            path.display()
+        );
     }
     let mut h = Md5::new();
     let mut buf = vec![0u8; CHUNK];
@@ -229,8 +252,14 @@ fn file_md5(path: &Path, size: u64) -> Result<String> {
 
 /// Uploads one staged part, hashing what is sent: the MD5 reported is of the bytes
 /// that actually left for the server.
-fn upload(up: &mut dyn transport::Uploader, job: &Job, out: &Out, cancel: &AtomicBool) -> Result<String> {
-    let file = File::open(&job.path).with_context(|| format!("staged file {} is missing", job.path.display()))?;
+fn upload(
+    up: &mut dyn transport::Uploader,
+    job: &Job,
+    out: &Out,
+    cancel: &AtomicBool,
+) -> Result<String> {
+    let file = File::open(&job.path)
+        .with_context(|| format!("staged file {} is missing", job.path.display()))?;
     let mut reader = HashingReader {
         inner: file,
         hash: Md5::new(),
@@ -251,7 +280,10 @@ fn upload(up: &mut dyn transport::Uploader, job: &Job, out: &Out, cancel: &Atomi
     )?;
     let md5 = format!("{:x}", reader.hash.finalize());
     if md5 != job.md5 {
-        bail!("part {index} changed on this peer while uploading (md5 {md5}, expected {})", job.md5);
+        bail!(
+            "part {index} changed on this peer while uploading (md5 {md5}, expected {})",
+            job.md5
+        );
     }
     Ok(md5)
 }
@@ -266,7 +298,7 @@ pub struct HashingReader<'a, R> {
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(std::io::Error::new(std::io::ErrorKind::Other, "cancelled"));
+            return Err(std::io::Error::other("cancelled"));
         }
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);

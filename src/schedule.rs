@@ -68,7 +68,9 @@ impl Scheduler {
         if !s.alive[host] || s.done == s.total {
             return Next::Finished;
         }
-        let part = s.reserved[host].pop_front().or_else(|| s.shared.pop_front());
+        let part = s.reserved[host]
+            .pop_front()
+            .or_else(|| s.shared.pop_front());
         match part {
             Some(p) => {
                 s.in_flight += 1;
@@ -120,6 +122,7 @@ impl Scheduler {
         s.done == s.total
     }
 
+    #[cfg(test)]
     pub fn hosts_alive(&self) -> usize {
         self.lock().alive.iter().filter(|a| **a).count()
     }
@@ -165,7 +168,9 @@ mod tests {
         assert_eq!(s.next(1), Next::Finished, "a failed host gets nothing more");
         let Next::Part(own) = s.next(0) else { panic!() };
         assert_eq!(own.index, 0);
-        let Next::Part(taken) = s.next(0) else { panic!() };
+        let Next::Part(taken) = s.next(0) else {
+            panic!()
+        };
         assert_eq!(taken.index, 1, "the failed host's part is reassigned");
         assert_eq!(s.hosts_alive(), 2);
     }
@@ -185,7 +190,9 @@ mod tests {
         let Next::Part(a) = s.next(0) else { panic!() };
         let Next::Part(_b) = s.next(1) else { panic!() };
         s.give_back(&[a]);
-        let Next::Part(again) = s.next(1) else { panic!() };
+        let Next::Part(again) = s.next(1) else {
+            panic!()
+        };
         assert_eq!(again.index, 0);
     }
 

@@ -32,7 +32,8 @@ struct Stamp {
 }
 
 fn stamp(path: &Path) -> Result<Stamp> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?;
     if !meta.is_file() {
         bail!("{} is not a regular file", path.display());
     }
@@ -44,10 +45,14 @@ fn stamp(path: &Path) -> Result<Stamp> {
 
 /// The server-side name: one plain file name inside the upload directory.
 pub fn validate_dest(name: &std::ffi::OsStr) -> Result<String> {
-    let s = name
-        .to_str()
-        .ok_or_else(|| anyhow!("destination name {name:?} is not valid UTF-8; pass --dest with a UTF-8 name"))?;
-    let bad = |why: &str| Err(anyhow!("destination name {s:?} {why}; pass --dest NAME with a plain file name"));
+    let s = name.to_str().ok_or_else(|| {
+        anyhow!("destination name {name:?} is not valid UTF-8; pass --dest with a UTF-8 name")
+    })?;
+    let bad = |why: &str| {
+        Err(anyhow!(
+            "destination name {s:?} {why}; pass --dest NAME with a plain file name"
+        ))
+    };
     if s.is_empty() {
         return bad("is empty");
     }
@@ -72,10 +77,18 @@ fn upload_id(source: &Path, st: &Stamp, dest: &str, settings: &Settings) -> Stri
     let canonical = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
     h.update(canonical.as_os_str().as_encoded_bytes());
     h.update(st.size.to_le_bytes());
-    if let Some(t) = st.mtime.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+    if let Some(t) = st
+        .mtime
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+    {
         h.update(t.as_nanos().to_le_bytes());
     }
-    for s in [dest, &settings.server.host, &settings.server.dir, &settings.merge.dir] {
+    for s in [
+        dest,
+        &settings.server.host,
+        &settings.server.dir,
+        &settings.merge.dir,
+    ] {
         h.update(s.as_bytes());
         h.update([0]);
     }
@@ -84,13 +97,17 @@ fn upload_id(source: &Path, st: &Stamp, dest: &str, settings: &Settings) -> Stri
 
 pub fn run(args: SendArgs) -> Result<ExitCode> {
     // Stage 1: everything that can be wrong without the network. Exit 2.
-    let (settings, source, st, dest, strategy, part_size) = resolve(&args).map_err(|e| with_code(e, Code::Usage))?;
+    let (settings, source, st, dest, strategy, part_size) =
+        resolve(&args).map_err(|e| with_code(e, Code::Usage))?;
     let mut hosts = vec!["local".to_string()];
     hosts.extend(settings.peers.iter().map(|p| p.login.name.clone()));
     if args.dry_run {
         let plan = Plan::new(st.size, hosts.len(), strategy, part_size);
         print!("{}", plan.describe(&hosts));
-        println!("destination: {}/{dest} on {}://{}:{}", settings.server.dir, settings.server.scheme, settings.server.host, settings.server.port);
+        println!(
+            "destination: {}/{dest} on {}://{}:{}",
+            settings.server.dir, settings.server.scheme, settings.server.host, settings.server.port
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let id = upload_id(&source, &st, &dest, &settings);
@@ -112,7 +129,9 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
             )
         });
         let m = m.join().map_err(|_| anyhow!("merge pre-flight panicked"))?;
-        let l = l.join().map_err(|_| anyhow!("server pre-flight panicked"))?;
+        let l = l
+            .join()
+            .map_err(|_| anyhow!("server pre-flight panicked"))?;
         let m = m.context("merge login")?;
         let (up, key) = l.context("uploading from this machine")?;
         Ok::<_, anyhow::Error>((m, up, key))
@@ -142,7 +161,13 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
             .collect();
         handles
             .into_iter()
-            .map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err(anyhow!("pre-flight panicked")))))
+            .map(|(i, h)| {
+                (
+                    i,
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("pre-flight panicked"))),
+                )
+            })
             .collect()
     });
     drop(hello);
@@ -167,8 +192,14 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
         "strategy": match strategy { Strategy::Adaptive => "adaptive", Strategy::Equal => "equal" }});
     let progress = Progress::start(mode, st.size, &live, start);
     let sched = Scheduler::new(&plan, live.len());
-    let (feeder, merged_tx) = Feeder::start(merge_session, &settings.merge.dir, &id, plan.parts.len(), st.size)
-        .map_err(|e| with_code(e, Code::Transfer))?;
+    let (feeder, merged_tx) = Feeder::start(
+        merge_session,
+        &settings.merge.dir,
+        &id,
+        plan.parts.len(),
+        st.size,
+    )
+    .map_err(|e| with_code(e, Code::Transfer))?;
     let hasher = {
         let source = source.clone();
         std::thread::spawn(move || file_md5(&source))
@@ -177,14 +208,16 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
     let failures: Vec<(String, anyhow::Error)> = std::thread::scope(|s| {
         let mut handles = Vec::new();
         {
-            let (sched, progress, merged_tx, source) = (&sched, &progress, merged_tx.clone(), &source);
+            let (sched, progress, merged_tx, source) =
+                (&sched, &progress, merged_tx.clone(), &source);
             handles.push(s.spawn(move || {
                 let r = local_worker(local, sched, progress, &merged_tx, source);
                 ("local".to_string(), r)
             }));
         }
         for (n, mut link) in links.into_iter().enumerate() {
-            let (sched, progress, merged_tx, source, id) = (&sched, &progress, merged_tx.clone(), &source, &id);
+            let (sched, progress, merged_tx, source, id) =
+                (&sched, &progress, merged_tx.clone(), &source, &id);
             handles.push(s.spawn(move || {
                 let job = peer::Job {
                     host: n + 1,
@@ -202,7 +235,9 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
                     }
                     sched.host_failed(n + 1, &parts);
                     progress.host_state(n + 1, "dropped");
-                    progress.warn(&format!("{name} dropped: {e:#}; its parts go to the other hosts"));
+                    progress.warn(&format!(
+                        "{name} dropped: {e:#}; its parts go to the other hosts"
+                    ));
                     e
                 });
                 link.close();
@@ -222,7 +257,10 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
 
     if !sched.all_done() {
         progress.stop();
-        let why: Vec<String> = failures.iter().map(|(h, e)| format!("{h}: {e:#}")).collect();
+        let why: Vec<String> = failures
+            .iter()
+            .map(|(h, e)| format!("{h}: {e:#}"))
+            .collect();
         return Err(with_code(
             anyhow!(
                 "no host could finish the upload ({}); the parts already on the server are kept in {}/.relayup-{id}",
@@ -235,7 +273,8 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
     let transfer_end = Instant::now();
 
     // Stage 4: the server finishes the merge; compare and rename into place.
-    let (session, server_md5, server_size) = feeder.finish().map_err(|e| with_code(e, Code::Transfer))?;
+    let (session, server_md5, server_size) =
+        feeder.finish().map_err(|e| with_code(e, Code::Transfer))?;
     let merge_wait = transfer_end.elapsed().as_secs_f64();
     progress.merged(&server_md5, merge_wait);
     let source_md5 = hasher
@@ -259,7 +298,8 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
             Code::Verify,
         ));
     }
-    merge::commit(&session, &settings.merge.dir, &id, &dest, args.overwrite).map_err(|e| with_code(e, Code::Transfer))?;
+    merge::commit(&session, &settings.merge.dir, &id, &dest, args.overwrite)
+        .map_err(|e| with_code(e, Code::Transfer))?;
     for (name, e) in &failures {
         progress.warn(&format!("{name} dropped out during the send: {e:#}"));
     }
@@ -272,15 +312,15 @@ fn resolve(args: &SendArgs) -> Result<(Settings, PathBuf, Stamp, String, Strateg
     let path = config::config_path(args.config.as_deref())?;
     let settings = config::load(&path)?;
     let st = stamp(&args.file)?;
-    File::open(&args.file).with_context(|| format!("{}: cannot open it for reading", args.file.display()))?;
-    let dest = match &args.dest {
-        Some(d) => validate_dest(d)?,
-        None => validate_dest(
-            args.file
-                .file_name()
-                .ok_or_else(|| anyhow!("{} has no file name; pass --dest", args.file.display()))?,
-        )?,
-    };
+    File::open(&args.file)
+        .with_context(|| format!("{}: cannot open it for reading", args.file.display()))?;
+    let dest =
+        match &args.dest {
+            Some(d) => validate_dest(d)?,
+            None => validate_dest(args.file.file_name().ok_or_else(|| {
+                anyhow!("{} has no file name; pass --dest", args.file.display())
+            })?)?,
+        };
     let strategy = match args.strategy {
         StrategyArg::Adaptive => Strategy::Adaptive,
         StrategyArg::Equal => Strategy::Equal,
@@ -373,10 +413,29 @@ mod tests {
 
     #[test]
     fn destination_names() {
-        for ok in ["a.iso", "with space", "it's", "$(x)", "`id`", "a;b", "-leading", "ünï"] {
+        for ok in [
+            "a.iso",
+            "with space",
+            "it's",
+            "$(x)",
+            "`id`",
+            "a;b",
+            "-leading",
+            "ünï",
+        ] {
             assert_eq!(validate_dest(OsStr::new(ok)).unwrap(), ok);
         }
-        for bad in ["", ".", "..", "a/b", "/abs", "../up", "new\nline", "cr\r", ".relayup-x"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/abs",
+            "../up",
+            "new\nline",
+            "cr\r",
+            ".relayup-x",
+        ] {
             assert!(validate_dest(OsStr::new(bad)).is_err(), "{bad:?}");
         }
         use std::os::unix::ffi::OsStrExt;

@@ -26,7 +26,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "mb" => 1e6,
         "gb" => 1e9,
         "tb" => 1e12,
-        other => bail!("invalid size {text:?}: unknown unit {other:?} (use KiB, MiB, GiB, KB, MB or GB)"),
+        other => {
+            bail!("invalid size {text:?}: unknown unit {other:?} (use KiB, MiB, GiB, KB, MB or GB)")
+        }
     };
     let bytes = value * mult;
     if !bytes.is_finite() || bytes >= u64::MAX as f64 {
@@ -79,7 +81,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for text in ["", "MiB", "-1", "1.2.3M", "12 parsecs", "0.5B", "99999999999T"] {
+        for text in [
+            "",
+            "MiB",
+            "-1",
+            "1.2.3M",
+            "12 parsecs",
+            "0.5B",
+            "99999999999T",
+        ] {
             assert!(parse_size(text).is_err(), "{text} should be rejected");
         }
     }

@@ -55,12 +55,18 @@ pub fn connect(login: &Login, trust: Trust<'_>, password: Option<&Secret>) -> Re
     session.set_timeout(IO_TIMEOUT.as_millis() as u32);
     let prefs = match &trust {
         Trust::KnownHosts(file) => known_key_types(file, &login.host, login.port),
-        Trust::Exact(line) => line.split_whitespace().next().map(|t| vec![t.to_string()]).unwrap_or_default(),
+        Trust::Exact(line) => line
+            .split_whitespace()
+            .next()
+            .map(|t| vec![t.to_string()])
+            .unwrap_or_default(),
     };
     if !prefs.is_empty() {
         // Ask for the key type we know, or a host with two key types reads as changed.
         let algs: Vec<String> = prefs.iter().flat_map(|t| algorithms_for(t)).collect();
-        session.method_pref(MethodType::HostKey, &algs.join(",")).ok();
+        session
+            .method_pref(MethodType::HostKey, &algs.join(","))
+            .ok();
     }
     session
         .handshake()
@@ -74,7 +80,11 @@ pub fn connect(login: &Login, trust: Trust<'_>, password: Option<&Secret>) -> Re
 /// The algorithms to offer for a key type as written in known_hosts.
 fn algorithms_for(key_type: &str) -> Vec<String> {
     match key_type {
-        "ssh-rsa" => vec!["rsa-sha2-512".into(), "rsa-sha2-256".into(), "ssh-rsa".into()],
+        "ssh-rsa" => vec![
+            "rsa-sha2-512".into(),
+            "rsa-sha2-256".into(),
+            "ssh-rsa".into(),
+        ],
         t => vec![t.to_string()],
     }
 }
@@ -85,7 +95,11 @@ fn known_key_types(file: &Path, host: &str, port: u16) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(file) else {
         return Vec::new();
     };
-    let want = if port == 22 { host.to_string() } else { format!("[{host}]:{port}") };
+    let want = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
     let mut types = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -117,7 +131,9 @@ fn key_type_name(t: HostKeyType) -> &'static str {
 
 /// The session's host key as a known_hosts key field: `type base64`.
 pub fn host_key_line(session: &Session) -> Result<String> {
-    let (key, kind) = session.host_key().ok_or_else(|| anyhow!("server sent no host key"))?;
+    let (key, kind) = session
+        .host_key()
+        .ok_or_else(|| anyhow!("server sent no host key"))?;
     Ok(format!(
         "{} {}",
         key_type_name(kind),
@@ -128,7 +144,10 @@ pub fn host_key_line(session: &Session) -> Result<String> {
 /// `SHA256:…`, as `ssh-keygen -l` prints it.
 pub fn fingerprint(session: &Session) -> String {
     match session.host_key_hash(HashType::Sha256) {
-        Some(h) => format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(h)),
+        Some(h) => format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(h)
+        ),
         None => "(no fingerprint)".into(),
     }
 }
@@ -189,7 +208,10 @@ fn authenticate(session: &Session, login: &Login, password: Option<&Secret>) -> 
     }
     if let Some(id) = &login.identity {
         if !id.exists() {
-            bail!("{what}: identity file {} does not exist; fix ssh.identity or the host's identity", id.display());
+            bail!(
+                "{what}: identity file {} does not exist; fix ssh.identity or the host's identity",
+                id.display()
+            );
         }
         match session.userauth_pubkey_file(user, None, id, None) {
             Ok(()) if session.authenticated() => return Ok(()),
@@ -213,7 +235,11 @@ fn authenticate(session: &Session, login: &Login, password: Option<&Secret>) -> 
         }
     }
     for file in default_identities() {
-        if session.userauth_pubkey_file(user, None, &file, None).is_ok() && session.authenticated() {
+        if session
+            .userauth_pubkey_file(user, None, &file, None)
+            .is_ok()
+            && session.authenticated()
+        {
             return Ok(());
         }
         tried.push(format!("key {}", file.display()));
@@ -243,31 +269,26 @@ pub struct Output {
 /// Runs a fixed command through `sh -c` (whatever the login shell is) and waits for it.
 /// `script` must quote every path with [`crate::quote::sh`].
 pub fn run(session: &Session, script: &str) -> Result<Output> {
-    let mut ch = session.channel_session().context("opening an SSH channel")?;
+    let mut ch = session
+        .channel_session()
+        .context("opening an SSH channel")?;
     ch.exec(&format!("sh -c {}", crate::quote::sh(script)))
         .context("starting a remote command")?;
     // Read stderr merged after stdout: both are small for the commands we run.
     let mut stdout = String::new();
     let mut stderr = String::new();
-    ch.read_to_string(&mut stdout).context("reading a remote command's output")?;
+    ch.read_to_string(&mut stdout)
+        .context("reading a remote command's output")?;
     ch.stderr().read_to_string(&mut stderr).ok();
     ch.wait_close().ok();
-    let status = ch.exit_status().context("reading a remote command's exit status")?;
-    Ok(Output { status, stdout, stderr })
-}
-
-/// Like [`run`], but a non-zero exit is an error carrying the command's stderr.
-pub fn run_ok(session: &Session, script: &str, what: &str) -> Result<String> {
-    let out = run(session, script)?;
-    if out.status != 0 {
-        let msg = out.stderr.trim();
-        bail!(
-            "{what} failed (exit {}){}",
-            out.status,
-            if msg.is_empty() { String::new() } else { format!(": {}", msg.lines().last().unwrap_or(msg)) }
-        );
-    }
-    Ok(out.stdout)
+    let status = ch
+        .exit_status()
+        .context("reading a remote command's exit status")?;
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 #[cfg(test)]
@@ -283,8 +304,14 @@ mod tests {
             "# comment\nalpha ssh-ed25519 AAAA\n[alpha]:2222 ecdsa-sha2-nistp256 BBBB\nbeta,alpha ssh-rsa CCCC\n@revoked alpha ssh-dss DDDD\n",
         )
         .unwrap();
-        assert_eq!(known_key_types(&f, "alpha", 22), vec!["ssh-ed25519", "ssh-rsa"]);
-        assert_eq!(known_key_types(&f, "alpha", 2222), vec!["ecdsa-sha2-nistp256"]);
+        assert_eq!(
+            known_key_types(&f, "alpha", 22),
+            vec!["ssh-ed25519", "ssh-rsa"]
+        );
+        assert_eq!(
+            known_key_types(&f, "alpha", 2222),
+            vec!["ecdsa-sha2-nistp256"]
+        );
         assert!(known_key_types(&f, "gamma", 22).is_empty());
         assert!(known_key_types(&dir.path().join("missing"), "alpha", 22).is_empty());
         assert_eq!(algorithms_for("ssh-rsa").len(), 3);

@@ -48,9 +48,14 @@ impl Ftp {
             .password
             .as_ref()
             .ok_or_else(|| anyhow!("{what}: FTP needs a password"))?;
-        stream.login(spec.user.as_str(), password.expose()).map_err(|e| {
-            anyhow!("{what}: login as {} failed: {e}; check server.user and the password", spec.user)
-        })?;
+        stream
+            .login(spec.user.as_str(), password.expose())
+            .map_err(|e| {
+                anyhow!(
+                    "{what}: login as {} failed: {e}; check server.user and the password",
+                    spec.user
+                )
+            })?;
         // ASCII mode would rewrite line endings inside binary parts.
         stream
             .transfer_type(FileType::Binary)
@@ -59,7 +64,10 @@ impl Ftp {
         if stream.cwd(&dir).is_err() {
             let _ = stream.mkdir(&dir);
             stream.cwd(&dir).map_err(|e| {
-                anyhow!("{what}: cannot create or enter {dir}: {e}; does {} exist and is it writable?", spec.dir)
+                anyhow!(
+                    "{what}: cannot create or enter {dir}: {e}; does {} exist and is it writable?",
+                    spec.dir
+                )
             })?;
         }
         Ok(Ftp { stream, what })
@@ -90,7 +98,13 @@ fn tls_config() -> Result<suppaftp::rustls::ClientConfig> {
 }
 
 impl Uploader for Ftp {
-    fn put(&mut self, name: &str, src: &mut dyn Read, len: u64, progress: &mut dyn FnMut(u64)) -> Result<()> {
+    fn put(
+        &mut self,
+        name: &str,
+        src: &mut dyn Read,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
         if name.contains(['\r', '\n']) {
             bail!("refusing FTP file name with a line break");
         }
@@ -99,7 +113,8 @@ impl Uploader for Ftp {
             .stream
             .put_with_stream(name)
             .map_err(|e| anyhow!("{what}: STOR {name} refused: {e}"))?;
-        copy_exact(src, &mut data, len, progress).with_context(|| format!("{what}: uploading {name}"))?;
+        copy_exact(src, &mut data, len, progress)
+            .with_context(|| format!("{what}: uploading {name}"))?;
         data.finish()
             .map_err(|e| anyhow!("{what}: upload of {name} not confirmed: {e}"))?;
         // A cut data connection can look like success: trust only the size.

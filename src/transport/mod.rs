@@ -22,7 +22,13 @@ pub fn temp_dir(dir: &str, upload_id: &str) -> String {
 pub trait Uploader: Send {
     /// Uploads `len` bytes from `src` as `name` inside the upload's temp dir, calling
     /// `progress` with the running byte count, then checks the size the server reports.
-    fn put(&mut self, name: &str, src: &mut dyn Read, len: u64, progress: &mut dyn FnMut(u64)) -> Result<()>;
+    fn put(
+        &mut self,
+        name: &str,
+        src: &mut dyn Read,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()>;
 }
 
 /// How an SFTP server's host key is checked.

@@ -44,7 +44,10 @@ impl SftpUpload {
         let dir = temp_dir(&spec.dir, upload_id);
         if sftp.stat(Path::new(&dir)).is_err() {
             sftp.mkdir(Path::new(&dir), 0o700).map_err(|e| {
-                anyhow!("{what}: cannot create {dir}: {e}; does {} exist and is it writable?", spec.dir)
+                anyhow!(
+                    "{what}: cannot create {dir}: {e}; does {} exist and is it writable?",
+                    spec.dir
+                )
             })?;
         }
         Ok((
@@ -60,10 +63,17 @@ impl SftpUpload {
 }
 
 impl Uploader for SftpUpload {
-    fn put(&mut self, name: &str, src: &mut dyn Read, len: u64, progress: &mut dyn FnMut(u64)) -> Result<()> {
+    fn put(
+        &mut self,
+        name: &str,
+        src: &mut dyn Read,
+        len: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
         let what = &self.what;
         let path = format!("{}/{name}", self.dir);
-        write_file(&self.sftp, Path::new(&path), src, len, progress).with_context(|| format!("{what}: uploading {path}"))
+        write_file(&self.sftp, Path::new(&path), src, len, progress)
+            .with_context(|| format!("{what}: uploading {path}"))
     }
 }
 
@@ -87,11 +97,18 @@ pub fn write_file(
     copy_exact(src, &mut file, len, progress)?;
     // Not every server has fsync@openssh.com; close and the size check still run.
     let _ = file.fsync();
-    file.close().map_err(|e| anyhow!("closing it failed: {e}"))?;
+    file.close()
+        .map_err(|e| anyhow!("closing it failed: {e}"))?;
     drop(file);
-    let size = sftp.stat(path).map_err(|e| anyhow!("cannot stat it: {e}"))?.size;
+    let size = sftp
+        .stat(path)
+        .map_err(|e| anyhow!("cannot stat it: {e}"))?
+        .size;
     if size != Some(len) {
-        bail!("it is {} bytes after writing, expected {len}", size.map_or("?".into(), |s| s.to_string()));
+        bail!(
+            "it is {} bytes after writing, expected {len}",
+            size.map_or("?".into(), |s| s.to_string())
+        );
     }
     Ok(())
 }

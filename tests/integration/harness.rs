@@ -17,7 +17,11 @@ pub const PEER_USERS: [&str; 3] = ["relayup-t-p1", "relayup-t-p2", "relayup-t-p3
 pub const SERVER_PASSWORD: &str = "relayup-test-Pw-7c1e";
 
 fn sh(cmd: &str) -> Output {
-    Command::new("sh").arg("-c").arg(cmd).output().expect("run sh")
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh")
 }
 
 /// Creates the test users once per run (idempotent across runs).
@@ -48,7 +52,11 @@ fn setup_machine() {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16, child: &mut Child, what: &str) {
@@ -78,7 +86,11 @@ fn spawn(cmd: &mut Command) -> Child {
             Ok(())
         });
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn daemon")
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon")
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -103,7 +115,10 @@ impl TestEnv {
     pub fn new(peers: usize) -> TestEnv {
         assert!(peers <= PEER_USERS.len());
         setup_machine();
-        let tmp = tempfile::Builder::new().prefix("relayup-e2e-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("relayup-e2e-")
+            .tempdir()
+            .unwrap();
         let root = tmp.path().to_path_buf();
         // Others may traverse the root (to reach pub/ and stage/) but not list it.
         chmod(&root, 0o711);
@@ -111,11 +126,18 @@ impl TestEnv {
         let private = root.join("priv");
         let srv = root.join("srv");
         let stage = root.join("stage");
-        for (d, mode) in [(&public, 0o755), (&private, 0o700), (&srv, 0o755), (&stage, 0o1777)] {
+        for (d, mode) in [
+            (&public, 0o755),
+            (&private, 0o700),
+            (&srv, 0o755),
+            (&stage, 0o1777),
+        ] {
             fs::create_dir(d).unwrap();
             chmod(d, mode);
         }
-        assert!(sh(&format!("chown {SERVER_USER} {}", srv.display())).status.success());
+        assert!(sh(&format!("chown {SERVER_USER} {}", srv.display()))
+            .status
+            .success());
         // The peers run this copy: the build tree may not be readable by them.
         fs::copy(env!("CARGO_BIN_EXE_relayup"), public.join("relayup")).unwrap();
         chmod(&public.join("relayup"), 0o755);
@@ -126,10 +148,18 @@ impl TestEnv {
                 .arg(path)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "ssh-keygen: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         keygen(&private.join("id_ed25519"));
-        fs::copy(private.join("id_ed25519.pub"), public.join("authorized_keys")).unwrap();
+        fs::copy(
+            private.join("id_ed25519.pub"),
+            public.join("authorized_keys"),
+        )
+        .unwrap();
         chmod(&public.join("authorized_keys"), 0o644);
 
         let mut env = TestEnv {
@@ -149,7 +179,11 @@ impl TestEnv {
             keygen(&key);
             let pubkey = fs::read_to_string(key.with_extension("pub")).unwrap();
             let mut fields = pubkey.split_whitespace();
-            known_hosts.push_str(&format!("[127.0.0.1]:{port} {} {}\n", fields.next().unwrap(), fields.next().unwrap()));
+            known_hosts.push_str(&format!(
+                "[127.0.0.1]:{port} {} {}\n",
+                fields.next().unwrap(),
+                fields.next().unwrap()
+            ));
             let cfg = private.join(format!("sshd_{name}.conf"));
             fs::write(
                 &cfg,
@@ -164,7 +198,13 @@ impl TestEnv {
                 ),
             )
             .unwrap();
-            let mut child = spawn(Command::new("/usr/sbin/sshd").arg("-D").arg("-e").arg("-f").arg(&cfg));
+            let mut child = spawn(
+                Command::new("/usr/sbin/sshd")
+                    .arg("-D")
+                    .arg("-e")
+                    .arg("-f")
+                    .arg(&cfg),
+            );
             wait_port(port, &mut child, &format!("sshd for {name}"));
             env.children.push(child);
             port
@@ -201,10 +241,19 @@ impl TestEnv {
     }
 
     /// Writes a config; `broken` lists extra peers as (name, toml lines) for failure tests.
-    pub fn write_config(&self, name: &str, scheme: &str, extra_peers: &[(&str, String)]) -> PathBuf {
+    pub fn write_config(
+        &self,
+        name: &str,
+        scheme: &str,
+        extra_peers: &[(&str, String)],
+    ) -> PathBuf {
         let p = &self.private;
         let url = match scheme {
-            "sftp" => format!("sftp://127.0.0.1:{}{}", self.server_ssh_port, self.srv.display()),
+            "sftp" => format!(
+                "sftp://127.0.0.1:{}{}",
+                self.server_ssh_port,
+                self.srv.display()
+            ),
             s => format!("{s}://127.0.0.1:{}{}", self.ftp_port, self.srv.display()),
         };
         let mut text = format!(
@@ -270,12 +319,19 @@ impl TestEnv {
     pub fn assert_clean(&self) {
         for e in fs::read_dir(&self.srv).unwrap() {
             let name = e.unwrap().file_name();
-            assert!(!name.to_string_lossy().starts_with(".relayup-"), "temp dir left on the server: {name:?}");
+            assert!(
+                !name.to_string_lossy().starts_with(".relayup-"),
+                "temp dir left on the server: {name:?}"
+            );
         }
         for i in 0..self.peer_ports.len() {
             if let Ok(rd) = fs::read_dir(self.staging(i)) {
                 let left: Vec<_> = rd.map(|e| e.unwrap().file_name()).collect();
-                assert!(left.is_empty(), "staged files left on peer p{}: {left:?}", i + 1);
+                assert!(
+                    left.is_empty(),
+                    "staged files left on peer p{}: {left:?}",
+                    i + 1
+                );
             }
         }
     }

@@ -5,12 +5,28 @@ const PART: u64 = 1 << 20;
 
 /// Sends `file` and checks the server's copy byte for byte (by MD5) and that nothing is left.
 fn send_ok(env: &TestEnv, config: &Path, file: &Path, dest: &str, extra: &[&str]) -> String {
-    let mut args = vec!["send", file.to_str().unwrap(), "--config", config.to_str().unwrap(), "--dest", dest, "--no-progress"];
+    let mut args = vec![
+        "send",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--dest",
+        dest,
+        "--no-progress",
+    ];
     args.extend_from_slice(extra);
     let out = env.relayup(&args);
-    assert!(out.status.success(), "send of {dest} failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "send of {dest} failed:\n{}",
+        text(&out)
+    );
     let on_server = env.srv.join(dest);
-    assert_eq!(md5_file(&on_server), md5_file(file), "{dest}: server copy differs from the source");
+    assert_eq!(
+        md5_file(&on_server),
+        md5_file(file),
+        "{dest}: server copy differs from the source"
+    );
     env.assert_clean();
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -52,7 +68,10 @@ fn big_file_both_strategies_ftp_and_sftp() {
         .arg(&file)
         .status()
         .unwrap();
-    assert!(!out.success(), "test setup: peers must not be able to read the source");
+    assert!(
+        !out.success(),
+        "test setup: peers must not be able to read the source"
+    );
     for scheme in ["ftp", "sftp"] {
         let config = env.write_config(&format!("{scheme}.toml"), scheme, &[]);
         for strategy in ["adaptive", "equal"] {
@@ -60,10 +79,285 @@ fn big_file_both_strategies_ftp_and_sftp() {
             if strategy == "adaptive" {
                 extra.extend(["--part-size", "8MiB"]);
             }
-            let stderr = send_ok(&env, &config, &file, &format!("big-{scheme}-{strategy}"), &extra);
+            let stderr = send_ok(
+                &env,
+                &config,
+                &file,
+                &format!("big-{scheme}-{strategy}"),
+                &extra,
+            );
             for host in ["local", "p1", "p2", "p3"] {
                 assert!(stderr.contains(host), "report names {host}: {stderr}");
             }
         }
     }
+}
+
+#[test]
+fn json_lines_describe_the_send() {
+    let env = TestEnv::new(2);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("j", 5 * PART + 3);
+    let out = env.relayup(&[
+        "send",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+        "--part-size",
+        "1MiB",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"start"));
+    assert_eq!(kinds.last(), Some(&"done"));
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "part_done").count(),
+        6,
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"merged"));
+    let done = lines.last().unwrap();
+    let md5 = md5_crate(&file);
+    assert_eq!(done["md5"], md5.as_str());
+    assert_eq!(done["bytes"], 5 * PART + 3);
+    let hosts = done["hosts"].as_object().unwrap();
+    let mut names: Vec<&String> = hosts.keys().collect();
+    names.sort();
+    assert_eq!(names, ["local", "p1", "p2"]);
+    let sum: u64 = hosts.values().map(|h| h["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(sum, 5 * PART + 3, "per-host bytes add up to the file");
+    for l in lines.iter().filter(|v| v["type"] == "part_done") {
+        assert_eq!(l["md5"].as_str().unwrap().len(), 32);
+    }
+    assert_eq!(md5_file(&env.srv.join("j")), md5);
+}
+
+fn md5_crate(p: &Path) -> String {
+    md5_file(p)
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_sends_nothing() {
+    let env = TestEnv::new(3);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("d", 10 * PART);
+    for (strategy, parts) in [("adaptive", "10 part(s)"), ("equal", "4 part(s)")] {
+        let mut args = vec![
+            "send",
+            file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--dry-run",
+            "--strategy",
+            strategy,
+        ];
+        if strategy == "adaptive" {
+            args.extend(["--part-size", "1MiB"]);
+        }
+        let out = env.relayup(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(parts), "{stdout}");
+        assert!(stdout.contains("local, p1, p2, p3"), "{stdout}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&env.srv).unwrap().count(),
+        0,
+        "dry run touched the server"
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_a_named_error() {
+    let env = TestEnv::new(0);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("x", 10);
+    let cfg = config.to_str().unwrap();
+    let f = file.to_str().unwrap();
+    let typo = env.private.join("typo.toml");
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("[ssh]\n", "[ssh]\nidentiy = \"x\"\n"),
+    )
+    .unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["send", f, "--config", typo.to_str().unwrap()],
+            "identiy",
+        ),
+        (
+            vec!["send", f, "--config", "/nonexistent/peers.toml"],
+            "/nonexistent/peers.toml",
+        ),
+        (
+            vec!["send", "/nonexistent/file", "--config", cfg],
+            "/nonexistent/file",
+        ),
+        (
+            vec!["send", f, "--config", cfg, "--part-size", "12 parsecs"],
+            "--part-size",
+        ),
+        (
+            vec!["send", f, "--config", cfg, "--dest", "../escape"],
+            "upload directory",
+        ),
+        (
+            vec!["send", f, "--config", cfg, "--dest", "a/b"],
+            "upload directory",
+        ),
+        (
+            vec!["send", f, "--config", cfg, "--strategy", "fastest"],
+            "fastest",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = env.relayup(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected {needle:?} in {stderr}"
+        );
+        assert!(
+            stderr.lines().filter(|l| l.contains("error")).count() == 1,
+            "one error line: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&env.srv).unwrap().count(), 0);
+}
+
+#[test]
+fn failing_peers_are_left_out_and_the_send_goes_on() {
+    let env = TestEnv::new(2);
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = env.write_config(
+        "c.toml",
+        "ftp",
+        &[
+            ("dead", format!("host = \"127.0.0.1\"\nport = {dead_port}\nuser = \"nobody\"")),
+            (
+                "norelay",
+                format!(
+                    "host = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\nrelayup = \"/nonexistent/relayup\"",
+                    env.peer_ports[0],
+                    crate::harness::PEER_USERS[0]
+                ),
+            ),
+        ],
+    );
+    let file = env.random_file("f", 3 * PART);
+    let stderr = send_ok(&env, &config, &file, "f.bin", &["--part-size", "1MiB"]);
+    assert!(
+        stderr.contains("peer dead left out") && stderr.contains("cannot connect"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("peer norelay left out") && stderr.contains("not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn existing_destination_is_refused_unless_overwrite() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 1000);
+    let dest = env.srv.join("taken");
+    std::fs::write(&dest, "precious").unwrap();
+    let out = env.relayup(&[
+        "send",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--dest",
+        "taken",
+        "--no-progress",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "precious");
+    send_ok(&env, &config, &file, "taken", &["--overwrite"]);
+}
+
+#[test]
+fn unknown_host_key_stops_with_its_fingerprint() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let empty = env.private.join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let text_cfg = std::fs::read_to_string(&config).unwrap();
+    let kh = env.private.join("known_hosts");
+    std::fs::write(
+        &config,
+        text_cfg.replace(kh.to_str().unwrap(), empty.to_str().unwrap()),
+    )
+    .unwrap();
+    let file = env.random_file("f", 1000);
+    let out = env.relayup(&[
+        "send",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SHA256:") && stderr.contains("ssh-keyscan"),
+        "{stderr}"
+    );
+    assert!(!env.srv.join("f").exists());
+}
+
+#[test]
+fn peers_check_reports_every_login() {
+    let env = TestEnv::new(2);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let out = env.relayup(&["peers", "check", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for name in ["p1", "p2", "server (merge)"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {stdout}"));
+        assert!(!line.contains("NO"), "{line}");
+    }
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+
+    let config = env.write_config(
+        "bad.toml",
+        "ftp",
+        &[(
+            "ghost",
+            "host = \"127.0.0.1\"\nport = 1\nuser = \"x\"".into(),
+        )],
+    );
+    let out = env.relayup(&[
+        "peers",
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ghost = rows.iter().find(|r| r["name"] == "ghost").unwrap();
+    assert_eq!(ghost["reachable"], false);
+    assert_eq!(ghost["ok"], false);
+    assert!(rows.iter().filter(|r| r["ok"] == true).count() == 3);
 }
