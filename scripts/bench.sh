@@ -30,6 +30,7 @@ TARGET=12         # seconds the parallel methods would take at 100% of the caps
 RSS_MIB=2048      # file size of the peak-RSS run
 DO_RSS=1
 BUILD=1
+BIN=""            # --relayup PATH
 QUICK=0
 OUT=$ROOT/bench
 LAB_DIR=/tmp/relayup-lab
@@ -69,6 +70,7 @@ Options:
   --rss-mib N       size of the peak-RSS file in MiB (default $RSS_MIB)
   --no-rss          skip the peak-RSS run
   --no-build        use target/release/relayup as it is
+  --relayup PATH    benchmark this relayup binary (no build)
   --out DIR         where results.md and throughput.svg go (default bench/)
   --lab-dir DIR     lab state directory (default $LAB_DIR)
   -h, --help        this text
@@ -93,6 +95,7 @@ while (($#)); do
 	--rss-mib) RSS_MIB=${2:?--rss-mib needs a value}; shift 2 ;;
 	--no-rss) DO_RSS=0; shift ;;
 	--no-build) BUILD=0; shift ;;
+	--relayup) BIN=${2:?--relayup needs a value} BUILD=0; shift 2 ;;
 	--out) OUT=${2:?--out needs a value}; shift 2 ;;
 	--lab-dir) LAB_DIR=${2:?--lab-dir needs a value}; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
@@ -197,16 +200,23 @@ if ((BUILD)); then
 	log "building relayup (cargo build --release)"
 	cargo build --release >&2 || die "cargo build --release failed"
 fi
-[[ -x target/release/relayup ]] || die "target/release/relayup is missing (build it, or drop --no-build)"
+if [[ -n $BIN ]]; then
+	[[ -f $BIN && -x $BIN ]] || die "--relayup: '$BIN' is not an executable file"
+	BUILT_FROM="binary $(realpath -- "$BIN") (--relayup)"
+else
+	BIN=target/release/relayup
+	[[ -x $BIN ]] || die "$BIN is missing (build it, or drop --no-build)"
+	BUILT_FROM="commit $(git --no-optional-locks -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")"
+	if ! git --no-optional-locks -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
+		BUILT_FROM+=" + uncommitted changes in src/"
+	fi
+	BUILT_FROM+=", release build"
+fi
 # A private copy: the binary in target/ may be rebuilt while the bench runs, and
 # the client and the peers must run the same one.
-install -m 0755 target/release/relayup "$WORK/relayup"
+install -m 0755 "$BIN" "$WORK/relayup"
 readonly RELAYUP=$WORK/relayup
 RELAYUP_VERSION=$("$RELAYUP" --version 2>/dev/null || echo "relayup ?")
-GIT_REV=$(git --no-optional-locks -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
-if ! git --no-optional-locks -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
-	GIT_REV+=" (+ uncommitted changes in src/)"
-fi
 
 if [[ ! -x /usr/bin/time ]] && ((DO_RSS)); then
 	log "installing GNU time (apt-get install -y time) for the peak-RSS measurement"
@@ -429,6 +439,7 @@ o.append('<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="black"/>' % (L, L, T, H 
 o.append('<text x="%d" y="%d" text-anchor="middle">time since the transfer started (s)</text>' % ((L + W - R) / 2, H - 15))
 o.append('<text transform="translate(20,%d) rotate(-90)" text-anchor="middle">upload throughput (MB/s, 1 MB = 10^6 bytes)</text>' % ((T + H - B) / 2))
 ly = T + 10
+lines = []     # the total is drawn first, under the hosts
 for i, h in enumerate(hosts + ["total"]):
     c = "black" if h == "total" else colors[i % len(colors)]
     w = 2.5 if h == "total" else 1.8
@@ -436,12 +447,13 @@ for i, h in enumerate(hosts + ["total"]):
     if cap > 0:   # the cap, dashed, in the host's colour
         o.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="5,4" stroke-width="1" opacity="0.7"/>' % (L, W - R, Y(cap), Y(cap), c))
     pts = " ".join("%.1f,%.1f" % (X(t), Y(v)) for t, v in [(0, 0)] + series[h])
-    o.append('<polyline fill="none" stroke="%s" stroke-width="%s" points="%s"/>' % (c, w, pts))
+    lines.insert(0 if h == "total" else len(lines), '<polyline fill="none" stroke="%s" stroke-width="%s" points="%s"/>' % (c, w, pts))
     label = "%s (cap %g Mbit/s)" % ("local" if h == "local" else h, float(caps.get(h, 0))) if h != "total" else "total (caps sum %g MB/s)" % capsum
     o.append('<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="%s" stroke-width="%s"/>' % (W - R + 15, W - R + 40, ly, ly, c, w))
     o.append('<text x="%d" y="%d">%s</text>' % (W - R + 45, ly + 4, label))
     ly += 20
 o.append('<text x="%d" y="%d" fill="#555">dashed: each cap in MB/s</text>' % (W - R + 15, ly + 4))
+o.extend(lines)
 o.append("</svg>")
 open(out, "w").write("\n".join(o) + "\n")
 PY
@@ -632,7 +644,7 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 	echo "Written by \`scripts/bench.sh$( ((QUICK)) && echo " --quick")\` on $START_DATE."
 	echo
 	echo "- Machine: $(nproc) CPUs, ${CPU:-unknown CPU}, kernel $(uname -r), $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
-	echo "- relayup: $RELAYUP_VERSION, commit $GIT_REV, release build; FTP upload (\`peers.toml\` of the lab)"
+	echo "- relayup: $RELAYUP_VERSION, $BUILT_FROM; FTP upload (\`peers.toml\` of the lab)"
 	echo "- Lab: \`scripts/lab.sh\` network namespaces; each workstation's traffic to the server capped with htb, the LAN not capped."
 	echo "  htb delivers ~95% of a cap as TCP payload (headers), so ~0.95 is the practical ceiling of the efficiency column."
 	echo "- $RUNS run(s) per method and scenario, methods interleaved run by run; times are wall-clock of the whole command"

@@ -24,6 +24,20 @@ pub enum Command {
         #[command(subcommand)]
         command: PeersCommand,
     },
+    /// List unfinished sends (interrupted or failed) that a re-run would resume.
+    Status {
+        /// One JSON object per line on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the temporary data of unfinished sends on the server and the peers.
+    Clean {
+        /// Upload ids from `relayup status` [default: every unfinished send].
+        ids: Vec<String>,
+        /// Use this config instead of the one each send was started with.
+        #[arg(long, value_name = "PATH")]
+        config: Option<std::path::PathBuf>,
+    },
     /// The peer side, started over SSH by `send` (JSON lines on stdin/stdout).
     #[command(hide = true)]
     Relay,
@@ -65,6 +79,12 @@ pub struct SendArgs {
     /// Part size for `adaptive`, e.g. 32MiB [default: from file size and host count, 8-64 MiB].
     #[arg(long, value_name = "SIZE")]
     pub part_size: Option<String>,
+    /// Drop a host whose transfer moves no byte for this many seconds; its part goes to another host.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_timeout: u64,
+    /// Upload rate limit for each host, in bytes per second (e.g. 5MiB, 2MB), to leave room on a shared link.
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
     /// Replace the destination if it already exists.
     #[arg(long)]
     pub overwrite: bool,

@@ -308,6 +308,7 @@ fn server_spec(raw: &RawServer, config: &Path) -> Result<ServerSpec> {
         user: raw.user.clone(),
         password,
         host_key: None,
+        bwlimit: None,
     })
 }
 

@@ -14,6 +14,8 @@ pub enum Code {
     Transfer,
     /// The server's MD5 does not match the source's (5).
     Verify,
+    /// Interrupted by Ctrl-C or SIGTERM (130).
+    Interrupted,
 }
 
 impl Code {
@@ -23,6 +25,7 @@ impl Code {
             Code::Connect => 3,
             Code::Transfer => 4,
             Code::Verify => 5,
+            Code::Interrupted => 130,
         }
     }
 }

@@ -5,6 +5,8 @@ mod check;
 mod cli;
 mod config;
 mod error;
+mod interrupt;
+mod journal;
 mod merge;
 mod peer;
 mod plan;
@@ -17,6 +19,7 @@ mod secret;
 mod send;
 mod size;
 mod ssh;
+mod status;
 mod transport;
 
 use clap::Parser;
@@ -29,6 +32,8 @@ fn main() -> ExitCode {
         cli::Command::Peers {
             command: cli::PeersCommand::Check { config, json },
         } => check::run(config.as_deref(), json),
+        cli::Command::Status { json } => status::status(json),
+        cli::Command::Clean { ids, config } => status::clean(&ids, config.as_deref()),
         cli::Command::Relay => relay::run().map(|_| ExitCode::SUCCESS),
     };
     match result {

@@ -14,21 +14,43 @@ use crate::config::Settings;
 use crate::quote::sh;
 use crate::ssh::{self, Trust};
 
-/// The merge login, checked and with the temp dir created.
+/// A part already complete on the server from an earlier, interrupted run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerPart {
+    pub index: usize,
+    pub size: u64,
+    pub md5: String,
+}
+
+/// What pre-flight found on the server.
+pub enum Prepared {
+    /// Ready: the temp dir exists; these parts are already in it.
+    Ready(Session, Vec<ServerPart>),
+    /// The destination exists (and `--overwrite` was not given); its MD5.
+    Exists(Session, String),
+}
+
+/// Checks the merge login and the upload directory, creates the temp dir, and lists
+/// the parts an earlier run left there (with their size and MD5, computed on the server).
 pub fn prepare(
     settings: &Settings,
     dest: &str,
     upload_id: &str,
     overwrite: bool,
-) -> Result<Session> {
+) -> Result<Prepared> {
     let m = &settings.merge;
     let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)?;
     let script = format!(
         "cd -- {dir} 2>/dev/null || exit 10\n\
          [ -w . ] || exit 11\n\
-         if [ -e {dest} ] && [ {ow} != 1 ]; then exit 12; fi\n\
          command -v md5sum >/dev/null 2>&1 || exit 13\n\
-         mkdir -p -m 700 {tmp} || exit 14\n",
+         if [ -e {dest} ] && [ {ow} != 1 ]; then md5sum < {dest} || exit 15; exit 12; fi\n\
+         mkdir -p -m 700 {tmp} || exit 14\n\
+         cd {tmp} || exit 14\n\
+         for f in *.part; do\n\
+           [ -f \"$f\" ] || continue\n\
+           s=$(wc -c < \"$f\") && m=$(md5sum < \"$f\") && echo \"part $f $s ${{m%% *}}\"\n\
+         done\n",
         dir = sh(&m.dir),
         dest = sh(dest),
         ow = u8::from(overwrite),
@@ -37,17 +59,86 @@ pub fn prepare(
     let out = ssh::run(&session, &script)?;
     let who = m.login.describe();
     match out.status {
-        0 => Ok(session),
-        10 => bail!("{who}: merge.dir {} does not exist there; fix merge.dir in {}", m.dir, settings.path.display()),
-        11 => bail!("{who}: {} is not writable by {}; fix its permissions or merge.user", m.dir, m.login.user),
-        12 => Err(anyhow!(
-            "{who}: {}/{dest} already exists; pass --overwrite to replace it, or --dest to choose another name",
-            m.dir
+        0 => Ok(Prepared::Ready(session, parse_parts(&out.stdout))),
+        10 => bail!(
+            "{who}: merge.dir {} does not exist there; fix merge.dir in {}",
+            m.dir,
+            settings.path.display()
+        ),
+        11 => Err(anyhow!(
+            "{who}: {} is not writable by {}; fix its permissions or merge.user",
+            m.dir,
+            m.login.user
         ))
-        .context(crate::error::Code::Usage),
+        .context(crate::error::Code::Transfer),
+        12 => {
+            let md5 = out
+                .stdout
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            Ok(Prepared::Exists(session, md5))
+        }
         13 => bail!("{who}: md5sum is not installed on the server (coreutils)"),
-        s => bail!("{who}: preparing {} failed (exit {s}): {}", m.dir, out.stderr.trim()),
+        14 => bail!(
+            "{who}: cannot create the temp dir in {}: {}",
+            m.dir,
+            out.stderr.trim()
+        ),
+        s => bail!(
+            "{who}: preparing {} failed (exit {s}): {}",
+            m.dir,
+            out.stderr.trim()
+        ),
     }
+}
+
+/// Parses `part <n>.part <size> <md5>` lines; anything else is ignored.
+fn parse_parts(out: &str) -> Vec<ServerPart> {
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            if f.next()? != "part" {
+                return None;
+            }
+            let index = f.next()?.strip_suffix(".part")?.parse().ok()?;
+            let size = f.next()?.parse().ok()?;
+            let md5 = f.next()?;
+            (md5.len() == 32).then(|| ServerPart {
+                index,
+                size,
+                md5: md5.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Removes the temp dir if it is empty (a send that stopped before any part landed).
+pub fn remove_if_empty(session: &Session, dir: &str, upload_id: &str) {
+    let script = format!(
+        "cd -- {} && rmdir -- {} 2>/dev/null",
+        sh(dir),
+        sh(&format!(".relayup-{upload_id}"))
+    );
+    let _ = ssh::run(session, &script);
+}
+
+/// Removes an upload's temp dir on the server (`relayup clean`).
+pub fn remove_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> {
+    let script = format!(
+        "cd -- {} && rm -rf -- {}",
+        sh(dir),
+        sh(&format!(".relayup-{upload_id}"))
+    );
+    let out = ssh::run(session, &script)?;
+    if out.status != 0 {
+        bail!(
+            "removing {dir}/.relayup-{upload_id} failed: {}",
+            out.stderr.trim()
+        );
+    }
+    Ok(())
 }
 
 /// Appends parts in order on the server while the transfer goes on.
@@ -86,7 +177,6 @@ impl Feeder {
                 while ready.remove(&next) {
                     ch.write_all(format!("{next}.part\n").as_bytes())
                         .context("feeding the merge on the server")?;
-                    ch.flush()?;
                     next += 1;
                 }
                 if next == parts {
@@ -122,7 +212,7 @@ impl Feeder {
             if !err.trim().is_empty() {
                 bail!("merge on the server failed: {}", err.trim());
             }
-            session.set_timeout(ssh::IO_TIMEOUT.as_millis() as u32);
+            session.set_timeout(ssh::io_timeout().as_millis() as u32);
             Ok((session, md5, merged_size))
         });
         Ok((
@@ -175,5 +265,30 @@ pub fn commit(
             "moving the merged file into place failed (exit {s}): {}",
             out.stderr.trim()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_part_listing() {
+        let out = "part 0.part 10 0123456789abcdef0123456789abcdef\npart x.part 1 0123456789abcdef0123456789abcdef\njunk\npart 7.part 5 short\npart 12.part 0 d41d8cd98f00b204e9800998ecf8427e\n";
+        assert_eq!(
+            parse_parts(out),
+            vec![
+                ServerPart {
+                    index: 0,
+                    size: 10,
+                    md5: "0123456789abcdef0123456789abcdef".into()
+                },
+                ServerPart {
+                    index: 12,
+                    size: 0,
+                    md5: "d41d8cd98f00b204e9800998ecf8427e".into()
+                },
+            ]
+        );
     }
 }

@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::config::Peer;
@@ -16,10 +15,10 @@ use crate::plan::Part;
 use crate::progress::Progress;
 use crate::protocol::{self, Event, Request, PROTOCOL};
 use crate::quote;
-use crate::relay::HashingReader;
 use crate::schedule::{Next, Scheduler};
 use crate::ssh::{self, Trust};
 use crate::transport::sftp::write_file;
+use crate::transport::HashingReader;
 
 /// A part fails this many times on one peer before the peer is dropped.
 const MAX_PART_FAILURES: usize = 3;
@@ -36,6 +35,9 @@ pub struct PeerLink {
     pub version: String,
     /// The relay's last lines of stderr, for error messages.
     diag: VecDeque<String>,
+    /// Staged files the relay has not yet removed (by part index), removed by `close`
+    /// if the relay could not.
+    staged: Vec<(usize, String)>,
 }
 
 impl PeerLink {
@@ -65,6 +67,7 @@ impl PeerLink {
             staging: String::new(),
             version: String::new(),
             diag: VecDeque::new(),
+            staged: Vec::new(),
         };
         link.send(hello)?;
         match link.next_event()? {
@@ -89,10 +92,11 @@ impl PeerLink {
         .with_context(|| link_name(peer))
     }
 
+    // No flush(): on an ssh2 channel it discards unread *incoming* data
+    // (libssh2_channel_flush_ex), and write_all has already sent everything.
     fn send(&mut self, req: &Request) -> Result<()> {
         self.channel
             .write_all(protocol::to_line(req).as_bytes())
-            .and_then(|_| self.channel.flush())
             .with_context(|| format!("{}: the relay stopped reading", link_name(&self.peer)))
     }
 
@@ -136,33 +140,43 @@ impl PeerLink {
     fn stage(&mut self, source: &Path, part: &Part, upload_id: &str) -> Result<(String, String)> {
         let name = format!("{upload_id}-{}", part.file_name());
         let path = format!("{}/{name}", self.staging);
+        self.staged.push((part.index, path.clone()));
         let mut file =
             File::open(source).with_context(|| format!("opening {}", source.display()))?;
         file.seek(SeekFrom::Start(part.offset))?;
-        let never = AtomicBool::new(false);
         let mut reader = HashingReader {
             inner: file.take(part.len),
             hash: Md5::new(),
-            cancel: &never,
+            cancel: crate::interrupt::flag(),
         };
         write_file(
             &self.sftp,
             Path::new(&path),
             &mut reader,
             part.len,
+            None,
             &mut |_| {},
         )
         .with_context(|| format!("staging part {} at {path}", part.index))?;
         Ok((name, format!("{:x}", reader.hash.finalize())))
     }
 
-    /// Ends the relay: closing its stdin makes it remove what it staged and exit.
+    /// The relay is done with part `index` (uploaded, or failed and deleted).
+    fn unstaged(&mut self, index: usize) {
+        self.staged.retain(|(i, _)| *i != index);
+    }
+
+    /// Ends the relay: closing its stdin makes it remove what it staged and exit. If
+    /// it died instead, remove what it left over SFTP.
     pub fn close(mut self) {
         self.session.set_timeout(5_000);
         let _ = self.channel.send_eof();
         let mut rest = Vec::new();
         let _ = self.events.read_to_end(&mut rest);
         let _ = self.channel.wait_close();
+        for (_, path) in self.staged.drain(..) {
+            let _ = self.sftp.unlink(Path::new(&path));
+        }
     }
 }
 
@@ -299,6 +313,7 @@ pub fn drive(
                     );
                 };
                 let f = inflight.remove(pos).expect("position is valid");
+                link.unstaged(index);
                 if md5 != f.md5 || bytes != f.part.len {
                     inflight.push_back(f);
                     return fail(
@@ -329,6 +344,7 @@ pub fn drive(
                     );
                 };
                 let f = inflight.remove(pos).expect("position is valid");
+                link.unstaged(index);
                 let n = failures.entry(index).or_default();
                 *n += 1;
                 job.progress.part_failed(index);

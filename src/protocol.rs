@@ -29,6 +29,9 @@ pub struct ServerSpec {
     /// For `sftp://`: the server's host key (`type base64`) the client trusts; relays
     /// accept no other.
     pub host_key: Option<String>,
+    /// Upload rate limit per host, bytes per second (`--bwlimit`).
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +40,8 @@ pub enum Request {
     Hello {
         protocol: u32,
         upload_id: String,
+        /// The client's name for this peer (tags its temporary upload names).
+        host: String,
         server: ServerSpec,
         /// Staging directory on the peer; `None` = `~/.cache/relayup`.
         staging: Option<String>,
@@ -130,6 +135,7 @@ mod tests {
         let hello = Request::Hello {
             protocol: PROTOCOL,
             upload_id: "abc".into(),
+            host: "alice".into(),
             server: ServerSpec {
                 scheme: "ftp".into(),
                 host: "h".into(),
@@ -138,6 +144,7 @@ mod tests {
                 user: "u".into(),
                 password: Some(Secret::new("pw")),
                 host_key: None,
+                bwlimit: Some(1000),
             },
             staging: None,
         };

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Event, Request, PROTOCOL};
-use crate::transport::{self, ServerTrust, CHUNK};
+use crate::transport::{Server, ServerTrust, CHUNK};
 
 /// Progress events are sent at most this often per part.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -56,6 +56,7 @@ pub fn run() -> Result<()> {
     let Request::Hello {
         protocol: theirs,
         upload_id,
+        host,
         server,
         staging,
     } = hello
@@ -73,6 +74,9 @@ pub fn run() -> Result<()> {
     if !upload_id.chars().all(|c| c.is_ascii_alphanumeric()) || upload_id.is_empty() {
         bail!("bad upload id");
     }
+    if !valid_file_name(&host) {
+        bail!("bad host name {host:?}");
+    }
     let staging = match staging_dir(staging.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -81,15 +85,15 @@ pub fn run() -> Result<()> {
         }
     };
     let trust = match &server.host_key {
-        Some(k) => ServerTrust::Exact(k),
+        Some(k) => ServerTrust::Exact(k.clone()),
         None if server.scheme == "sftp" => {
             let e = anyhow!("no server host key handed over for sftp://");
             out.error(None, &e);
             return Err(e);
         }
-        None => ServerTrust::Exact(""),
+        None => ServerTrust::Exact(String::new()),
     };
-    let mut uploader = match transport::connect(&server, &upload_id, trust, None) {
+    let mut uploader = match Server::connect(&server, &upload_id, &host, trust, None) {
         Ok((u, _)) => u,
         Err(e) => {
             let e = e.context("this peer cannot log in to the server");
@@ -145,7 +149,7 @@ pub fn run() -> Result<()> {
                 if cancel.load(Ordering::Relaxed) {
                     break;
                 }
-                let result = upload(&mut *uploader, &job, &out, &cancel);
+                let result = upload(&mut uploader, &job, &out, &cancel);
                 let _ = std::fs::remove_file(&job.path);
                 staged
                     .lock()
@@ -192,15 +196,23 @@ pub fn run() -> Result<()> {
         }
         Ok(())
     })();
-    if result.is_err() {
-        // Stdin is broken or hostile: stop now rather than finish queued uploads.
-        cancel.store(true, Ordering::Relaxed);
-    }
+    // Stdin closed or broke: the client is finished (it closes us with nothing in
+    // flight) or gone. Either way stop now, and leave nothing staged behind, including
+    // a part the client was still writing when it went away.
+    cancel.store(true, Ordering::Relaxed);
     drop(verify_tx);
     let _ = verifier.join();
     let _ = upload_thread.join();
     for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
         let _ = std::fs::remove_file(path);
+    }
+    let prefix = format!("{upload_id}-");
+    if let Ok(entries) = std::fs::read_dir(&staging) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
     result
 }
@@ -250,35 +262,28 @@ fn file_md5(path: &Path, size: u64) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Uploads one staged part, hashing what is sent: the MD5 reported is of the bytes
-/// that actually left for the server.
-fn upload(
-    up: &mut dyn transport::Uploader,
-    job: &Job,
-    out: &Out,
-    cancel: &AtomicBool,
-) -> Result<String> {
-    let file = File::open(&job.path)
-        .with_context(|| format!("staged file {} is missing", job.path.display()))?;
-    let mut reader = HashingReader {
-        inner: file,
-        hash: Md5::new(),
-        cancel,
-    };
+/// Uploads one staged part. The MD5 reported is of the bytes that actually left for
+/// the server, so a staged file that changed after its check is caught here too.
+fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Result<String> {
     let mut last = Instant::now();
     let index = job.index;
-    up.put(
+    let path = job.path.clone();
+    let md5 = server.put_part(
         &format!("{index}.part"),
-        &mut reader,
         job.size,
+        &mut || {
+            let f = File::open(&path)
+                .with_context(|| format!("staged file {} is missing", path.display()))?;
+            Ok(Box::new(f) as Box<dyn Read>)
+        },
         &mut |bytes| {
             if last.elapsed() >= PROGRESS_EVERY {
                 last = Instant::now();
                 out.send(&Event::Progress { index, bytes });
             }
         },
+        cancel,
     )?;
-    let md5 = format!("{:x}", reader.hash.finalize());
     if md5 != job.md5 {
         bail!(
             "part {index} changed on this peer while uploading (md5 {md5}, expected {})",
@@ -286,24 +291,6 @@ fn upload(
         );
     }
     Ok(md5)
-}
-
-/// A reader that hashes what passes through and stops when cancelled.
-pub struct HashingReader<'a, R> {
-    pub inner: R,
-    pub hash: Md5,
-    pub cancel: &'a AtomicBool,
-}
-
-impl<R: Read> Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.cancel.load(Ordering::Relaxed) {
-            return Err(std::io::Error::other("cancelled"));
-        }
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

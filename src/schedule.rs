@@ -37,10 +37,11 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// `hosts` hosts, numbered 0..hosts; with `equal`, part i is reserved for host i.
-    pub fn new(plan: &Plan, hosts: usize) -> Scheduler {
+    /// Parts in `done` are already on the server (a resumed send) and are not handed out.
+    pub fn new(plan: &Plan, hosts: usize, done: &std::collections::HashSet<usize>) -> Scheduler {
         let mut reserved = vec![VecDeque::new(); hosts];
         let mut shared = VecDeque::new();
-        for part in &plan.parts {
+        for part in plan.parts.iter().filter(|p| !done.contains(&p.index)) {
             match plan.strategy {
                 Strategy::Equal if part.index < hosts => reserved[part.index].push_back(*part),
                 _ => shared.push_back(*part),
@@ -52,7 +53,11 @@ impl Scheduler {
                 reserved,
                 alive: vec![true; hosts],
                 in_flight: 0,
-                done: 0,
+                done: plan
+                    .parts
+                    .iter()
+                    .filter(|p| done.contains(&p.index))
+                    .count(),
                 total: plan.parts.len(),
             }),
             changed: Condvar::new(),
@@ -138,7 +143,7 @@ mod tests {
 
     #[test]
     fn adaptive_hands_out_in_order_then_finishes() {
-        let s = Scheduler::new(&plan(3, Strategy::Adaptive), 2);
+        let s = Scheduler::new(&plan(3, Strategy::Adaptive), 2, &Default::default());
         let Next::Part(a) = s.next(0) else { panic!() };
         let Next::Part(b) = s.next(1) else { panic!() };
         let Next::Part(c) = s.next(0) else { panic!() };
@@ -153,7 +158,7 @@ mod tests {
 
     #[test]
     fn equal_reserves_one_part_per_host() {
-        let s = Scheduler::new(&plan(3, Strategy::Equal), 3);
+        let s = Scheduler::new(&plan(3, Strategy::Equal), 3, &Default::default());
         let Next::Part(p) = s.next(2) else { panic!() };
         assert_eq!(p.index, 2);
         s.complete(&p);
@@ -162,7 +167,7 @@ mod tests {
 
     #[test]
     fn failed_host_parts_go_to_others() {
-        let s = Scheduler::new(&plan(3, Strategy::Equal), 3);
+        let s = Scheduler::new(&plan(3, Strategy::Equal), 3, &Default::default());
         let Next::Part(p1) = s.next(1) else { panic!() };
         s.host_failed(1, &[p1]);
         assert_eq!(s.next(1), Next::Finished, "a failed host gets nothing more");
@@ -177,7 +182,7 @@ mod tests {
 
     #[test]
     fn reserved_but_untaken_parts_move_on_failure() {
-        let s = Scheduler::new(&plan(2, Strategy::Equal), 2);
+        let s = Scheduler::new(&plan(2, Strategy::Equal), 2, &Default::default());
         s.host_failed(1, &[]);
         let Next::Part(a) = s.next(0) else { panic!() };
         let Next::Part(b) = s.next(0) else { panic!() };
@@ -186,7 +191,7 @@ mod tests {
 
     #[test]
     fn given_back_parts_come_first() {
-        let s = Scheduler::new(&plan(4, Strategy::Adaptive), 2);
+        let s = Scheduler::new(&plan(4, Strategy::Adaptive), 2, &Default::default());
         let Next::Part(a) = s.next(0) else { panic!() };
         let Next::Part(_b) = s.next(1) else { panic!() };
         s.give_back(&[a]);
@@ -197,8 +202,18 @@ mod tests {
     }
 
     #[test]
+    fn parts_already_done_are_skipped() {
+        let done = [0, 2].into_iter().collect();
+        let s = Scheduler::new(&plan(3, Strategy::Adaptive), 1, &done);
+        let Next::Part(p) = s.next(0) else { panic!() };
+        assert_eq!(p.index, 1);
+        s.complete(&p);
+        assert!(s.all_done());
+    }
+
+    #[test]
     fn empty_plan_is_finished() {
-        let s = Scheduler::new(&plan(0, Strategy::Adaptive), 2);
+        let s = Scheduler::new(&plan(0, Strategy::Adaptive), 2, &Default::default());
         assert_eq!(s.next(0), Next::Finished);
         assert!(s.all_done());
     }

@@ -4,25 +4,26 @@
 use anyhow::{anyhow, bail, Context, Result};
 use md5::{Digest, Md5};
 use serde_json::json;
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime};
 
 use crate::cli::{SendArgs, StrategyArg};
 use crate::config::{self, Settings};
 use crate::error::{with_code, Code};
-use crate::merge::{self, Feeder};
+use crate::interrupt;
+use crate::journal::Journal;
+use crate::merge::{self, Feeder, Prepared};
 use crate::peer::{self, PeerLink};
 use crate::plan::{Plan, Strategy};
 use crate::progress::{self, Mode, Progress};
 use crate::protocol::{Request, PROTOCOL};
-use crate::relay::HashingReader;
 use crate::schedule::{Next, Scheduler};
 use crate::size::parse_size;
-use crate::transport::{self, ServerTrust, Uploader};
+use crate::transport::{Server, ServerTrust};
 
 /// What the source looked like when the send started; checked again before the rename.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -96,9 +97,39 @@ fn upload_id(source: &Path, st: &Stamp, dest: &str, settings: &Settings) -> Stri
 }
 
 pub fn run(args: SendArgs) -> Result<ExitCode> {
+    interrupt::install();
+    crate::ssh::set_io_timeout(std::time::Duration::from_secs(args.stall_timeout));
+    match send(&args) {
+        Err(e) if interrupt::interrupted() && e.downcast_ref::<Code>() != Some(&Code::Usage) => Err(anyhow!(
+            "interrupted; staged parts on the peers are removed, the parts already on the server are kept. \
+             Run the same command again to resume: {}",
+            resume_command()
+        ))
+        .context(Code::Interrupted),
+        other => other,
+    }
+}
+
+/// The command line that was run, quoted for a shell.
+fn resume_command() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c))
+            {
+                a
+            } else {
+                crate::quote::sh(&a)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn send(args: &SendArgs) -> Result<ExitCode> {
     // Stage 1: everything that can be wrong without the network. Exit 2.
     let (settings, source, st, dest, strategy, part_size) =
-        resolve(&args).map_err(|e| with_code(e, Code::Usage))?;
+        resolve(args).map_err(|e| with_code(e, Code::Usage))?;
     let mut hosts = vec!["local".to_string()];
     hosts.extend(settings.peers.iter().map(|p| p.login.name.clone()));
     if args.dry_run {
@@ -118,13 +149,14 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
 
     // Stage 2: pre-flight. The merge login and our own server login must work; a peer
     // that fails is reported and left out.
-    let (merge_session, local, host_key) = std::thread::scope(|s| {
+    let (prepared, local) = std::thread::scope(|s| {
         let m = s.spawn(|| merge::prepare(&settings, &dest, &id, args.overwrite));
         let l = s.spawn(|| {
-            transport::connect(
+            Server::connect(
                 &settings.server,
                 &id,
-                ServerTrust::KnownHosts(&settings.known_hosts),
+                "local",
+                ServerTrust::KnownHosts(settings.known_hosts.clone()),
                 settings.merge.login.identity.as_deref(),
             )
         });
@@ -132,16 +164,25 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
         let l = l
             .join()
             .map_err(|_| anyhow!("server pre-flight panicked"))?;
-        let m = m.context("merge login")?;
-        let (up, key) = l.context("uploading from this machine")?;
-        Ok::<_, anyhow::Error>((m, up, key))
+        Ok::<_, anyhow::Error>((m.context("merge login")?, l))
     })
     .map_err(|e| with_code(e, Code::Connect))?;
+    let (merge_session, existing) = match prepared {
+        Prepared::Ready(session, existing) => (session, existing),
+        Prepared::Exists(session, their_md5) => {
+            merge::remove_if_empty(&session, &settings.merge.dir, &id);
+            return already_there(&source, &dest, &settings, &their_md5, mode);
+        }
+    };
+    let (local, host_key) = local
+        .context("uploading from this machine")
+        .map_err(|e| with_code(e, Code::Connect))?;
     let mut server = settings.server.clone();
     server.host_key = host_key;
     let hello = Request::Hello {
         protocol: PROTOCOL,
         upload_id: id.clone(),
+        host: String::new(),
         server,
         staging: None,
     };
@@ -152,8 +193,9 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
             .enumerate()
             .map(|(i, p)| {
                 let mut hello = hello.clone();
-                if let Request::Hello { staging, .. } = &mut hello {
+                if let Request::Hello { staging, host, .. } = &mut hello {
                     staging.clone_from(&p.staging);
+                    host.clone_from(&p.login.name);
                 }
                 let kh = &settings.known_hosts;
                 (i, s.spawn(move || PeerLink::open(p, kh, &hello)))
@@ -185,13 +227,36 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
     let mut live = vec!["local".to_string()];
     live.extend(links.iter().map(|l| l.peer.login.name.clone()));
 
-    // Stage 3: plan and transfer, with the merge following on the server.
-    let plan = Plan::new(st.size, live.len(), strategy, part_size);
+    // Stage 3: plan (or the journal's plan, when resuming) and transfer, with the merge
+    // following on the server.
+    let config_path = settings.path.clone();
+    let plan = Journal::load(&id)
+        .and_then(|j| j.plan(st.size))
+        .unwrap_or_else(|| Plan::new(st.size, live.len(), strategy, part_size));
+    Journal::new(&id, &source, &dest, &config_path, &plan)
+        .save()
+        .map_err(|e| with_code(e, Code::Transfer))?;
+    let done = resumable(&plan, &existing, &source).map_err(|e| with_code(e, Code::Transfer))?;
+    let resumed_bytes: u64 = plan
+        .parts
+        .iter()
+        .filter(|p| done.contains(&p.index))
+        .map(|p| p.len)
+        .sum();
+    if !done.is_empty() && mode != Mode::Json {
+        eprintln!(
+            "relayup: resuming: {} of {} parts ({}) are already on the server",
+            done.len(),
+            plan.parts.len(),
+            crate::size::human(resumed_bytes)
+        );
+    }
     let start = json!({"type": "start", "file": source.display().to_string(), "dest": dest,
         "bytes": st.size, "parts": plan.parts.len(), "hosts": live, "upload_id": id,
-        "strategy": match strategy { Strategy::Adaptive => "adaptive", Strategy::Equal => "equal" }});
-    let progress = Progress::start(mode, st.size, &live, start);
-    let sched = Scheduler::new(&plan, live.len());
+        "resumed_parts": done.len(), "resumed_bytes": resumed_bytes,
+        "strategy": match plan.strategy { Strategy::Adaptive => "adaptive", Strategy::Equal => "equal" }});
+    let progress = Progress::start(mode, st.size - resumed_bytes, &live, start);
+    let sched = Scheduler::new(&plan, live.len(), &done);
     let (feeder, merged_tx) = Feeder::start(
         merge_session,
         &settings.merge.dir,
@@ -200,6 +265,11 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
         st.size,
     )
     .map_err(|e| with_code(e, Code::Transfer))?;
+    let mut resumed: Vec<usize> = done.iter().copied().collect();
+    resumed.sort_unstable();
+    for index in resumed {
+        let _ = merged_tx.send(index);
+    }
     let hasher = {
         let source = source.clone();
         std::thread::spawn(move || file_md5(&source))
@@ -235,9 +305,11 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
                     }
                     sched.host_failed(n + 1, &parts);
                     progress.host_state(n + 1, "dropped");
-                    progress.warn(&format!(
-                        "{name} dropped: {e:#}; its parts go to the other hosts"
-                    ));
+                    if !interrupt::interrupted() {
+                        progress.warn(&format!(
+                            "{name} dropped: {e:#}; its parts go to the other hosts"
+                        ));
+                    }
                     e
                 });
                 link.close();
@@ -263,7 +335,8 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
             .collect();
         return Err(with_code(
             anyhow!(
-                "no host could finish the upload ({}); the parts already on the server are kept in {}/.relayup-{id}",
+                "no host could finish the upload ({}); the parts already on the server are kept in {}/.relayup-{id}: \
+                 run the same command again to resume, or `relayup clean` to remove them",
                 why.join("; "),
                 settings.server.dir
             ),
@@ -300,6 +373,7 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
     }
     merge::commit(&session, &settings.merge.dir, &id, &dest, args.overwrite)
         .map_err(|e| with_code(e, Code::Transfer))?;
+    Journal::remove(&id);
     for (name, e) in &failures {
         progress.warn(&format!("{name} dropped out during the send: {e:#}"));
     }
@@ -338,12 +412,20 @@ fn resolve(args: &SendArgs) -> Result<(Settings, PathBuf, Stamp, String, Strateg
         }
         None => None,
     };
+    let mut settings = settings;
+    if let Some(rate) = &args.bwlimit {
+        let v = parse_size(rate).context("--bwlimit")?;
+        if v == 0 {
+            bail!("--bwlimit must be at least 1 byte per second");
+        }
+        settings.server.bwlimit = Some(v);
+    }
     Ok((settings, args.file.clone(), st, dest, strategy, part_size))
 }
 
 /// This machine uploads its own parts straight to the server.
 fn local_worker(
-    mut up: Box<dyn Uploader>,
+    mut server: Server,
     sched: &Scheduler,
     progress: &Progress,
     merged: &std::sync::mpsc::Sender<usize>,
@@ -363,20 +445,17 @@ fn local_worker(
             }
         };
         progress.host_state(0, &format!("uploading part {}", part.index));
-        let result = (|| -> Result<String> {
-            let mut file = File::open(source)?;
-            file.seek(SeekFrom::Start(part.offset))?;
-            let never = AtomicBool::new(false);
-            let mut reader = HashingReader {
-                inner: file.take(part.len),
-                hash: Md5::new(),
-                cancel: &never,
-            };
-            up.put(&part.file_name(), &mut reader, part.len, &mut |b| {
-                progress.part_progress(0, part.index, b)
-            })?;
-            Ok(format!("{:x}", reader.hash.finalize()))
-        })();
+        let result = server.put_part(
+            &part.file_name(),
+            part.len,
+            &mut || {
+                let mut file = File::open(source)?;
+                file.seek(SeekFrom::Start(part.offset))?;
+                Ok(Box::new(file.take(part.len)) as Box<dyn Read>)
+            },
+            &mut |b| progress.part_progress(0, part.index, b),
+            interrupt::flag(),
+        );
         match result {
             Ok(md5) => {
                 sched.complete(&part);
@@ -386,24 +465,81 @@ fn local_worker(
             Err(e) => {
                 progress.part_failed(part.index);
                 sched.host_failed(0, &[part]);
-                progress.warn(&format!("local: {e:#}; its parts go to the peers"));
+                progress.host_state(0, "dropped");
+                if !interrupt::interrupted() {
+                    progress.warn(&format!("local: {e:#}; its parts go to the peers"));
+                }
                 return Err(e);
             }
         }
     }
 }
 
-fn file_md5(path: &Path) -> Result<String> {
-    let mut f = File::open(path)?;
+/// Parts an earlier run left complete on the server: same length as planned and the
+/// same MD5 as that range of the source (hashed here, so the server is trusted only
+/// for what it can prove).
+fn resumable(plan: &Plan, existing: &[merge::ServerPart], source: &Path) -> Result<HashSet<usize>> {
+    let mut done = HashSet::new();
+    for sp in existing {
+        let Some(part) = plan.parts.get(sp.index) else {
+            continue;
+        };
+        if part.len != sp.size {
+            continue;
+        }
+        let mut f = File::open(source)?;
+        f.seek(SeekFrom::Start(part.offset))?;
+        if reader_md5(&mut f.take(part.len))? == sp.md5 {
+            done.insert(part.index);
+        }
+    }
+    Ok(done)
+}
+
+/// The destination already exists: fine if it is this very file (nothing to send).
+fn already_there(
+    source: &Path,
+    dest: &str,
+    settings: &Settings,
+    their_md5: &str,
+    mode: Mode,
+) -> Result<ExitCode> {
+    let ours = file_md5(source).with_context(|| format!("hashing {}", source.display()))?;
+    if ours == their_md5 {
+        if mode == Mode::Json {
+            println!(
+                "{}",
+                json!({"type": "done", "bytes": 0, "seconds": 0.0, "md5": ours, "dest": dest,
+                "verified": true, "already_there": true, "hosts": {}})
+            );
+        }
+        eprintln!(
+            "relayup: {}/{dest} is already on the server with the same md5 {ours}; nothing to send",
+            settings.merge.dir
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    Err(anyhow!(
+        "{}/{dest} already exists on the server with different content (md5 {their_md5}); pass --overwrite to replace it, or --dest to choose another name",
+        settings.merge.dir
+    ))
+    .context(Code::Usage)
+}
+
+fn reader_md5(r: &mut dyn Read) -> Result<String> {
     let mut h = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             return Ok(format!("{:x}", h.finalize()));
         }
         h.update(&buf[..n]);
     }
+}
+
+fn file_md5(path: &Path) -> Result<String> {
+    reader_md5(&mut File::open(path)?)
 }
 
 #[cfg(test)]

@@ -7,14 +7,26 @@ use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Se
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::{home, Login};
 use crate::secret::Secret;
 
-/// How long to wait for a TCP connect and for any single blocking SSH call.
+/// How long to wait for a TCP connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+static IO_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(60);
+
+/// How long any single blocking network call may wait: `--stall-timeout`. A call that
+/// moves no byte for that long fails, and the part goes to another host.
+pub fn io_timeout() -> Duration {
+    Duration::from_secs(IO_TIMEOUT_SECS.load(Ordering::Relaxed))
+}
+
+pub fn set_io_timeout(t: Duration) {
+    IO_TIMEOUT_SECS.store(t.as_secs().max(1), Ordering::Relaxed);
+}
 
 /// How a host key should be checked.
 pub enum Trust<'a> {
@@ -35,6 +47,7 @@ pub fn tcp(host: &str, port: u16, what: &str) -> Result<TcpStream> {
         match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(s) => {
                 s.set_nodelay(true).ok();
+                crate::interrupt::watch(&s);
                 return Ok(s);
             }
             Err(e) => last = Some(e),
@@ -52,7 +65,7 @@ pub fn connect(login: &Login, trust: Trust<'_>, password: Option<&Secret>) -> Re
     let stream = tcp(&login.host, login.port, &what)?;
     let mut session = Session::new().context("creating an SSH session")?;
     session.set_tcp_stream(stream);
-    session.set_timeout(IO_TIMEOUT.as_millis() as u32);
+    session.set_timeout(io_timeout().as_millis() as u32);
     let prefs = match &trust {
         Trust::KnownHosts(file) => known_key_types(file, &login.host, login.port),
         Trust::Exact(line) => line

@@ -9,7 +9,7 @@ use suppaftp::{RustlsConnector, RustlsFtpStream};
 
 use super::{copy_exact, temp_dir, Uploader};
 use crate::protocol::ServerSpec;
-use crate::ssh::{tcp, CONNECT_TIMEOUT, IO_TIMEOUT};
+use crate::ssh::{io_timeout, tcp, CONNECT_TIMEOUT};
 
 pub struct Ftp {
     stream: RustlsFtpStream,
@@ -17,8 +17,8 @@ pub struct Ftp {
 }
 
 fn timeouts(s: &TcpStream) -> std::io::Result<()> {
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_read_timeout(Some(io_timeout()))?;
+    s.set_write_timeout(Some(io_timeout()))?;
     s.set_nodelay(true)
 }
 
@@ -33,6 +33,9 @@ impl Ftp {
         let stream = stream.passive_stream_builder(|addr| {
             let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
                 .map_err(suppaftp::FtpError::ConnectionError)?;
+            // Not watched for interrupts: a watched socket stays open until exit, and
+            // the server would never see the end of the upload. The copy loop stops on
+            // the interrupt flag instead.
             timeouts(&s).map_err(suppaftp::FtpError::ConnectionError)?;
             Ok(s)
         });
@@ -103,6 +106,7 @@ impl Uploader for Ftp {
         name: &str,
         src: &mut dyn Read,
         len: u64,
+        limit: Option<u64>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
         if name.contains(['\r', '\n']) {
@@ -113,7 +117,7 @@ impl Uploader for Ftp {
             .stream
             .put_with_stream(name)
             .map_err(|e| anyhow!("{what}: STOR {name} refused: {e}"))?;
-        copy_exact(src, &mut data, len, progress)
+        copy_exact(src, &mut data, len, limit, progress)
             .with_context(|| format!("{what}: uploading {name}"))?;
         data.finish()
             .map_err(|e| anyhow!("{what}: upload of {name} not confirmed: {e}"))?;
@@ -126,6 +130,13 @@ impl Uploader for Ftp {
             bail!("{what}: {name} is {size} bytes on the server, expected {len}");
         }
         Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let what = &self.what;
+        self.stream
+            .rename(from, to)
+            .map_err(|e| anyhow!("{what}: renaming {from} to {to} failed: {e}"))
     }
 }
 

@@ -5,7 +5,11 @@ mod ftp;
 pub mod sftp;
 
 use anyhow::Result;
+use md5::{Digest, Md5};
 use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::protocol::ServerSpec;
 
@@ -27,26 +31,127 @@ pub trait Uploader: Send {
         name: &str,
         src: &mut dyn Read,
         len: u64,
+        limit: Option<u64>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()>;
+
+    /// Renames `from` to `to` inside the temp dir, replacing `to` if it exists.
+    fn rename(&mut self, from: &str, to: &str) -> Result<()>;
 }
 
 /// How an SFTP server's host key is checked.
-pub enum ServerTrust<'a> {
-    KnownHosts(&'a std::path::Path),
+#[derive(Clone, Debug)]
+pub enum ServerTrust {
+    KnownHosts(PathBuf),
     /// `type base64` handed over by the client.
-    Exact(&'a str),
+    Exact(String),
 }
 
-/// Connects and logs in, creating the temp dir if it is not there yet. For `sftp://`
-/// it also returns the server's host key line, which the client hands to its relays so
-/// they accept exactly that key. `identity` is the SSH key for `sftp://` without a
-/// password (`None`: ssh-agent, then ~/.ssh/id_*).
-pub fn connect(
+/// Attempts per part before the error goes up (to the scheduler, which gives the part
+/// to another host).
+const ATTEMPTS: u32 = 3;
+
+/// A login on the server that reconnects and retries a failed part, with backoff,
+/// a bounded number of times.
+pub struct Server {
+    /// Names this host's temporary upload names, so two hosts sending the same part
+    /// (after a failover) never write the same file: a stalled host may still hold its
+    /// file open, and an FTP server may hold a lock on it.
+    tag: String,
+    uploads: u64,
+    spec: ServerSpec,
+    upload_id: String,
+    trust: ServerTrust,
+    identity: Option<PathBuf>,
+    conn: Option<Box<dyn Uploader>>,
+}
+
+impl Server {
+    /// Connects and logs in, creating the temp dir if it is not there yet. For
+    /// `sftp://` it also returns the server's host key line, which the client hands to
+    /// its relays so they accept exactly that key. `identity` is the SSH key for
+    /// `sftp://` without a password (`None`: ssh-agent, then ~/.ssh/id_*).
+    pub fn connect(
+        spec: &ServerSpec,
+        upload_id: &str,
+        tag: &str,
+        trust: ServerTrust,
+        identity: Option<&Path>,
+    ) -> Result<(Server, Option<String>)> {
+        let (conn, key) = open(spec, upload_id, &trust, identity)?;
+        Ok((
+            Server {
+                tag: tag.to_string(),
+                uploads: 0,
+                spec: spec.clone(),
+                upload_id: upload_id.to_string(),
+                trust,
+                identity: identity.map(Path::to_path_buf),
+                conn: Some(conn),
+            },
+            key,
+        ))
+    }
+
+    /// Uploads one part as `name`, reading it with `open` (called again for each
+    /// attempt), and returns the MD5 of the bytes that reached the server.
+    pub fn put_part(
+        &mut self,
+        name: &str,
+        len: u64,
+        open_source: &mut dyn FnMut() -> Result<Box<dyn Read>>,
+        progress: &mut dyn FnMut(u64),
+        cancel: &AtomicBool,
+    ) -> Result<String> {
+        let mut attempt = 1;
+        loop {
+            let result = (|| -> Result<String> {
+                if self.conn.is_none() {
+                    self.conn = Some(
+                        open(
+                            &self.spec,
+                            &self.upload_id,
+                            &self.trust,
+                            self.identity.as_deref(),
+                        )?
+                        .0,
+                    );
+                }
+                let conn = self.conn.as_mut().expect("connected above");
+                let mut reader = HashingReader {
+                    inner: open_source()?,
+                    hash: Md5::new(),
+                    cancel,
+                };
+                // Upload under a name of our own, then rename into place: a part
+                // name only ever holds a complete, size-checked part.
+                self.uploads += 1;
+                let tmp = format!("{name}.{}.{}", self.tag, self.uploads);
+                conn.put(&tmp, &mut reader, len, self.spec.bwlimit, progress)?;
+                conn.rename(&tmp, name)?;
+                Ok(format!("{:x}", reader.hash.finalize()))
+            })();
+            match result {
+                Ok(md5) => return Ok(md5),
+                Err(e) if attempt >= ATTEMPTS || cancel.load(Ordering::Relaxed) => {
+                    return Err(e.context(format!("uploading {name} ({attempt} attempt(s))")))
+                }
+                Err(_) => {
+                    // The connection may be broken: start the next attempt on a new one.
+                    self.conn = None;
+                    std::thread::sleep(Duration::from_millis(500 * 3u64.pow(attempt - 1)));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+fn open(
     spec: &ServerSpec,
     upload_id: &str,
-    trust: ServerTrust<'_>,
-    identity: Option<&std::path::Path>,
+    trust: &ServerTrust,
+    identity: Option<&Path>,
 ) -> Result<(Box<dyn Uploader>, Option<String>)> {
     match spec.scheme.as_str() {
         "ftp" | "ftps" => Ok((Box::new(ftp::Ftp::connect(spec, upload_id)?), None)),
@@ -58,16 +163,42 @@ pub fn connect(
     }
 }
 
-/// Copies exactly `len` bytes in [`CHUNK`]-sized writes.
+/// A reader that hashes what passes through and stops when cancelled.
+pub struct HashingReader<'a, R> {
+    pub inner: R,
+    pub hash: Md5,
+    pub cancel: &'a AtomicBool,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Copies exactly `len` bytes in writes of at most [`CHUNK`], no faster than `limit`
+/// bytes per second if one is set.
 pub(crate) fn copy_exact(
     src: &mut dyn Read,
     dst: &mut dyn std::io::Write,
     len: u64,
+    limit: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     use anyhow::{bail, Context};
-    let mut buf = vec![0u8; CHUNK.min(len.max(1) as usize)];
+    // With a limit, write about ten times a second so the rate is smooth.
+    let chunk = match limit {
+        Some(rate) => (rate / 10).clamp(4096, CHUNK as u64) as usize,
+        None => CHUNK,
+    };
+    let mut buf = vec![0u8; chunk.min(len.max(1) as usize)];
     let mut sent = 0u64;
+    let start = std::time::Instant::now();
     while sent < len {
         let want = buf.len().min((len - sent) as usize);
         let n = src.read(&mut buf[..want]).context("reading the part")?;
@@ -77,6 +208,12 @@ pub(crate) fn copy_exact(
         dst.write_all(&buf[..n]).context("writing to the server")?;
         sent += n as u64;
         progress(sent);
+        if let Some(rate) = limit {
+            let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     Ok(())
 }

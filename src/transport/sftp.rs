@@ -21,7 +21,7 @@ impl SftpUpload {
     pub fn connect(
         spec: &ServerSpec,
         upload_id: &str,
-        trust: ServerTrust<'_>,
+        trust: &ServerTrust,
         identity: Option<&Path>,
     ) -> Result<(SftpUpload, String)> {
         let login = Login {
@@ -42,8 +42,9 @@ impl SftpUpload {
             .sftp()
             .map_err(|e| anyhow!("{what}: cannot start SFTP: {e}"))?;
         let dir = temp_dir(&spec.dir, upload_id);
-        if sftp.stat(Path::new(&dir)).is_err() {
-            sftp.mkdir(Path::new(&dir), 0o700).map_err(|e| {
+        // Another host (or the merge login) may create it at the same moment.
+        if sftp.stat(Path::new(&dir)).is_err() && sftp.mkdir(Path::new(&dir), 0o700).is_err() {
+            sftp.stat(Path::new(&dir)).map_err(|e| {
                 anyhow!(
                     "{what}: cannot create {dir}: {e}; does {} exist and is it writable?",
                     spec.dir
@@ -68,12 +69,24 @@ impl Uploader for SftpUpload {
         name: &str,
         src: &mut dyn Read,
         len: u64,
+        limit: Option<u64>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
         let what = &self.what;
         let path = format!("{}/{name}", self.dir);
-        write_file(&self.sftp, Path::new(&path), src, len, progress)
+        write_file(&self.sftp, Path::new(&path), src, len, limit, progress)
             .with_context(|| format!("{what}: uploading {path}"))
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let from = format!("{}/{from}", self.dir);
+        let to = format!("{}/{to}", self.dir);
+        // SFTP v3 (OpenSSH) refuses to rename onto an existing file: remove it first.
+        // Harmless here: nobody reads a part before it is reported done.
+        let _ = self.sftp.unlink(Path::new(&to));
+        self.sftp
+            .rename(Path::new(&from), Path::new(&to), None)
+            .map_err(|e| anyhow!("{}: renaming {from} to {to} failed: {e}", self.what))
     }
 }
 
@@ -84,6 +97,7 @@ pub fn write_file(
     path: &Path,
     src: &mut dyn Read,
     len: u64,
+    limit: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let mut file = sftp
@@ -94,7 +108,7 @@ pub fn write_file(
             OpenType::File,
         )
         .map_err(|e| anyhow!("cannot create it: {e}"))?;
-    copy_exact(src, &mut file, len, progress)?;
+    copy_exact(src, &mut file, len, limit, progress)?;
     // Not every server has fsync@openssh.com; close and the size check still run.
     let _ = file.fsync();
     file.close()

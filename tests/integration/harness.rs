@@ -310,6 +310,7 @@ impl TestEnv {
         Command::new(env!("CARGO_BIN_EXE_relayup"))
             .args(args)
             .env_remove("RELAYUP_CONFIG")
+            .env("XDG_STATE_HOME", self.root.join("state"))
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -359,4 +360,98 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A `relayup send --json` running in the background, its events arriving on a channel.
+pub struct Running {
+    pub child: Child,
+    pub events: std::sync::mpsc::Receiver<serde_json::Value>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl TestEnv {
+    pub fn spawn_send(&self, args: &[&str]) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relayup"))
+            .arg("send")
+            .args(args)
+            .arg("--json")
+            .env_remove("RELAYUP_CONFIG")
+            .env("XDG_STATE_HOME", self.root.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            use std::io::Read;
+            stderr_pipe.read_to_string(&mut s).ok();
+            s
+        });
+        Running {
+            child,
+            events: rx,
+            stderr,
+        }
+    }
+}
+
+impl Running {
+    /// Waits for `n` `part_done` events (optionally from `host`); panics after 60 s.
+    pub fn wait_parts(&self, n: usize, host: Option<&str>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = 0;
+        while seen < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = match self.events.recv_timeout(left) {
+                Ok(ev) => ev,
+                Err(_) => panic!("no {n} part_done events within 60 s (saw {seen})"),
+            };
+            if ev["type"] == "part_done" && host.is_none_or(|h| ev["host"] == h) {
+                seen += 1;
+            }
+        }
+    }
+
+    /// Waits for the process to end (at most `limit`); returns status, remaining events, stderr.
+    pub fn finish(
+        mut self,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("relayup did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self.stderr.join().unwrap();
+        let events = self.events.try_iter().collect();
+        (status, events, stderr)
+    }
+}
+
+/// Sends a signal to every process of `user` whose command line contains `pattern`.
+pub fn pkill(signal: &str, user: &str, pattern: &str) {
+    let _ = Command::new("pkill")
+        .args([signal, "-u", user, "-f", pattern])
+        .status();
 }

@@ -1,4 +1,5 @@
 //! End-to-end tests: real sshd peers, a real vsftpd, real bytes, MD5 checked on the server.
 
+mod faults;
 mod harness;
 mod send;

@@ -1,0 +1,368 @@
+//! Fault injection: each test ends with the server's file equal to the source, or a
+//! clean failure with nothing under the destination name.
+
+use crate::harness::{md5_file, pkill, text, TestEnv, PEER_USERS};
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PART: u64 = 1 << 20;
+
+fn args<'a>(file: &'a Path, config: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--part-size",
+        "1MiB",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn temp_dirs(env: &TestEnv) -> Vec<std::path::PathBuf> {
+    fs::read_dir(&env.srv)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".relayup-")
+        })
+        .collect()
+}
+
+fn staged_files(env: &TestEnv) -> Vec<String> {
+    (0..env.peer_ports.len())
+        .flat_map(|i| fs::read_dir(env.staging(i)).into_iter().flatten())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn done_event(events: &[serde_json::Value]) -> &serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["type"] == "done")
+        .expect("a done event")
+}
+
+#[test]
+fn kill_9_of_the_client_then_resume_sends_only_what_is_missing() {
+    let env = TestEnv::new(3);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let size = 24 * PART + 5;
+    let file = env.random_file("big", size);
+    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
+    run.wait_parts(5, None);
+    let mut run = run;
+    run.child.kill().unwrap(); // SIGKILL: no chance to clean up
+    let _ = run.finish(Duration::from_secs(10));
+    // Relays see their connection drop and remove what they staged.
+    wait_until("staged parts are removed", Duration::from_secs(10), || {
+        staged_files(&env).is_empty()
+    });
+    assert!(
+        !env.srv.join("big").exists(),
+        "nothing under the destination name"
+    );
+    let tmp = temp_dirs(&env);
+    assert_eq!(tmp.len(), 1, "the parts are kept for resume");
+    let complete: u64 = fs::read_dir(&tmp[0])
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .map(|e| e.metadata().unwrap().len())
+        .filter(|&len| len == PART)
+        .sum();
+    assert!(
+        complete >= 4 * PART,
+        "at least the reported parts are on the server"
+    );
+
+    let status = env.relayup(&["status", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("\"dest\":\"big\""),
+        "{}",
+        text(&status)
+    );
+
+    let run = env.spawn_send(&args(&file, &config, &[]));
+    let (status, events, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "resume failed: {stderr}");
+    let start = events.iter().find(|e| e["type"] == "start").unwrap();
+    assert!(start["resumed_parts"].as_u64().unwrap() >= 4, "{start}");
+    let sent: u64 = done_event(&events)["hosts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|h| h["bytes"].as_u64().unwrap())
+        .sum();
+    let hosts = 4;
+    assert!(
+        sent <= size - complete + hosts * PART,
+        "resume sent {sent} bytes; missing were {} (+ one part per host allowed)",
+        size - complete
+    );
+    assert_eq!(md5_file(&env.srv.join("big")), md5_file(&file));
+    env.assert_clean();
+    let status = env.relayup(&["status", "--json"]);
+    assert!(
+        status.stdout.is_empty(),
+        "journal removed after success: {}",
+        text(&status)
+    );
+}
+
+#[test]
+fn ctrl_c_stops_cleans_peers_keeps_server_parts_and_clean_removes_them() {
+    let env = TestEnv::new(2);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 30 * PART);
+    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "1MiB"]));
+    run.wait_parts(2, None);
+    let pid = run.child.id() as i32;
+    let asked = Instant::now();
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let (status, _, stderr) = run.finish(Duration::from_secs(15));
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("resume") && stderr.contains("relayup"),
+        "prints the resume command: {stderr}"
+    );
+    eprintln!("stopped {took:?} after SIGINT");
+    wait_until("staged parts are removed", Duration::from_secs(10), || {
+        staged_files(&env).is_empty()
+    });
+    assert!(!env.srv.join("f").exists());
+    assert_eq!(temp_dirs(&env).len(), 1, "server parts kept for resume");
+
+    let out = env.relayup(&["clean"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        temp_dirs(&env).is_empty(),
+        "clean removed the server's temp dir"
+    );
+    let out = env.relayup(&["status", "--json"]);
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+}
+
+#[test]
+fn a_peer_relay_killed_mid_part_hands_its_parts_to_others() {
+    let env = TestEnv::new(3);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 16 * PART + 9);
+    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
+    run.wait_parts(1, Some("p1"));
+    pkill("-KILL", PEER_USERS[0], "relayup relay");
+    let (status, events, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("p1 dropped"), "{stderr}");
+    assert_eq!(done_event(&events)["md5"], md5_file(&file).as_str());
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+    env.assert_clean();
+}
+
+#[test]
+fn a_peer_sshd_killed_mid_send_hands_its_parts_to_others() {
+    let env = TestEnv::new(3);
+    let config = env.write_config("c.toml", "sftp", &[]);
+    let file = env.random_file("f", 16 * PART);
+    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
+    run.wait_parts(1, Some("p2"));
+    // The daemon and its per-connection processes: the peer's SSH side is gone.
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("sshd: {}", PEER_USERS[1])])
+        .status();
+    let (status, _events, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("p2 dropped"), "{stderr}");
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+}
+
+#[test]
+fn a_stalled_peer_is_dropped_after_the_stall_timeout() {
+    let env = TestEnv::new(2);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 12 * PART);
+    let run = env.spawn_send(&args(
+        &file,
+        &config,
+        &["--bwlimit", "2MiB", "--stall-timeout", "2"],
+    ));
+    run.wait_parts(1, Some("p1"));
+    pkill("-STOP", PEER_USERS[0], "relayup relay");
+    let (status, _events, stderr) = run.finish(Duration::from_secs(120));
+    pkill("-KILL", PEER_USERS[0], "relayup relay");
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("p1 dropped"), "{stderr}");
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+}
+
+#[test]
+fn a_corrupted_staged_part_is_caught_and_sent_again() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 8 * PART);
+    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "1MiB"]));
+    // Flip the last byte of the first fully staged part on the peer.
+    let stage = env.staging(0);
+    let mut corrupted = None;
+    wait_until("a part is staged", Duration::from_secs(30), || {
+        for e in fs::read_dir(&stage).into_iter().flatten().flatten() {
+            if e.metadata().map(|m| m.len() == PART).unwrap_or(false) {
+                use std::os::unix::fs::FileExt;
+                if let Ok(f) = fs::OpenOptions::new().read(true).write(true).open(e.path()) {
+                    let mut b = [0u8; 1];
+                    f.read_exact_at(&mut b, PART - 1).unwrap();
+                    f.write_all_at(&[b[0] ^ 0xff], PART - 1).unwrap();
+                    corrupted = Some(e.file_name());
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    let (status, _events, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("sending it again"),
+        "corruption of {corrupted:?} was reported: {stderr}"
+    );
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+    env.assert_clean();
+}
+
+#[test]
+fn a_full_staging_disk_drops_that_peer_only() {
+    let env = TestEnv::new(2);
+    let stage = env.staging(0);
+    fs::create_dir(&stage).unwrap();
+    let uid = String::from_utf8(
+        std::process::Command::new("id")
+            .args(["-u", PEER_USERS[0]])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size=256k,mode=0700,uid={}", uid.trim()),
+            "tmpfs",
+        ])
+        .arg(&stage)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tiny tmpfs");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&stage);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 6 * PART);
+    let out = env.relayup(&[
+        "send",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--part-size",
+        "1MiB",
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("p1 dropped") && stderr.contains("staging"),
+        "{stderr}"
+    );
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+    assert!(
+        fs::read_dir(&stage).unwrap().next().is_none(),
+        "nothing left in the full staging dir"
+    );
+}
+
+#[test]
+fn a_server_dir_without_write_permission_fails_clearly() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    fs::set_permissions(
+        &env.srv,
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let file = env.random_file("f", 1000);
+    let out = env.relayup(&[
+        "send",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not writable") && stderr.contains(env.srv.to_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(!env.srv.join("f").exists());
+}
+
+#[test]
+fn a_source_that_changes_during_the_send_is_never_renamed_into_place() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 8 * PART);
+    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
+    run.wait_parts(1, None);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(b"changed!", 7 * PART).unwrap();
+    }
+    let (status, _events, stderr) = run.finish(Duration::from_secs(120));
+    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("changed during the send"), "{stderr}");
+    assert!(
+        !env.srv.join("f").exists(),
+        "nothing under the destination name"
+    );
+}
+
+#[test]
+fn an_identical_destination_means_nothing_to_send() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 3 * PART);
+    fs::copy(&file, env.srv.join("f")).unwrap();
+    let out = env.relayup(&[
+        "send",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already on the server"),
+        "{}",
+        text(&out)
+    );
+    env.assert_clean();
+}
