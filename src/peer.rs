@@ -186,6 +186,8 @@ fn link_name(peer: &Peer) -> String {
 
 struct InFlight {
     part: Part,
+    /// When the upload request went to the relay.
+    sent: Instant,
     md5: String,
     bytes: u64,
     failures: usize,
@@ -214,6 +216,9 @@ pub fn drive(
     let mut uploaded = 0u64;
     let mut upload_secs = 0.0f64;
     let mut last_event = Instant::now();
+    // The relay uploads one part at a time: a part's upload starts when it was
+    // requested or when the one before it finished, whichever is later.
+    let mut last_done = Instant::now();
     let fail = |e: anyhow::Error, inflight: &VecDeque<InFlight>| {
         Err((e, inflight.iter().map(|f| f.part).collect()))
     };
@@ -248,6 +253,7 @@ pub fn drive(
                         Err(e) => {
                             inflight.push_back(InFlight {
                                 part,
+                                sent: Instant::now(),
                                 md5: String::new(),
                                 bytes: 0,
                                 failures: 0,
@@ -264,6 +270,7 @@ pub fn drive(
                     };
                     inflight.push_back(InFlight {
                         part,
+                        sent: Instant::now(),
                         md5,
                         bytes: 0,
                         failures: 0,
@@ -325,7 +332,10 @@ pub fn drive(
                 }
                 uploaded += bytes.saturating_sub(f.bytes);
                 upload_secs += dt;
-                job.sched.complete(&f.part);
+                let began = f.sent.max(last_done);
+                last_done = Instant::now();
+                job.sched
+                    .complete(&f.part, job.host, began.elapsed().as_secs_f64());
                 job.progress.part_done(job.host, index, bytes, &md5);
                 let _ = job.merged.send(index);
                 if let Some(next) = inflight.front() {

@@ -58,6 +58,33 @@ pub fn fixed(size: u64, part_size: u64) -> Vec<Part> {
         .collect()
 }
 
+/// Smallest part `guided` cuts: below this, per-part round trips (a new FTP data
+/// connection, SIZE, RNFR/RNTO) start to cost more than a slow host's tail saves.
+pub const MIN_GUIDED_PART: u64 = 2 * MIB;
+
+/// Guided self-scheduling: parts of `remaining / (4 * hosts)`, at most `max` and at
+/// least [`MIN_GUIDED_PART`], so the first parts are big (few round trips) and the
+/// last ones small (a slow host that takes one near the end holds nobody up long).
+pub fn guided(size: u64, hosts: usize, max: u64) -> Vec<Part> {
+    let divisor = 4 * hosts.max(1) as u64;
+    let mut parts = Vec::new();
+    let mut offset = 0;
+    while offset < size {
+        let remaining = size - offset;
+        // Whole MiB where possible, so the plan reads well in --dry-run.
+        let want =
+            (remaining / divisor / MIB * MIB).clamp(MIN_GUIDED_PART, max.max(MIN_GUIDED_PART));
+        let len = want.min(remaining);
+        parts.push(Part {
+            index: parts.len(),
+            offset,
+            len,
+        });
+        offset += len;
+    }
+    parts
+}
+
 /// Cuts `size` bytes into `hosts` parts whose lengths differ by at most one byte; fewer
 /// parts when there are fewer bytes than hosts (no empty parts).
 pub fn equal(size: u64, hosts: usize) -> Vec<Part> {
@@ -94,10 +121,10 @@ impl Plan {
     pub fn new(size: u64, hosts: usize, strategy: Strategy, part_size: Option<u64>) -> Plan {
         let parts = match strategy {
             Strategy::Equal => equal(size, hosts),
-            Strategy::Adaptive => fixed(
-                size,
-                part_size.unwrap_or_else(|| default_part_size(size, hosts)),
-            ),
+            Strategy::Adaptive => match part_size {
+                Some(p) => fixed(size, p),
+                None => guided(size, hosts, default_part_size(size, hosts)),
+            },
         };
         Plan {
             size,
@@ -110,7 +137,7 @@ impl Plan {
     pub fn describe(&self, hosts: &[String]) -> String {
         let mut out = String::new();
         let strategy = match self.strategy {
-            Strategy::Adaptive => "adaptive (shared queue: free hosts take the next part)",
+            Strategy::Adaptive => "adaptive (shared queue: free hosts take the next part; slower hosts the smaller ones)",
             Strategy::Equal => "equal (one part per host)",
         };
         out.push_str(&format!(
@@ -177,6 +204,33 @@ mod tests {
         assert_eq!(fixed(0, 10).len(), 0);
         assert_eq!(fixed(10, 10).len(), 1);
         assert_eq!(fixed(11, 10).len(), 2);
+    }
+
+    #[test]
+    fn guided_covers_exactly_and_shrinks() {
+        for size in [
+            0,
+            1,
+            MIB - 1,
+            MIB,
+            3 * MIB + 1,
+            100 * MIB + 7,
+            (5 << 30) + 3,
+        ] {
+            for hosts in [1, 4, 8] {
+                let parts = guided(size, hosts, default_part_size(size, hosts));
+                assert_covers(&parts, size);
+                for w in parts.windows(2) {
+                    assert!(w[1].len <= w[0].len, "sizes never grow");
+                }
+                assert!(parts.iter().all(|p| p.len <= MAX_DEFAULT_PART));
+            }
+        }
+        let parts = guided(400 * MIB, 4, default_part_size(400 * MIB, 4));
+        assert_eq!(parts[0].len, 13 * MIB);
+        assert_eq!(parts[parts.len() - 2].len, MIN_GUIDED_PART);
+        assert!(parts.last().unwrap().len <= MIN_GUIDED_PART);
+        assert!(parts.len() < 100, "{} parts", parts.len());
     }
 
     #[test]

@@ -25,9 +25,29 @@ struct State {
     /// Parts reserved for one host (`equal`), by host number.
     reserved: Vec<VecDeque<Part>>,
     alive: Vec<bool>,
+    /// Each host's measured upload rate (bytes/s), once it finished a part.
+    rates: Vec<Option<f64>>,
     in_flight: usize,
     done: usize,
     total: usize,
+}
+
+impl State {
+    /// Slower than 3/4 of the median rate of the live hosts that have one.
+    fn is_slow(&self, host: usize) -> bool {
+        let Some(mine) = self.rates[host] else {
+            return false;
+        };
+        let mut known: Vec<f64> = (0..self.rates.len())
+            .filter(|&h| self.alive[h])
+            .filter_map(|h| self.rates[h])
+            .collect();
+        if known.len() < 2 {
+            return false;
+        }
+        known.sort_by(|a, b| a.total_cmp(b));
+        mine < 0.75 * known[known.len() / 2]
+    }
 }
 
 pub struct Scheduler {
@@ -52,6 +72,7 @@ impl Scheduler {
                 shared,
                 reserved,
                 alive: vec![true; hosts],
+                rates: vec![None; hosts],
                 in_flight: 0,
                 done: plan
                     .parts
@@ -73,9 +94,16 @@ impl Scheduler {
         if !s.alive[host] || s.done == s.total {
             return Next::Finished;
         }
-        let part = s.reserved[host]
-            .pop_front()
-            .or_else(|| s.shared.pop_front());
+        // Parts shrink along the queue (guided plan): a host clearly slower than the
+        // others takes from the back, so no slow host is left with a big part at the end.
+        let slow = s.is_slow(host);
+        let part = s.reserved[host].pop_front().or_else(|| {
+            if slow {
+                s.shared.pop_back()
+            } else {
+                s.shared.pop_front()
+            }
+        });
         match part {
             Some(p) => {
                 s.in_flight += 1;
@@ -92,8 +120,14 @@ impl Scheduler {
         let _ = self.changed.wait_timeout(s, timeout);
     }
 
-    pub fn complete(&self, _part: &Part) {
+    /// The part is on the server; `secs` is how long `host` took to upload it.
+    pub fn complete(&self, part: &Part, host: usize, secs: f64) {
         let mut s = self.lock();
+        if part.len >= 1 << 20 && secs > 0.0 {
+            let rate = part.len as f64 / secs;
+            // Smooth, so one lucky or unlucky part does not flip a host's standing.
+            s.rates[host] = Some(s.rates[host].map_or(rate, |r| 0.5 * r + 0.5 * rate));
+        }
         s.in_flight -= 1;
         s.done += 1;
         self.changed.notify_all();
@@ -149,9 +183,9 @@ mod tests {
         let Next::Part(c) = s.next(0) else { panic!() };
         assert_eq!((a.index, b.index, c.index), (0, 1, 2));
         assert_eq!(s.next(1), Next::Wait, "parts still in flight may come back");
-        s.complete(&a);
-        s.complete(&b);
-        s.complete(&c);
+        s.complete(&a, 0, 1.0);
+        s.complete(&b, 1, 1.0);
+        s.complete(&c, 0, 1.0);
         assert_eq!(s.next(1), Next::Finished);
         assert!(s.all_done());
     }
@@ -161,7 +195,7 @@ mod tests {
         let s = Scheduler::new(&plan(3, Strategy::Equal), 3, &Default::default());
         let Next::Part(p) = s.next(2) else { panic!() };
         assert_eq!(p.index, 2);
-        s.complete(&p);
+        s.complete(&p, 0, 1.0);
         assert_eq!(s.next(2), Next::Wait, "others still hold their parts");
     }
 
@@ -202,12 +236,28 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_host_takes_the_small_parts_from_the_back() {
+        let plan = Plan::new(40 << 20, 3, Strategy::Adaptive, Some(1 << 20));
+        let s = Scheduler::new(&plan, 3, &Default::default());
+        for (host, secs) in [(0, 0.1), (1, 0.1), (2, 1.0)] {
+            let Next::Part(p) = s.next(host) else {
+                panic!()
+            };
+            s.complete(&p, host, secs);
+        }
+        let Next::Part(p) = s.next(2) else { panic!() };
+        assert_eq!(p.index, 39, "the slow host takes from the back");
+        let Next::Part(p) = s.next(0) else { panic!() };
+        assert_eq!(p.index, 3, "a fast host takes from the front");
+    }
+
+    #[test]
     fn parts_already_done_are_skipped() {
         let done = [0, 2].into_iter().collect();
         let s = Scheduler::new(&plan(3, Strategy::Adaptive), 1, &done);
         let Next::Part(p) = s.next(0) else { panic!() };
         assert_eq!(p.index, 1);
-        s.complete(&p);
+        s.complete(&p, 0, 1.0);
         assert!(s.all_done());
     }
 

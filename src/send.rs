@@ -445,6 +445,7 @@ fn local_worker(
             }
         };
         progress.host_state(0, &format!("uploading part {}", part.index));
+        let started = Instant::now();
         let result = server.put_part(
             &part.file_name(),
             part.len,
@@ -458,7 +459,7 @@ fn local_worker(
         );
         match result {
             Ok(md5) => {
-                sched.complete(&part);
+                sched.complete(&part, 0, started.elapsed().as_secs_f64());
                 progress.part_done(0, part.index, part.len, &md5);
                 let _ = merged.send(part.index);
             }
