@@ -66,7 +66,8 @@ Options:
   --scenarios LIST  comma-separated subset of a,b,c (default $SCENARIOS)
   --rate MBIT       cap of every host in scenarios a and c (default $RATE)
   --seconds S       ideal time of the parallel methods (default $TARGET)
-  --quick           smoke test: --seconds 3, --runs 1, 256 MiB RSS file
+  --quick           smoke test (~3 min): --seconds 3 --runs 1 --rss-mib 256
+                    (options after it override these)
   --rss-mib N       size of the peak-RSS file in MiB (default $RSS_MIB)
   --no-rss          skip the peak-RSS run
   --no-build        use target/release/relayup as it is
@@ -323,12 +324,16 @@ declare -A TIMES ERRS NOTES
 declare -A SIZE IDEAL_PAR IDEAL_DIR CAPLIST SUMCAP
 RSS_LINE=""
 CHART_LINE=""
+LOADS=""   # 1-minute load average before each run
 
 # run_one SCENARIO METHOD RUN
 run_one() {
 	local sc=$1 m=$2 r=$3 t0 t1 rc=0 secs err=""
 	local dest="bench-$2.bin" base="$WORK/logs/$1-$2-$3" json="$WORK/json/$1-$2-$3.json"
 	clean_hosts
+	local load
+	load=$(cut -d' ' -f1 /proc/loadavg)
+	LOADS+="$load "
 	t0=$(now)
 	case $m in
 	curl) method_curl "$SRC" "$dest" "$base.err" || rc=$? ;;
@@ -351,16 +356,23 @@ run_one() {
 			err="exit 0 but the server's $dest has md5 '${got:-missing}', the source $SRC_MD5"
 		fi
 	fi
-	if [[ -z $err && $m == r* && $m != rdirect ]]; then
-		# relayup leaves out a peer it cannot reach and still succeeds: say so.
-		local joined
-		joined=$(python3 -c 'import json,sys
+	if [[ -z $err && $m == r* ]]; then
+		# relayup leaves out or drops a peer it cannot use and still succeeds: say so.
+		local note
+		note=$(python3 -c 'import json,sys
+want, hosts, warn = int(sys.argv[2]), None, []
 for l in open(sys.argv[1]):
     try: e = json.loads(l)
     except ValueError: continue
-    if e.get("type") == "start": print(len(e.get("hosts", []))); break' "$json" 2>/dev/null || echo "?")
-		if [[ $joined != "$((NPEERS + 1))" ]]; then
-			NOTES[$sc|$m]+="run $r: only $joined of $((NPEERS + 1)) hosts took part. "
+    if e.get("type") == "start": hosts = len(e.get("hosts", []))
+    if e.get("type") == "warning" and "dropped:" in e.get("message", ""): warn.append(e["message"])
+out = []
+if hosts is not None and hosts != want: out.append("only %d of %d hosts took part" % (hosts, want))
+out += ["warning: " + w for w in warn]
+print("; ".join(out))' "$json" "$([[ $m == rdirect ]] && echo 1 || echo $((NPEERS + 1)))" 2>/dev/null || true)
+		if [[ -n $note ]]; then
+			NOTES[$sc|$m]+="run $r: $(printf '%s' "$note" | oneline 220). "
+			log "[$sc] run $r/$RUNS $(method_label "$m"): $note"
 		fi
 	fi
 	if [[ -n $err ]]; then
@@ -369,7 +381,7 @@ for l in open(sys.argv[1]):
 		log "[$sc] run $r/$RUNS $(method_label "$m"): FAILED ($err)"
 	else
 		TIMES[$sc|$m]+="$secs "
-		log "[$sc] run $r/$RUNS $(method_label "$m"): $(fmt %.1f "$secs") s"
+		log "[$sc] run $r/$RUNS $(method_label "$m"): $(fmt %.1f "$secs") s (load before: $load)"
 	fi
 	clean_hosts
 }
@@ -463,6 +475,7 @@ PY
 
 START_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 mkdir -p "$OUT"
+rm -f -- "$OUT/throughput.svg" # results.md and the chart always come from the same run
 log "work dir $WORK; scenarios ${SCEN_LIST[*]}; $RUNS run(s) each; ideal parallel time ${TARGET}s"
 
 for sc in "${SCEN_LIST[@]}"; do
@@ -650,6 +663,9 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 	echo "- $RUNS run(s) per method and scenario, methods interleaved run by run; times are wall-clock of the whole command"
 	echo "  (relayup: pre-flight, SSH logins, transfer, server-side merge, MD5 check, rename). Every result was also checked"
 	echo "  independently: the MD5 of the file on the server must equal the source's."
+	echo "- 1-minute load average before the runs: $(tr ' ' '\n' <<<"$LOADS" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "min %s, median %s, max %s", v[1], v[int((NR + 1) / 2)], v[NR] }')"
+	echo "  It includes the bench's own previous run (1-2 is normal here); much more means something else was"
+	echo "  competing for the $(nproc) CPUs that every lab host shares, and the numbers are suspect."
 	echo
 	echo "## Scenarios"
 	echo
@@ -693,7 +709,7 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 	echo "- **relayup**: \`relayup send FILE --config peers.toml --json [--strategy equal]\` from the client namespace."
 } >"$OUT/results.md"
 
-log "wrote $OUT/results.md${CHART_LINE:+ and $OUT/throughput.svg}"
+if [[ -s $OUT/throughput.svg ]]; then log "wrote $OUT/results.md and $OUT/throughput.svg"; else log "wrote $OUT/results.md"; fi
 echo
 table
 echo

@@ -172,15 +172,14 @@ impl Feeder {
         let handle = std::thread::spawn(move || -> Result<(Session, String, u64)> {
             let mut ready = BTreeSet::new();
             let mut next = 0usize;
-            for index in rx {
+            // Stop as soon as every part is in: the senders may outlive the transfer.
+            while next < parts {
+                let Ok(index) = rx.recv() else { break };
                 ready.insert(index);
                 while ready.remove(&next) {
                     ch.write_all(format!("{next}.part\n").as_bytes())
                         .context("feeding the merge on the server")?;
                     next += 1;
-                }
-                if next == parts {
-                    break;
                 }
             }
             if next != parts {

@@ -41,9 +41,8 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
-    /// Connects, starts the relay, and sends it `hello`. Fails with the reason the peer
-    /// cannot take part (unreachable, host key, auth, no relayup, cannot reach the server).
-    pub fn open(peer: &Peer, known_hosts: &Path, hello: &Request) -> Result<PeerLink> {
+    /// Logs in and starts the relay; [`PeerLink::hello`] then hands it the server.
+    pub fn connect(peer: &Peer, known_hosts: &Path) -> Result<PeerLink> {
         let session = ssh::connect(&peer.login, Trust::KnownHosts(known_hosts), None)?;
         let mut channel = session
             .channel_session()
@@ -58,7 +57,7 @@ impl PeerLink {
             .context("starting relayup on the peer")?;
         let events = BufReader::new(channel.stream(0));
         let sftp = session.sftp().context("starting SFTP on the peer")?;
-        let mut link = PeerLink {
+        Ok(PeerLink {
             peer: peer.clone(),
             session,
             channel,
@@ -68,7 +67,12 @@ impl PeerLink {
             version: String::new(),
             diag: VecDeque::new(),
             staged: Vec::new(),
-        };
+        })
+    }
+
+    /// Hands the relay the server and waits until it has logged in there.
+    pub fn hello(&mut self, hello: &Request) -> Result<()> {
+        let link = self;
         link.send(hello)?;
         match link.next_event()? {
             Event::Ready {
@@ -84,12 +88,12 @@ impl PeerLink {
                 }
                 link.version = version;
                 link.staging = staging;
-                Ok(link)
+                Ok(())
             }
             Event::Error { message, .. } => Err(anyhow!("{message}")),
             other => bail!("relay sent {other:?} before ready"),
         }
-        .with_context(|| link_name(peer))
+        .with_context(|| link_name(&link.peer))
     }
 
     // No flush(): on an ssh2 channel it discards unread *incoming* data

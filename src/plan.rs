@@ -62,9 +62,10 @@ pub fn fixed(size: u64, part_size: u64) -> Vec<Part> {
 /// connection, SIZE, RNFR/RNTO) start to cost more than a slow host's tail saves.
 pub const MIN_GUIDED_PART: u64 = 2 * MIB;
 
-/// Guided self-scheduling: parts of `remaining / (4 * hosts)`, at most `max` and at
-/// least [`MIN_GUIDED_PART`], so the first parts are big (few round trips) and the
-/// last ones small (a slow host that takes one near the end holds nobody up long).
+/// Guided self-scheduling: after one small part per host (so all start at once),
+/// parts of `remaining / (4 * hosts)`, at most `max` and at least [`MIN_GUIDED_PART`]:
+/// big early (few round trips), small at the end (a slow host that takes one near the
+/// end holds nobody up long).
 pub fn guided(size: u64, hosts: usize, max: u64) -> Vec<Part> {
     let divisor = 4 * hosts.max(1) as u64;
     let mut parts = Vec::new();
@@ -72,8 +73,13 @@ pub fn guided(size: u64, hosts: usize, max: u64) -> Vec<Part> {
     while offset < size {
         let remaining = size - offset;
         // Whole MiB where possible, so the plan reads well in --dry-run.
-        let want =
-            (remaining / divisor / MIB * MIB).clamp(MIN_GUIDED_PART, max.max(MIN_GUIDED_PART));
+        // The first part for each host is small, so every host starts at once: a peer
+        // cannot upload before its first part is staged.
+        let want = if parts.len() < hosts {
+            MIN_GUIDED_PART
+        } else {
+            (remaining / divisor / MIB * MIB).clamp(MIN_GUIDED_PART, max.max(MIN_GUIDED_PART))
+        };
         let len = want.min(remaining);
         parts.push(Part {
             index: parts.len(),
@@ -220,14 +226,15 @@ mod tests {
             for hosts in [1, 4, 8] {
                 let parts = guided(size, hosts, default_part_size(size, hosts));
                 assert_covers(&parts, size);
-                for w in parts.windows(2) {
+                for w in parts.windows(2).skip(hosts) {
                     assert!(w[1].len <= w[0].len, "sizes never grow");
                 }
                 assert!(parts.iter().all(|p| p.len <= MAX_DEFAULT_PART));
             }
         }
         let parts = guided(400 * MIB, 4, default_part_size(400 * MIB, 4));
-        assert_eq!(parts[0].len, 13 * MIB);
+        assert_eq!(parts[0].len, MIN_GUIDED_PART, "a small first part per host");
+        assert_eq!(parts[4].len, 13 * MIB);
         assert_eq!(parts[parts.len() - 2].len, MIN_GUIDED_PART);
         assert!(parts.last().unwrap().len <= MIN_GUIDED_PART);
         assert!(parts.len() < 100, "{} parts", parts.len());

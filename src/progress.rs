@@ -253,7 +253,7 @@ impl Progress {
         if self.mode == Mode::Json {
             emit_json(
                 json!({"type": "part_done", "part": index, "host": s.hosts[host].name,
-                "bytes": bytes, "md5": md5}),
+                "bytes": bytes, "md5": md5, "seconds": round2(self.start.elapsed().as_secs_f64())}),
             );
         }
     }

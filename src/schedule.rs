@@ -58,12 +58,18 @@ pub struct Scheduler {
 impl Scheduler {
     /// `hosts` hosts, numbered 0..hosts; with `equal`, part i is reserved for host i.
     /// Parts in `done` are already on the server (a resumed send) and are not handed out.
-    pub fn new(plan: &Plan, hosts: usize, done: &std::collections::HashSet<usize>) -> Scheduler {
+    /// Only hosts in `live` take part; with `equal`, part k is reserved for `live[k]`.
+    pub fn new(
+        plan: &Plan,
+        hosts: usize,
+        live: &[usize],
+        done: &std::collections::HashSet<usize>,
+    ) -> Scheduler {
         let mut reserved = vec![VecDeque::new(); hosts];
         let mut shared = VecDeque::new();
         for part in plan.parts.iter().filter(|p| !done.contains(&p.index)) {
-            match plan.strategy {
-                Strategy::Equal if part.index < hosts => reserved[part.index].push_back(*part),
+            match (plan.strategy, live.get(part.index)) {
+                (Strategy::Equal, Some(&host)) => reserved[host].push_back(*part),
                 _ => shared.push_back(*part),
             }
         }
@@ -71,7 +77,7 @@ impl Scheduler {
             state: Mutex::new(State {
                 shared,
                 reserved,
-                alive: vec![true; hosts],
+                alive: (0..hosts).map(|h| live.contains(&h)).collect(),
                 rates: vec![None; hosts],
                 in_flight: 0,
                 done: plan
@@ -171,13 +177,20 @@ impl Scheduler {
 mod tests {
     use super::*;
 
+    const ALL: [usize; 4] = [0, 1, 2, 3];
+
     fn plan(parts: usize, strategy: Strategy) -> Plan {
         Plan::new(parts as u64 * 10, parts, strategy, Some(10))
     }
 
     #[test]
     fn adaptive_hands_out_in_order_then_finishes() {
-        let s = Scheduler::new(&plan(3, Strategy::Adaptive), 2, &Default::default());
+        let s = Scheduler::new(
+            &plan(3, Strategy::Adaptive),
+            2,
+            &ALL[..2],
+            &Default::default(),
+        );
         let Next::Part(a) = s.next(0) else { panic!() };
         let Next::Part(b) = s.next(1) else { panic!() };
         let Next::Part(c) = s.next(0) else { panic!() };
@@ -192,7 +205,7 @@ mod tests {
 
     #[test]
     fn equal_reserves_one_part_per_host() {
-        let s = Scheduler::new(&plan(3, Strategy::Equal), 3, &Default::default());
+        let s = Scheduler::new(&plan(3, Strategy::Equal), 3, &ALL[..3], &Default::default());
         let Next::Part(p) = s.next(2) else { panic!() };
         assert_eq!(p.index, 2);
         s.complete(&p, 0, 1.0);
@@ -201,7 +214,7 @@ mod tests {
 
     #[test]
     fn failed_host_parts_go_to_others() {
-        let s = Scheduler::new(&plan(3, Strategy::Equal), 3, &Default::default());
+        let s = Scheduler::new(&plan(3, Strategy::Equal), 3, &ALL[..3], &Default::default());
         let Next::Part(p1) = s.next(1) else { panic!() };
         s.host_failed(1, &[p1]);
         assert_eq!(s.next(1), Next::Finished, "a failed host gets nothing more");
@@ -216,7 +229,7 @@ mod tests {
 
     #[test]
     fn reserved_but_untaken_parts_move_on_failure() {
-        let s = Scheduler::new(&plan(2, Strategy::Equal), 2, &Default::default());
+        let s = Scheduler::new(&plan(2, Strategy::Equal), 2, &ALL[..2], &Default::default());
         s.host_failed(1, &[]);
         let Next::Part(a) = s.next(0) else { panic!() };
         let Next::Part(b) = s.next(0) else { panic!() };
@@ -225,7 +238,12 @@ mod tests {
 
     #[test]
     fn given_back_parts_come_first() {
-        let s = Scheduler::new(&plan(4, Strategy::Adaptive), 2, &Default::default());
+        let s = Scheduler::new(
+            &plan(4, Strategy::Adaptive),
+            2,
+            &ALL[..2],
+            &Default::default(),
+        );
         let Next::Part(a) = s.next(0) else { panic!() };
         let Next::Part(_b) = s.next(1) else { panic!() };
         s.give_back(&[a]);
@@ -238,7 +256,7 @@ mod tests {
     #[test]
     fn a_slow_host_takes_the_small_parts_from_the_back() {
         let plan = Plan::new(40 << 20, 3, Strategy::Adaptive, Some(1 << 20));
-        let s = Scheduler::new(&plan, 3, &Default::default());
+        let s = Scheduler::new(&plan, 3, &ALL[..3], &Default::default());
         for (host, secs) in [(0, 0.1), (1, 0.1), (2, 1.0)] {
             let Next::Part(p) = s.next(host) else {
                 panic!()
@@ -252,9 +270,20 @@ mod tests {
     }
 
     #[test]
+    fn equal_reserves_parts_for_live_hosts_only() {
+        let s = Scheduler::new(&plan(2, Strategy::Equal), 3, &[0, 2], &Default::default());
+        assert_eq!(s.next(1), Next::Finished, "host 1 is not live");
+        let Next::Part(p) = s.next(2) else { panic!() };
+        assert_eq!(
+            p.index, 1,
+            "the second part belongs to the second live host"
+        );
+    }
+
+    #[test]
     fn parts_already_done_are_skipped() {
         let done = [0, 2].into_iter().collect();
-        let s = Scheduler::new(&plan(3, Strategy::Adaptive), 1, &done);
+        let s = Scheduler::new(&plan(3, Strategy::Adaptive), 1, &ALL[..1], &done);
         let Next::Part(p) = s.next(0) else { panic!() };
         assert_eq!(p.index, 1);
         s.complete(&p, 0, 1.0);
@@ -263,7 +292,12 @@ mod tests {
 
     #[test]
     fn empty_plan_is_finished() {
-        let s = Scheduler::new(&plan(0, Strategy::Adaptive), 2, &Default::default());
+        let s = Scheduler::new(
+            &plan(0, Strategy::Adaptive),
+            2,
+            &ALL[..2],
+            &Default::default(),
+        );
         assert_eq!(s.next(0), Next::Finished);
         assert!(s.all_done());
     }

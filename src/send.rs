@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::cli::{SendArgs, StrategyArg};
@@ -20,10 +22,72 @@ use crate::merge::{self, Feeder, Prepared};
 use crate::peer::{self, PeerLink};
 use crate::plan::{Plan, Strategy};
 use crate::progress::{self, Mode, Progress};
-use crate::protocol::{Request, PROTOCOL};
+use crate::protocol::{Request, ServerSpec, PROTOCOL};
 use crate::schedule::{Next, Scheduler};
 use crate::size::parse_size;
 use crate::transport::{Server, ServerTrust};
+
+/// A value set once by one thread and waited for by others.
+struct Latch<T> {
+    value: Mutex<Option<T>>,
+    set: Condvar,
+}
+
+impl<T: Clone> Latch<T> {
+    fn new() -> Latch<T> {
+        Latch {
+            value: Mutex::new(None),
+            set: Condvar::new(),
+        }
+    }
+
+    /// Sets the value unless it is set already.
+    fn set(&self, v: T) {
+        let mut g = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(v);
+            self.set.notify_all();
+        }
+    }
+
+    fn wait(&self) -> T {
+        let mut g = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(v) = g.as_ref() {
+                return v.clone();
+            }
+            g = self.set.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Not an error: the destination already holds this very file.
+#[derive(Debug)]
+struct AlreadyThere;
+
+impl std::fmt::Display for AlreadyThere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("already on the server")
+    }
+}
+
+impl std::error::Error for AlreadyThere {}
+
+/// What a peer needs once the transfer starts.
+#[derive(Clone)]
+struct Go {
+    sched: Arc<Scheduler>,
+    progress: Arc<Progress>,
+    merged: Sender<usize>,
+}
+
+/// How a host's part of the send ended.
+struct HostEnd {
+    name: String,
+    result: Result<()>,
+    /// It never took part (failed pre-flight), as opposed to dropping out.
+    left_out: bool,
+}
 
 /// What the source looked like when the send started; checked again before the rename.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -147,14 +211,91 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
         eprintln!("relayup: warning: ftp:// sends the password and the data in clear text; prefer ftps:// or sftp://");
     }
 
-    // Stage 2: pre-flight. The merge login and our own server login must work; a peer
-    // that fails is reported and left out.
+    // Stage 2: pre-flight. Peers start logging in at once, in parallel with the merge
+    // login and this machine's own server login; with `adaptive` the transfer starts
+    // without waiting for them, and each peer joins when it is ready. A peer that fails
+    // is reported and left out. The server spec reaches peers as soon as it is known
+    // (for sftp:// that is once this machine has verified the server's host key).
+    let hello: Latch<Option<ServerSpec>> = Latch::new();
+    let go: Latch<Option<Go>> = Latch::new();
+    if settings.server.scheme != "sftp" {
+        hello.set(Some(settings.server.clone()));
+    }
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, bool)>();
+    std::thread::scope(|s| {
+        let peer_threads: Vec<_> = settings
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let ready = ready_tx.clone();
+                let (hello, go, settings, source, id) = (&hello, &go, &settings, &source, &id);
+                s.spawn(move || peer_thread(i + 1, p, settings, source, id, hello, go, ready))
+            })
+            .collect();
+        drop(ready_tx);
+        let lead = lead(
+            args, &settings, &source, st, &dest, strategy, part_size, &id, mode, &hello, &go,
+            ready_rx,
+        );
+        // However the lead ended, nobody may wait for it any more.
+        hello.set(None);
+        go.set(None);
+        let mut ends: Vec<HostEnd> = peer_threads
+            .into_iter()
+            .map(|h| h.join().expect("peer threads do not panic"))
+            .collect();
+        let mut run = match lead {
+            Err(e) if e.is::<AlreadyThere>() => return Ok(ExitCode::SUCCESS),
+            other => other?,
+        };
+        ends.insert(0, run.local.take().expect("local result is set"));
+        finish(
+            run,
+            ends,
+            &settings,
+            &source,
+            st,
+            &dest,
+            &id,
+            mode,
+            args.overwrite,
+        )
+    })
+}
+
+/// What the transfer left for the end.
+struct Run {
+    local: Option<HostEnd>,
+    sched: Arc<Scheduler>,
+    progress: Arc<Progress>,
+    feeder: Feeder,
+    hasher: std::thread::JoinHandle<Result<String>>,
+}
+
+/// Pre-flight of the merge and this machine's login, the plan, and this machine's
+/// own uploads. Returns when this machine has nothing more to send.
+#[allow(clippy::too_many_arguments)]
+fn lead(
+    args: &SendArgs,
+    settings: &Settings,
+    source: &Path,
+    st: Stamp,
+    dest: &str,
+    strategy: Strategy,
+    part_size: Option<u64>,
+    id: &str,
+    mode: Mode,
+    hello: &Latch<Option<ServerSpec>>,
+    go: &Latch<Option<Go>>,
+    ready: mpsc::Receiver<(usize, bool)>,
+) -> Result<Run> {
     let (prepared, local) = std::thread::scope(|s| {
-        let m = s.spawn(|| merge::prepare(&settings, &dest, &id, args.overwrite));
+        let m = s.spawn(|| merge::prepare(settings, dest, id, args.overwrite));
         let l = s.spawn(|| {
             Server::connect(
                 &settings.server,
-                &id,
+                id,
                 "local",
                 ServerTrust::KnownHosts(settings.known_hosts.clone()),
                 settings.merge.login.identity.as_deref(),
@@ -170,8 +311,14 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
     let (merge_session, existing) = match prepared {
         Prepared::Ready(session, existing) => (session, existing),
         Prepared::Exists(session, their_md5) => {
-            merge::remove_if_empty(&session, &settings.merge.dir, &id);
-            return already_there(&source, &dest, &settings, &their_md5, mode);
+            merge::remove_if_empty(&session, &settings.merge.dir, id);
+            // Not an error if it is this very file: `send` turns AlreadyThere into success.
+            return Err(
+                match already_there(source, dest, settings, &their_md5, mode) {
+                    Ok(_) => anyhow::Error::new(AlreadyThere),
+                    Err(e) => e,
+                },
+            );
         }
     };
     let (local, host_key) = local
@@ -179,64 +326,31 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
         .map_err(|e| with_code(e, Code::Connect))?;
     let mut server = settings.server.clone();
     server.host_key = host_key;
-    let hello = Request::Hello {
-        protocol: PROTOCOL,
-        upload_id: id.clone(),
-        host: String::new(),
-        server,
-        staging: None,
-    };
-    let opened: Vec<(usize, Result<PeerLink>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = settings
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mut hello = hello.clone();
-                if let Request::Hello { staging, host, .. } = &mut hello {
-                    staging.clone_from(&p.staging);
-                    host.clone_from(&p.login.name);
-                }
-                let kh = &settings.known_hosts;
-                (i, s.spawn(move || PeerLink::open(p, kh, &hello)))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|(i, h)| {
-                (
-                    i,
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow!("pre-flight panicked"))),
-                )
-            })
-            .collect()
-    });
-    drop(hello);
-    let mut links = Vec::new();
-    for (i, r) in opened {
-        match r {
-            Ok(link) => links.push(link),
-            Err(e) => eprintln!(
-                "relayup: warning: peer {} left out: {}",
-                settings.peers[i].login.name,
-                format!("{e:#}").replace('\n', " ")
-            ),
+    hello.set(Some(server));
+
+    // With `equal` the plan needs to know who is there: wait for every peer's pre-flight.
+    let all: Vec<usize> = (0..=settings.peers.len()).collect();
+    let live: Vec<usize> = match strategy {
+        Strategy::Adaptive => all.clone(),
+        Strategy::Equal => {
+            let mut up: Vec<usize> = ready.iter().filter(|r| r.1).map(|r| r.0).collect();
+            up.sort_unstable();
+            std::iter::once(0).chain(up).collect()
         }
-    }
-    let mut live = vec!["local".to_string()];
-    live.extend(links.iter().map(|l| l.peer.login.name.clone()));
+    };
+    let names: Vec<String> = std::iter::once("local".to_string())
+        .chain(settings.peers.iter().map(|p| p.login.name.clone()))
+        .collect();
 
     // Stage 3: plan (or the journal's plan, when resuming) and transfer, with the merge
     // following on the server.
-    let config_path = settings.path.clone();
-    let plan = Journal::load(&id)
+    let plan = Journal::load(id)
         .and_then(|j| j.plan(st.size))
         .unwrap_or_else(|| Plan::new(st.size, live.len(), strategy, part_size));
-    Journal::new(&id, &source, &dest, &config_path, &plan)
+    Journal::new(id, source, dest, &settings.path, &plan)
         .save()
         .map_err(|e| with_code(e, Code::Transfer))?;
-    let done = resumable(&plan, &existing, &source).map_err(|e| with_code(e, Code::Transfer))?;
+    let done = resumable(&plan, &existing, source).map_err(|e| with_code(e, Code::Transfer))?;
     let resumed_bytes: u64 = plan
         .parts
         .iter()
@@ -252,15 +366,15 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
         );
     }
     let start = json!({"type": "start", "file": source.display().to_string(), "dest": dest,
-        "bytes": st.size, "parts": plan.parts.len(), "hosts": live, "upload_id": id,
+        "bytes": st.size, "parts": plan.parts.len(), "hosts": names, "upload_id": id,
         "resumed_parts": done.len(), "resumed_bytes": resumed_bytes,
         "strategy": match plan.strategy { Strategy::Adaptive => "adaptive", Strategy::Equal => "equal" }});
-    let progress = Progress::start(mode, st.size - resumed_bytes, &live, start);
-    let sched = Scheduler::new(&plan, live.len(), &done);
-    let (feeder, merged_tx) = Feeder::start(
+    let progress = Progress::start(mode, st.size - resumed_bytes, &names, start);
+    let sched = Arc::new(Scheduler::new(&plan, names.len(), &live, &done));
+    let (feeder, merged) = Feeder::start(
         merge_session,
         &settings.merge.dir,
-        &id,
+        id,
         plan.parts.len(),
         st.size,
     )
@@ -268,70 +382,148 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
     let mut resumed: Vec<usize> = done.iter().copied().collect();
     resumed.sort_unstable();
     for index in resumed {
-        let _ = merged_tx.send(index);
+        let _ = merged.send(index);
     }
     let hasher = {
-        let source = source.clone();
+        let source = source.to_path_buf();
         std::thread::spawn(move || file_md5(&source))
     };
+    go.set(Some(Go {
+        sched: sched.clone(),
+        progress: progress.clone(),
+        merged: merged.clone(),
+    }));
+    let result = local_worker(local, &sched, &progress, &merged, source);
+    Ok(Run {
+        local: Some(HostEnd {
+            name: "local".into(),
+            result,
+            left_out: false,
+        }),
+        sched,
+        progress,
+        feeder,
+        hasher,
+    })
+}
 
-    let failures: Vec<(String, anyhow::Error)> = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        {
-            let (sched, progress, merged_tx, source) =
-                (&sched, &progress, merged_tx.clone(), &source);
-            handles.push(s.spawn(move || {
-                let r = local_worker(local, sched, progress, &merged_tx, source);
-                ("local".to_string(), r)
-            }));
-        }
-        for (n, mut link) in links.into_iter().enumerate() {
-            let (sched, progress, merged_tx, source, id) =
-                (&sched, &progress, merged_tx.clone(), &source, &id);
-            handles.push(s.spawn(move || {
-                let job = peer::Job {
-                    host: n + 1,
-                    source,
-                    upload_id: id,
-                    sched,
-                    progress,
-                    merged: &merged_tx,
-                };
-                let name = link.peer.login.name.clone();
-                let r = peer::drive(&mut link, &job).map_err(|(e, parts)| {
-                    // Hand the parts back now: other hosts may be waiting for them.
-                    for p in &parts {
-                        progress.part_failed(p.index);
-                    }
-                    sched.host_failed(n + 1, &parts);
-                    progress.host_state(n + 1, "dropped");
-                    if !interrupt::interrupted() {
-                        progress.warn(&format!(
-                            "{name} dropped: {e:#}; its parts go to the other hosts"
-                        ));
-                    }
-                    e
-                });
-                link.close();
-                (name, r)
-            }));
-        }
-        let mut failures = Vec::new();
-        for h in handles {
-            let (name, r) = h.join().expect("worker threads do not panic");
-            if let Err(e) = r {
-                failures.push((name, e));
-            }
-        }
-        failures
+/// One peer, from login to its last part.
+#[allow(clippy::too_many_arguments)]
+fn peer_thread(
+    host: usize,
+    p: &crate::config::Peer,
+    settings: &Settings,
+    source: &Path,
+    id: &str,
+    hello: &Latch<Option<ServerSpec>>,
+    go: &Latch<Option<Go>>,
+    ready: mpsc::Sender<(usize, bool)>,
+) -> HostEnd {
+    let name = p.login.name.clone();
+    let opened = PeerLink::connect(p, &settings.known_hosts).and_then(|mut link| {
+        let Some(server) = hello.wait() else {
+            link.close();
+            return Err(anyhow!("the send stopped before this peer started"));
+        };
+        link.hello(&Request::Hello {
+            protocol: PROTOCOL,
+            upload_id: id.to_string(),
+            host: name.clone(),
+            server,
+            staging: p.staging.clone(),
+        })?;
+        Ok(link)
     });
-    drop(merged_tx);
+    let _ = ready.send((host, opened.is_ok()));
+    drop(ready);
+    let Some(go) = go.wait() else {
+        if let Ok(link) = opened {
+            link.close();
+        }
+        return HostEnd {
+            name,
+            result: Ok(()),
+            left_out: true,
+        };
+    };
+    let mut link = match opened {
+        Ok(link) => link,
+        Err(e) => {
+            go.sched.host_failed(host, &[]);
+            go.progress.host_state(host, "left out");
+            if !interrupt::interrupted() {
+                go.progress.warn(&format!(
+                    "peer {name} left out: {}",
+                    format!("{e:#}").replace('\n', " ")
+                ));
+            }
+            return HostEnd {
+                name,
+                result: Err(e),
+                left_out: true,
+            };
+        }
+    };
+    let job = peer::Job {
+        host,
+        source,
+        upload_id: id,
+        sched: &go.sched,
+        progress: &go.progress,
+        merged: &go.merged,
+    };
+    let result = peer::drive(&mut link, &job).map_err(|(e, parts)| {
+        // Hand the parts back now: other hosts may be waiting for them.
+        for p in &parts {
+            go.progress.part_failed(p.index);
+        }
+        go.sched.host_failed(host, &parts);
+        go.progress.host_state(host, "dropped");
+        if !interrupt::interrupted() {
+            go.progress.warn(&format!(
+                "{name} dropped: {e:#}; its parts go to the other hosts"
+            ));
+        }
+        e
+    });
+    link.close();
+    HostEnd {
+        name,
+        result,
+        left_out: false,
+    }
+}
 
+/// After the transfer: the server finishes the merge; compare and rename into place.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    run: Run,
+    ends: Vec<HostEnd>,
+    settings: &Settings,
+    source: &Path,
+    st: Stamp,
+    dest: &str,
+    id: &str,
+    mode: Mode,
+    overwrite: bool,
+) -> Result<ExitCode> {
+    let Run {
+        sched,
+        progress,
+        feeder,
+        hasher,
+        ..
+    } = run;
     if !sched.all_done() {
         progress.stop();
-        let why: Vec<String> = failures
+        let why: Vec<String> = ends
             .iter()
-            .map(|(h, e)| format!("{h}: {e:#}"))
+            .filter_map(|h| {
+                h.result
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{}: {e:#}", h.name))
+            })
             .collect();
         return Err(with_code(
             anyhow!(
@@ -344,40 +536,43 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
         ));
     }
     let transfer_end = Instant::now();
-
-    // Stage 4: the server finishes the merge; compare and rename into place.
     let (session, server_md5, server_size) =
         feeder.finish().map_err(|e| with_code(e, Code::Transfer))?;
-    let merge_wait = transfer_end.elapsed().as_secs_f64();
-    progress.merged(&server_md5, merge_wait);
+    progress.merged(&server_md5, transfer_end.elapsed().as_secs_f64());
     let source_md5 = hasher
         .join()
         .map_err(|_| anyhow!("hashing thread panicked"))?
         .with_context(|| format!("hashing {}", source.display()))
         .map_err(|e| with_code(e, Code::Transfer))?;
     let (summary, seconds) = progress.stop();
-    if stamp(&source)? != st {
+    if stamp(source)? != st {
         return Err(with_code(
-            anyhow!("{} changed during the send; nothing was renamed into place. Send it again once it is stable", source.display()),
+            anyhow!(
+                "{} changed during the send; nothing was renamed into place. Send it again once it is stable",
+                source.display()
+            ),
             Code::Verify,
         ));
     }
     if server_md5 != source_md5 || server_size != st.size {
         return Err(with_code(
             anyhow!(
-                "verification failed: the server's merged file has md5 {server_md5} and {server_size} bytes, the source has md5 {source_md5} and {} bytes; nothing was renamed into place",
+                "verification failed: the server's merged file has md5 {server_md5} and {server_size} bytes, \
+                 the source has md5 {source_md5} and {} bytes; nothing was renamed into place",
                 st.size
             ),
             Code::Verify,
         ));
     }
-    merge::commit(&session, &settings.merge.dir, &id, &dest, args.overwrite)
+    merge::commit(&session, &settings.merge.dir, id, dest, overwrite)
         .map_err(|e| with_code(e, Code::Transfer))?;
-    Journal::remove(&id);
-    for (name, e) in &failures {
-        progress.warn(&format!("{name} dropped out during the send: {e:#}"));
+    Journal::remove(id);
+    for h in ends.iter().filter(|h| !h.left_out) {
+        if let Err(e) = &h.result {
+            progress.warn(&format!("{} dropped out during the send: {e:#}", h.name));
+        }
     }
-    progress::report_done(mode, st.size, seconds, &source_md5, &dest, &summary);
+    progress::report_done(mode, st.size, seconds, &source_md5, dest, &summary);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,6 +14,9 @@ use crate::ssh::{io_timeout, tcp, CONNECT_TIMEOUT};
 pub struct Ftp {
     stream: RustlsFtpStream,
     what: String,
+    /// The upload's temp dir, entered before the first upload.
+    dir: String,
+    in_dir: bool,
 }
 
 fn timeouts(s: &TcpStream) -> std::io::Result<()> {
@@ -63,17 +66,15 @@ impl Ftp {
         stream
             .transfer_type(FileType::Binary)
             .map_err(|e| anyhow!("{what}: TYPE I refused: {e}"))?;
+        // The temp dir is created by the merge login's pre-flight, which may not have
+        // run yet: enter it at the first upload.
         let dir = temp_dir(&spec.dir, upload_id);
-        if stream.cwd(&dir).is_err() {
-            let _ = stream.mkdir(&dir);
-            stream.cwd(&dir).map_err(|e| {
-                anyhow!(
-                    "{what}: cannot create or enter {dir}: {e}; does {} exist and is it writable?",
-                    spec.dir
-                )
-            })?;
-        }
-        Ok(Ftp { stream, what })
+        Ok(Ftp {
+            stream,
+            what,
+            dir,
+            in_dir: false,
+        })
     }
 }
 
@@ -113,6 +114,13 @@ impl Uploader for Ftp {
             bail!("refusing FTP file name with a line break");
         }
         let what = &self.what;
+        if !self.in_dir {
+            let dir = &self.dir;
+            self.stream
+                .cwd(dir)
+                .map_err(|e| anyhow!("{what}: cannot enter {dir}: {e}; does the path of server.url name the same directory as merge.dir?"))?;
+            self.in_dir = true;
+        }
         let mut data = self
             .stream
             .put_with_stream(name)

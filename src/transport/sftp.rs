@@ -42,15 +42,8 @@ impl SftpUpload {
             .sftp()
             .map_err(|e| anyhow!("{what}: cannot start SFTP: {e}"))?;
         let dir = temp_dir(&spec.dir, upload_id);
-        // Another host (or the merge login) may create it at the same moment.
-        if sftp.stat(Path::new(&dir)).is_err() && sftp.mkdir(Path::new(&dir), 0o700).is_err() {
-            sftp.stat(Path::new(&dir)).map_err(|e| {
-                anyhow!(
-                    "{what}: cannot create {dir}: {e}; does {} exist and is it writable?",
-                    spec.dir
-                )
-            })?;
-        }
+        // The temp dir is created by the merge login's pre-flight (paths are absolute,
+        // so nothing to enter here).
         Ok((
             SftpUpload {
                 _session: session,

@@ -366,3 +366,56 @@ fn an_identical_destination_means_nothing_to_send() {
     );
     env.assert_clean();
 }
+
+#[test]
+#[ignore]
+fn timing_probe() {
+    let env = TestEnv::new(3);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 120 * PART);
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/relayup");
+    std::fs::copy(&bin, env.root.join("pub/relayup")).unwrap();
+    for strategy in ["adaptive", "equal"] {
+        let t = Instant::now();
+        let out = std::process::Command::new(&bin)
+            .args([
+                "send",
+                file.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+                "--json",
+                "--overwrite",
+                "--bwlimit",
+                "10MB",
+                "--strategy",
+                strategy,
+            ])
+            .env("XDG_STATE_HOME", env.root.join("state"))
+            .output()
+            .unwrap();
+        let wall = t.elapsed();
+        let so = String::from_utf8_lossy(&out.stdout);
+        let first_part = so
+            .lines()
+            .find(|l| l.contains("part_done"))
+            .unwrap_or("")
+            .to_string();
+        let merged = so
+            .lines()
+            .find(|l| l.contains("merged"))
+            .unwrap_or("")
+            .to_string();
+        let done = so.lines().last().unwrap_or("").to_string();
+        eprintln!(
+            "{strategy}: wall {wall:?}\n  {first_part}\n  {merged}\n  {done}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for l in so.lines().filter(|l| l.contains("part_done")) {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            eprintln!(
+                "    {} {} {} {}",
+                v["seconds"], v["host"], v["part"], v["bytes"]
+            );
+        }
+    }
+}
