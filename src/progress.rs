@@ -82,11 +82,11 @@ impl Progress {
         let bars = (mode == Mode::Bars).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
             let host_style = ProgressStyle::with_template(
-                "{prefix:>12.bold} {spinner} {bytes:>11} {binary_bytes_per_sec:>13}  {wide_msg}",
+                "{prefix:>12.bold} {spinner} {bytes:>11} {decimal_bytes_per_sec:>11}  {wide_msg}",
             )
             .expect("valid template");
             let total_style = ProgressStyle::with_template(
-                "{prefix:>12.bold} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                "{prefix:>12.bold} [{wide_bar}] {bytes}/{total_bytes} {decimal_bytes_per_sec} ETA {eta}",
             )
             .expect("valid template")
             .progress_chars("=> ");

@@ -391,6 +391,7 @@ fn timing_probe() {
                 strategy,
             ])
             .env("XDG_STATE_HOME", env.root.join("state"))
+            .env("RELAYUP_DEBUG_TIMING", "1")
             .output()
             .unwrap();
         let wall = t.elapsed();
