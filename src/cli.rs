@@ -52,6 +52,9 @@ pub enum PeersCommand {
         /// One JSON object per line on stdout instead of a table.
         #[arg(long)]
         json: bool,
+        /// Trust unknown SSH host keys on first use and add them to known_hosts.
+        #[arg(long)]
+        accept_new_host_keys: bool,
     },
 }
 
@@ -85,6 +88,9 @@ pub struct SendArgs {
     /// Upload rate limit for each host, in bytes per second (e.g. 5MiB, 2MB), to leave room on a shared link.
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,
+    /// Trust unknown SSH host keys on first use and add them to known_hosts (a changed key is never accepted).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
     /// Replace the destination if it already exists.
     #[arg(long)]
     pub overwrite: bool,

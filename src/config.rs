@@ -27,6 +27,7 @@ struct RawServer {
     user: String,
     password_env: Option<String>,
     password_file: Option<String>,
+    ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,6 +301,19 @@ fn server_spec(raw: &RawServer, config: &Path) -> Result<ServerSpec> {
         (None, None) => bail!("{scheme}:// needs a password: set password_env or password_file"),
     };
     let _ = config;
+    let ca_pem = match &raw.ca_file {
+        Some(_) if scheme != "ftps" => bail!("ca_file applies to ftps:// only"),
+        Some(f) => {
+            let path = expand(f)?;
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("ca_file {}: cannot read it", path.display()))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                bail!("ca_file {} holds no PEM certificate", path.display());
+            }
+            Some(pem)
+        }
+        None => None,
+    };
     Ok(ServerSpec {
         scheme,
         host,
@@ -309,6 +323,7 @@ fn server_spec(raw: &RawServer, config: &Path) -> Result<ServerSpec> {
         password,
         host_key: None,
         bwlimit: None,
+        ca_pem,
     })
 }
 

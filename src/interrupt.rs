@@ -10,6 +10,8 @@ use std::time::Duration;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static SOCKETS: Mutex<Vec<TcpStream>> = Mutex::new(Vec::new());
+/// Why the send was stopped, if not by a signal.
+static REASON: Mutex<Option<String>> = Mutex::new(None);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -40,6 +42,21 @@ pub fn watch(stream: &TcpStream) {
     if let Ok(dup) = stream.try_clone() {
         SOCKETS.lock().unwrap_or_else(|e| e.into_inner()).push(dup);
     }
+}
+
+/// Stops the whole send as an interrupt would, for `reason` (a host key problem on
+/// one peer stops everything).
+pub fn stop(reason: String) {
+    let mut r = REASON.lock().unwrap_or_else(|e| e.into_inner());
+    if r.is_none() && !INTERRUPTED.load(Ordering::SeqCst) {
+        *r = Some(reason);
+    }
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// The reason given to [`stop`]; `None` if a signal stopped the send.
+pub fn reason() -> Option<String> {
+    REASON.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// The flag itself, for loops that check it between chunks.

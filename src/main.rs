@@ -30,8 +30,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Send(args) => send::run(args),
         cli::Command::Peers {
-            command: cli::PeersCommand::Check { config, json },
-        } => check::run(config.as_deref(), json),
+            command:
+                cli::PeersCommand::Check {
+                    config,
+                    json,
+                    accept_new_host_keys,
+                },
+        } => {
+            ssh::set_accept_new(accept_new_host_keys);
+            check::run(config.as_deref(), json)
+        }
         cli::Command::Status { json } => status::status(json),
         cli::Command::Clean { ids, config } => status::clean(&ids, config.as_deref()),
         cli::Command::Relay => relay::run().map(|_| ExitCode::SUCCESS),

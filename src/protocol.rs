@@ -32,6 +32,9 @@ pub struct ServerSpec {
     /// Upload rate limit per host, bytes per second (`--bwlimit`).
     #[serde(default)]
     pub bwlimit: Option<u64>,
+    /// For `ftps://`: extra CA certificates (PEM) to trust besides the system's.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,6 +148,7 @@ mod tests {
                 password: Some(Secret::new("pw")),
                 host_key: None,
                 bwlimit: Some(1000),
+                ca_pem: None,
             },
             staging: None,
         };

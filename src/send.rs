@@ -163,7 +163,15 @@ fn upload_id(source: &Path, st: &Stamp, dest: &str, settings: &Settings) -> Stri
 pub fn run(args: SendArgs) -> Result<ExitCode> {
     interrupt::install();
     crate::ssh::set_io_timeout(std::time::Duration::from_secs(args.stall_timeout));
-    match send(&args) {
+    crate::ssh::set_accept_new(args.accept_new_host_keys);
+    let result = send(&args);
+    if let Some(reason) = interrupt::reason() {
+        return Err(anyhow!(
+            "{reason}; the send stopped before anything went to that host (parts already on the server are kept for a re-run)"
+        ))
+        .context(Code::Connect);
+    }
+    match result {
         Err(e) if interrupt::interrupted() && e.downcast_ref::<Code>() != Some(&Code::Usage) => Err(anyhow!(
             "interrupted; staged parts on the peers are removed, the parts already on the server are kept. \
              Run the same command again to resume: {}",
@@ -434,6 +442,12 @@ fn peer_thread(
         })?;
         Ok(link)
     });
+    if let Err(e) = &opened {
+        if e.downcast_ref::<crate::ssh::HostKeyProblem>().is_some() {
+            // Not a peer to leave out quietly: a wrong host key may be an attack.
+            interrupt::stop(format!("{e:#}"));
+        }
+    }
     let _ = ready.send((host, opened.is_ok()));
     drop(ready);
     let Some(go) = go.wait() else {

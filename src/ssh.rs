@@ -7,7 +7,7 @@ use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Se
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::{home, Login};
@@ -200,22 +200,80 @@ fn check_host_key(session: &Session, login: &Login, trust: &Trust<'_>) -> Result
             } else {
                 format!("ssh-keyscan -t {kind} -p {} {}", login.port, login.host)
             };
+            let name = if login.port == 22 {
+                login.host.clone()
+            } else {
+                format!("[{}]:{}", login.host, login.port)
+            };
             match known.check_port(&login.host, login.port, key) {
                 CheckResult::Match => Ok(()),
-                CheckResult::NotFound => bail!(
-                    "{what}: host key is not known ({kind} {fp}); if that fingerprint is right, add it: {scan} >> {}",
+                CheckResult::NotFound if ACCEPT_NEW.load(Ordering::Relaxed) => {
+                    add_known_host(file, &name, &host_key_line(session)?)?;
+                    eprintln!("relayup: added {what}'s host key {kind} {fp} to {}", file.display());
+                    Ok(())
+                }
+                CheckResult::NotFound => Err(anyhow!(
+                    "{what}: host key is not known ({kind} {fp}); if that fingerprint is right, add it with \
+                     --accept-new-host-keys, or: {scan} >> {}",
                     file.display()
-                ),
-                CheckResult::Mismatch => bail!(
+                ))
+                .context(HostKeyProblem),
+                CheckResult::Mismatch => Err(anyhow!(
                     "{what}: HOST KEY CHANGED (now {kind} {fp}), which may mean someone is intercepting the connection; \
-                     if the change is expected, remove the old key with: ssh-keygen -R {} -f {}",
-                    if login.port == 22 { login.host.clone() } else { format!("'[{}]:{}'", login.host, login.port) },
+                     if the change is expected, remove the old key with: ssh-keygen -R '{name}' -f {}",
                     file.display()
-                ),
+                ))
+                .context(HostKeyProblem),
                 CheckResult::Failure => bail!("{what}: cannot check the host key against {}", file.display()),
             }
         }
     }
+}
+
+/// Marks an error as a host key problem: the whole send stops (exit 3), whichever
+/// host it is, before any byte goes there.
+#[derive(Debug, Clone, Copy)]
+pub struct HostKeyProblem;
+
+impl std::fmt::Display for HostKeyProblem {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(())
+    }
+}
+
+static ACCEPT_NEW: AtomicBool = AtomicBool::new(false);
+
+/// `--accept-new-host-keys`: trust an unknown host key on first use and remember it
+/// (OpenSSH's `StrictHostKeyChecking accept-new`). A changed key is never accepted.
+pub fn set_accept_new(on: bool) {
+    ACCEPT_NEW.store(on, Ordering::Relaxed);
+}
+
+/// Appends `name type base64` to known_hosts (created 0600 if missing). Appending, not
+/// rewriting, keeps the user's comments and hashed entries as they are.
+fn add_known_host(file: &Path, name: &str, key_line: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    static APPEND: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = APPEND.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    let needs_newline = std::fs::read(file)
+        .map(|b| !b.is_empty() && !b.ends_with(b"\n"))
+        .unwrap_or(false);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot add a host key to {}", file.display()))?;
+    let line = format!(
+        "{}{name} {key_line}\n",
+        if needs_newline { "\n" } else { "" }
+    );
+    f.write_all(line.as_bytes())
+        .with_context(|| format!("cannot add a host key to {}", file.display()))
 }
 
 fn authenticate(session: &Session, login: &Login, password: Option<&Secret>) -> Result<()> {

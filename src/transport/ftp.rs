@@ -43,7 +43,7 @@ impl Ftp {
             Ok(s)
         });
         let mut stream = if spec.scheme == "ftps" {
-            let config = tls_config()?;
+            let config = tls_config(spec.ca_pem.as_deref())?;
             stream
                 .into_secure(RustlsConnector::from(Arc::new(config)), &spec.host)
                 .map_err(|e| anyhow!("{what}: TLS (AUTH TLS) failed: {e}"))?
@@ -78,22 +78,20 @@ impl Ftp {
     }
 }
 
-fn tls_config() -> Result<suppaftp::rustls::ClientConfig> {
+/// The system's root certificates, plus `ca_pem` (server.ca_file) for a server with
+/// its own CA or a self-signed certificate.
+fn tls_config(ca_pem: Option<&str>) -> Result<suppaftp::rustls::ClientConfig> {
+    use suppaftp::rustls::pki_types::pem::PemObject;
+    use suppaftp::rustls::pki_types::CertificateDer;
     let mut roots = suppaftp::rustls::RootCertStore::empty();
-    let certs = rustls_native_certs::load_native_certs();
-    for cert in certs.certs {
+    for cert in rustls_native_certs::load_native_certs().certs {
         roots.add(cert).ok();
     }
-    if let Some(file) = std::env::var_os("RELAYUP_CA_FILE") {
-        use suppaftp::rustls::pki_types::pem::PemObject;
-        use suppaftp::rustls::pki_types::CertificateDer;
-        let file = std::path::PathBuf::from(file);
-        for cert in CertificateDer::pem_file_iter(&file)
-            .with_context(|| format!("reading CA file {}", file.display()))?
-        {
+    if let Some(pem) = ca_pem {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             roots
-                .add(cert.with_context(|| format!("parsing CA file {}", file.display()))?)
-                .with_context(|| format!("adding CA from {}", file.display()))?;
+                .add(cert.context("parsing server.ca_file")?)
+                .context("adding server.ca_file")?;
         }
     }
     Ok(suppaftp::rustls::ClientConfig::builder()

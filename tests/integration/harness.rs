@@ -216,6 +216,27 @@ impl TestEnv {
         }
         fs::write(private.join("known_hosts"), known_hosts).unwrap();
 
+        // A self-signed certificate for 127.0.0.1: vsftpd offers TLS (ftps://) without
+        // requiring it, so the same server serves ftp:// tests too.
+        // A test CA and a server certificate for 127.0.0.1 signed by it (ftps-ca.pem is
+        // what the config's ca_file trusts).
+        let cert = private.join("ftps-cert.pem");
+        let script = format!(
+            "set -e; cd {dir}; exec 2>openssl.log\n\
+             openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=relayup-test-ca -keyout ca.key -out ca.pem\n\
+             openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout ftps-key.pem -out srv.csr\n\
+             printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext.cnf\n\
+             openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out ftps-cert.pem\n\
+             cp ca.pem {public}/ftps-ca.pem\n",
+            dir = private.display(),
+            public = public.display()
+        );
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "making test certificates: {}",
+            fs::read_to_string(private.join("openssl.log")).unwrap_or_default()
+        );
         let vsftpd_conf = private.join("vsftpd.conf");
         fs::write(
             &vsftpd_conf,
@@ -224,8 +245,12 @@ impl TestEnv {
                  anonymous_enable=NO\nlocal_enable=YES\nwrite_enable=YES\nlocal_umask=022\n\
                  seccomp_sandbox=NO\nuserlist_enable=NO\nxferlog_enable=NO\nuse_localtime=NO\n\
                  pasv_enable=YES\npasv_min_port=0\npasv_max_port=0\nsecure_chroot_dir=/var/run/vsftpd/empty\n\
-                 pam_service_name=vsftpd\nmax_per_ip=0\nmax_clients=0\nconnect_from_port_20=NO\n",
-                env.ftp_port
+                 pam_service_name=vsftpd\nmax_per_ip=0\nmax_clients=0\nconnect_from_port_20=NO\n\
+                 ssl_enable=YES\nrsa_cert_file={cert}\nrsa_private_key_file={key}\nallow_anon_ssl=NO\n\
+                 force_local_logins_ssl=NO\nforce_local_data_ssl=NO\nssl_tlsv1=YES\nssl_sslv2=NO\nssl_sslv3=NO\n",
+                env.ftp_port,
+                cert = cert.display(),
+                key = private.join("ftps-key.pem").display(),
             ),
         )
         .unwrap();
@@ -257,10 +282,15 @@ impl TestEnv {
             s => format!("{s}://127.0.0.1:{}{}", self.ftp_port, self.srv.display()),
         };
         let mut text = format!(
-            "[server]\nurl = \"{url}\"\nuser = \"{SERVER_USER}\"\npassword_file = \"{pass}\"\n\n\
+            "[server]\nurl = \"{url}\"\nuser = \"{SERVER_USER}\"\npassword_file = \"{pass}\"\n{ca}\n\
              [merge]\nhost = \"127.0.0.1\"\nport = {mport}\nuser = \"{SERVER_USER}\"\ndir = \"{dir}\"\n\n\
              [ssh]\nidentity = \"{key}\"\nknown_hosts = \"{kh}\"\n",
             pass = p.join("server.pass").display(),
+            ca = if scheme == "ftps" {
+                format!("ca_file = \"{}\"", self.root.join("pub/ftps-ca.pem").display())
+            } else {
+                String::new()
+            },
             mport = self.server_ssh_port,
             dir = self.srv.display(),
             key = p.join("id_ed25519").display(),

@@ -2,4 +2,5 @@
 
 mod faults;
 mod harness;
+mod security;
 mod send;
