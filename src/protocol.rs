@@ -45,7 +45,7 @@ pub enum Request {
         upload_id: String,
         /// The client's name for this peer (tags its temporary upload names).
         host: String,
-        server: ServerSpec,
+        server: Box<ServerSpec>,
         /// Staging directory on the peer; `None` = `~/.cache/relayup`.
         staging: Option<String>,
     },
@@ -139,7 +139,7 @@ mod tests {
             protocol: PROTOCOL,
             upload_id: "abc".into(),
             host: "alice".into(),
-            server: ServerSpec {
+            server: Box::new(ServerSpec {
                 scheme: "ftp".into(),
                 host: "h".into(),
                 port: 21,
@@ -149,7 +149,7 @@ mod tests {
                 host_key: None,
                 bwlimit: Some(1000),
                 ca_pem: None,
-            },
+            }),
             staging: None,
         };
         let line = to_line(&hello);

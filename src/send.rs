@@ -437,7 +437,7 @@ fn peer_thread(
             protocol: PROTOCOL,
             upload_id: id.to_string(),
             host: name.clone(),
-            server,
+            server: Box::new(server),
             staging: p.staging.clone(),
         })?;
         Ok(link)
