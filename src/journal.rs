@@ -21,6 +21,9 @@ pub struct Journal {
     pub equal: bool,
     /// Byte ranges as `[offset, len]`, in index order.
     pub parts: Vec<(u64, u64)>,
+    /// With `equal`: each part's share.
+    #[serde(default)]
+    pub owners: Vec<usize>,
 }
 
 pub fn dir() -> Result<PathBuf> {
@@ -49,6 +52,7 @@ impl Journal {
             size: plan.size,
             equal: plan.strategy == Strategy::Equal,
             parts: plan.parts.iter().map(|p| (p.offset, p.len)).collect(),
+            owners: plan.owners.clone(),
         }
     }
 
@@ -63,7 +67,8 @@ impl Journal {
             next += len;
             parts.push(Part { index, offset, len });
         }
-        (next == size && self.size == size).then_some(Plan {
+        let owners_ok = !self.equal || self.owners.len() == self.parts.len();
+        (next == size && self.size == size && owners_ok).then_some(Plan {
             size,
             strategy: if self.equal {
                 Strategy::Equal
@@ -71,6 +76,7 @@ impl Journal {
                 Strategy::Adaptive
             },
             parts,
+            owners: self.owners.clone(),
         })
     }
 

@@ -115,27 +115,63 @@ pub fn equal(size: u64, hosts: usize) -> Vec<Part> {
         .collect()
 }
 
+/// Largest piece of an `equal` share.
+pub const EQUAL_PIECE: u64 = 16 * MIB;
+
+/// `equal`: the classic split, one contiguous share per host (lengths differ by at
+/// most a byte), each share sent in pieces — a small first one, then up to
+/// [`EQUAL_PIECE`] — so a peer starts uploading as soon as its first piece is staged
+/// instead of after its whole share. Returns the parts and each part's share.
+pub fn equal_pieces(size: u64, hosts: usize) -> (Vec<Part>, Vec<usize>) {
+    let mut parts = Vec::new();
+    let mut owners = Vec::new();
+    for (share, s) in equal(size, hosts).into_iter().enumerate() {
+        let mut offset = s.offset;
+        let end = s.offset + s.len;
+        let mut first = true;
+        while offset < end {
+            let max = if first { MIN_GUIDED_PART } else { EQUAL_PIECE };
+            let len = max.min(end - offset);
+            parts.push(Part {
+                index: parts.len(),
+                offset,
+                len,
+            });
+            owners.push(share);
+            offset += len;
+            first = false;
+        }
+    }
+    (parts, owners)
+}
+
 /// A whole plan: what `--dry-run` prints and what the scheduler hands out.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub size: u64,
     pub strategy: Strategy,
     pub parts: Vec<Part>,
+    /// With `equal`: the share (host number among the live hosts) each part belongs to.
+    pub owners: Vec<usize>,
 }
 
 impl Plan {
     pub fn new(size: u64, hosts: usize, strategy: Strategy, part_size: Option<u64>) -> Plan {
-        let parts = match strategy {
-            Strategy::Equal => equal(size, hosts),
-            Strategy::Adaptive => match part_size {
-                Some(p) => fixed(size, p),
-                None => guided(size, hosts, default_part_size(size, hosts)),
-            },
+        let (parts, owners) = match strategy {
+            Strategy::Equal => equal_pieces(size, hosts),
+            Strategy::Adaptive => {
+                let parts = match part_size {
+                    Some(p) => fixed(size, p),
+                    None => guided(size, hosts, default_part_size(size, hosts)),
+                };
+                (parts, Vec::new())
+            }
         };
         Plan {
             size,
             strategy,
             parts,
+            owners,
         }
     }
 
@@ -144,7 +180,7 @@ impl Plan {
         let mut out = String::new();
         let strategy = match self.strategy {
             Strategy::Adaptive => "adaptive (shared queue: free hosts take the next part; slower hosts the smaller ones)",
-            Strategy::Equal => "equal (one part per host)",
+            Strategy::Equal => "equal (one share per host, sent in pieces)",
         };
         out.push_str(&format!(
             "plan: {} in {} part(s), strategy {strategy}\nhosts ({}): {}\n",
@@ -155,7 +191,12 @@ impl Plan {
         ));
         for p in &self.parts {
             let who = match self.strategy {
-                Strategy::Equal => hosts.get(p.index).map(String::as_str).unwrap_or("?"),
+                Strategy::Equal => self
+                    .owners
+                    .get(p.index)
+                    .and_then(|o| hosts.get(*o))
+                    .map(String::as_str)
+                    .unwrap_or("?"),
                 Strategy::Adaptive => "next free host",
             };
             out.push_str(&format!(
@@ -250,9 +291,33 @@ mod tests {
     }
 
     #[test]
+    fn equal_pieces_keep_one_share_per_host() {
+        for size in [0, 1, 3, 100, 50 * MIB + 3, 300 * MIB] {
+            for hosts in 1..=5 {
+                let (parts, owners) = equal_pieces(size, hosts);
+                assert_covers(&parts, size);
+                assert_eq!(parts.len(), owners.len());
+                // Each share is contiguous and matches the classic split.
+                for (share, s) in equal(size, hosts).iter().enumerate() {
+                    let mine: Vec<&Part> = parts
+                        .iter()
+                        .zip(&owners)
+                        .filter(|(_, o)| **o == share)
+                        .map(|(p, _)| p)
+                        .collect();
+                    assert_eq!(mine.first().unwrap().offset, s.offset);
+                    assert_eq!(mine.iter().map(|p| p.len).sum::<u64>(), s.len);
+                    assert!(mine.iter().all(|p| p.len <= EQUAL_PIECE));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn plan_picks_by_strategy() {
         let p = Plan::new(100, 4, Strategy::Equal, None);
         assert_eq!(p.parts.len(), 4);
+        assert_eq!(p.owners, [0, 1, 2, 3]);
         let p = Plan::new(100, 4, Strategy::Adaptive, Some(30));
         assert_eq!(p.parts.len(), 4);
         assert_eq!(p.parts[3].len, 10);

@@ -68,7 +68,8 @@ impl Scheduler {
         let mut reserved = vec![VecDeque::new(); hosts];
         let mut shared = VecDeque::new();
         for part in plan.parts.iter().filter(|p| !done.contains(&p.index)) {
-            match (plan.strategy, live.get(part.index)) {
+            let owner = plan.owners.get(part.index).and_then(|o| live.get(*o));
+            match (plan.strategy, owner) {
                 (Strategy::Equal, Some(&host)) => reserved[host].push_back(*part),
                 _ => shared.push_back(*part),
             }

@@ -146,7 +146,7 @@ fn dry_run_prints_the_plan_and_sends_nothing() {
     let env = TestEnv::new(3);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("d", 10 * PART);
-    for (strategy, parts) in [("adaptive", "10 part(s)"), ("equal", "4 part(s)")] {
+    for (strategy, parts) in [("adaptive", "10 part(s)"), ("equal", "one share per host")] {
         let mut args = vec![
             "send",
             file.to_str().unwrap(),
@@ -164,6 +164,14 @@ fn dry_run_prints_the_plan_and_sends_nothing() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains(parts), "{stdout}");
         assert!(stdout.contains("local, p1, p2, p3"), "{stdout}");
+        if strategy == "equal" {
+            for host in ["local", "p1", "p2", "p3"] {
+                assert!(
+                    stdout.contains(&format!("-> {host}\n")),
+                    "{host} gets a share: {stdout}"
+                );
+            }
+        }
     }
     assert_eq!(
         std::fs::read_dir(&env.srv).unwrap().count(),
