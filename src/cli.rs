@@ -38,6 +38,13 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<std::path::PathBuf>,
     },
+    /// Print a shell completion script (e.g. `relayup completions bash > /etc/bash_completion.d/relayup`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `relayup man > ~/.local/share/man/man1/relayup.1`.
+    Man,
     /// The peer side, started over SSH by `send` (JSON lines on stdin/stdout).
     #[command(hide = true)]
     Relay,
@@ -91,6 +98,17 @@ pub struct SendArgs {
     /// Trust unknown SSH host keys on first use and add them to known_hosts (a changed key is never accepted).
     #[arg(long)]
     pub accept_new_host_keys: bool,
+    /// Use only these peers (comma-separated names from the config).
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        conflicts_with = "no_peers"
+    )]
+    pub peers: Option<Vec<String>>,
+    /// Upload directly from this machine, without peers.
+    #[arg(long)]
+    pub no_peers: bool,
     /// Replace the destination if it already exists.
     #[arg(long)]
     pub overwrite: bool,

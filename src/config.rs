@@ -167,6 +167,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
             .unwrap_or_default();
         anyhow!("{}{at}: {}", path.display(), e.message().trim())
     })?;
+    let mut raw = raw;
+    apply_env(&mut raw)?;
     let at = |field: &str| format!("{}: {field}", path.display());
 
     let server = server_spec(&raw.server, path).with_context(|| at("[server]"))?;
@@ -256,6 +258,61 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         known_hosts,
         peers,
     })
+}
+
+/// `RELAYUP_<SECTION>_<KEY>` overrides a key of [server], [merge] or [ssh]
+/// (precedence: command line > environment > file).
+pub const ENV_KEYS: [&str; 12] = [
+    "RELAYUP_SERVER_URL",
+    "RELAYUP_SERVER_USER",
+    "RELAYUP_SERVER_PASSWORD_ENV",
+    "RELAYUP_SERVER_PASSWORD_FILE",
+    "RELAYUP_SERVER_CA_FILE",
+    "RELAYUP_MERGE_HOST",
+    "RELAYUP_MERGE_USER",
+    "RELAYUP_MERGE_DIR",
+    "RELAYUP_MERGE_PORT",
+    "RELAYUP_MERGE_IDENTITY",
+    "RELAYUP_SSH_IDENTITY",
+    "RELAYUP_SSH_KNOWN_HOSTS",
+];
+
+fn apply_env(raw: &mut RawConfig) -> Result<()> {
+    for key in ENV_KEYS {
+        let Some(v) = std::env::var_os(key) else {
+            continue;
+        };
+        let v = v
+            .into_string()
+            .map_err(|_| anyhow!("${key} is not valid UTF-8"))?;
+        match key {
+            "RELAYUP_SERVER_URL" => raw.server.url = v,
+            "RELAYUP_SERVER_USER" => raw.server.user = v,
+            "RELAYUP_SERVER_PASSWORD_ENV" => {
+                raw.server.password_env = Some(v);
+                raw.server.password_file = None;
+            }
+            "RELAYUP_SERVER_PASSWORD_FILE" => {
+                raw.server.password_file = Some(v);
+                raw.server.password_env = None;
+            }
+            "RELAYUP_SERVER_CA_FILE" => raw.server.ca_file = Some(v),
+            "RELAYUP_MERGE_HOST" => raw.merge.host = v,
+            "RELAYUP_MERGE_USER" => raw.merge.user = v,
+            "RELAYUP_MERGE_DIR" => raw.merge.dir = v,
+            "RELAYUP_MERGE_PORT" => {
+                raw.merge.port = Some(
+                    v.parse()
+                        .map_err(|_| anyhow!("${key}={v:?} is not a port number"))?,
+                )
+            }
+            "RELAYUP_MERGE_IDENTITY" => raw.merge.identity = Some(v),
+            "RELAYUP_SSH_IDENTITY" => raw.ssh.identity = Some(v),
+            "RELAYUP_SSH_KNOWN_HOSTS" => raw.ssh.known_hosts = Some(v),
+            _ => unreachable!("every ENV_KEYS entry is handled"),
+        }
+    }
+    Ok(())
 }
 
 fn nonempty(v: &str, field: &str) -> Result<()> {
@@ -475,6 +532,21 @@ dir = "/srv/up"
             let err = format!("{:#}", parse(&text, Path::new("t.toml")).unwrap_err());
             assert!(err.contains(want), "expected {want:?} in {err:?}");
         }
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        // Only this test sets these variables.
+        std::env::set_var("RELAYUP_MERGE_DIR", "/from/env");
+        std::env::set_var("RELAYUP_MERGE_PORT", "2222");
+        let s = parse(MIN, Path::new("t.toml")).unwrap();
+        assert_eq!(s.merge.dir, "/from/env");
+        assert_eq!(s.merge.login.port, 2222);
+        std::env::set_var("RELAYUP_MERGE_PORT", "lots");
+        let err = format!("{:#}", parse(MIN, Path::new("t.toml")).unwrap_err());
+        std::env::remove_var("RELAYUP_MERGE_DIR");
+        std::env::remove_var("RELAYUP_MERGE_PORT");
+        assert!(err.contains("RELAYUP_MERGE_PORT"), "{err}");
     }
 
     #[test]

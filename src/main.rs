@@ -42,6 +42,18 @@ fn main() -> ExitCode {
         }
         cli::Command::Status { json } => status::status(json),
         cli::Command::Clean { ids, config } => status::clean(&ids, config.as_deref()),
+        cli::Command::Completions { shell } => {
+            let mut cmd = <cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "relayup", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Man => {
+            let cmd = <cli::Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map(|_| ExitCode::SUCCESS)
+                .map_err(Into::into)
+        }
         cli::Command::Relay => relay::run().map(|_| ExitCode::SUCCESS),
     };
     match result {

@@ -81,13 +81,16 @@ impl Progress {
     pub fn start(mode: Mode, total: u64, hosts: &[String], start_event: Value) -> Arc<Progress> {
         let bars = (mode == Mode::Bars).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
-            let host_style = ProgressStyle::with_template(
-                "{prefix:>12.bold} {spinner} {bytes:>11} {decimal_bytes_per_sec:>11}  {wide_msg}",
-            )
+            // Colour only on a terminal (Bars mode) and never with NO_COLOR.
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            let prefix = if no_color { "{prefix:>12}" } else { "{prefix:>12.bold}" };
+            let host_style = ProgressStyle::with_template(&format!(
+                "{prefix} {{spinner}} {{bytes:>11}} {{decimal_bytes_per_sec:>11}}  {{wide_msg}}"
+            ))
             .expect("valid template");
-            let total_style = ProgressStyle::with_template(
-                "{prefix:>12.bold} [{wide_bar}] {bytes}/{total_bytes} {decimal_bytes_per_sec} ETA {eta}",
-            )
+            let total_style = ProgressStyle::with_template(&format!(
+                "{prefix} [{{wide_bar}}] {{bytes}}/{{total_bytes}} {{decimal_bytes_per_sec}} ETA {{eta}}"
+            ))
             .expect("valid template")
             .progress_chars("=> ");
             let hosts = hosts

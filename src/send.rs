@@ -622,6 +622,26 @@ fn resolve(args: &SendArgs) -> Result<(Settings, PathBuf, Stamp, String, Strateg
         None => None,
     };
     let mut settings = settings;
+    if args.no_peers {
+        settings.peers.clear();
+    }
+    if let Some(names) = &args.peers {
+        for n in names {
+            if !settings.peers.iter().any(|p| &p.login.name == n) {
+                let known: Vec<&str> = settings
+                    .peers
+                    .iter()
+                    .map(|p| p.login.name.as_str())
+                    .collect();
+                bail!(
+                    "--peers: no peer named {n:?} in {} (peers: {})",
+                    settings.path.display(),
+                    known.join(", ")
+                );
+            }
+        }
+        settings.peers.retain(|p| names.contains(&p.login.name));
+    }
     if let Some(rate) = &args.bwlimit {
         let v = parse_size(rate).context("--bwlimit")?;
         if v == 0 {

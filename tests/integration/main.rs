@@ -1,6 +1,7 @@
 //! End-to-end tests: real sshd peers, a real vsftpd, real bytes, MD5 checked on the server.
 
 mod faults;
+mod habits;
 mod harness;
 mod security;
 mod send;
