@@ -17,7 +17,8 @@ fuzz_target!(|data: &[u8]| {
     while let Ok(Some(line)) = protocol::read_line(&mut input) {
         if let Ok(req) = protocol::parse_request(&line) {
             // Whatever parses must serialize back and parse to the same request.
-            let again = protocol::parse_request(protocol::to_line(&req).trim_end()).expect("round trip");
+            let again =
+                protocol::parse_request(protocol::to_line(&req).trim_end()).expect("round trip");
             assert_eq!(again, req);
         }
         let _ = protocol::parse_event(&line);
