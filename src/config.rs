@@ -34,7 +34,7 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawMerge {
     host: String,
-    user: String,
+    user: Option<String>,
     dir: String,
     port: Option<u16>,
     identity: Option<String>,
@@ -45,6 +45,7 @@ struct RawMerge {
 struct RawSsh {
     identity: Option<String>,
     known_hosts: Option<String>,
+    config: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,10 +181,25 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
             .unwrap_or("~/.ssh/known_hosts"),
     )?;
     let default_identity = raw.ssh.identity.as_deref().map(expand).transpose()?;
+    let ssh_config = load_ssh_config(raw.ssh.config.as_deref())?;
+    let login = |name: &str,
+                 alias: &str,
+                 user: Option<&String>,
+                 port: Option<u16>,
+                 identity: Option<&String>| {
+        resolve_login(
+            name,
+            alias,
+            user,
+            port,
+            identity,
+            default_identity.as_ref(),
+            ssh_config.as_ref(),
+        )
+    };
 
     let m = &raw.merge;
     nonempty(&m.host, "merge.host").with_context(|| at("[merge]"))?;
-    nonempty(&m.user, "merge.user").with_context(|| at("[merge]"))?;
     if !m.dir.starts_with('/') {
         bail!(
             "{}: merge.dir {:?} must be an absolute path on the server",
@@ -192,18 +208,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         );
     }
     let merge = Merge {
-        login: Login {
-            name: "server".into(),
-            host: m.host.clone(),
-            port: m.port.unwrap_or(22),
-            user: m.user.clone(),
-            identity: m
-                .identity
-                .as_deref()
-                .map(expand)
-                .transpose()?
-                .or(default_identity.clone()),
-        },
+        login: login(
+            "server",
+            &m.host,
+            m.user.as_ref(),
+            m.port,
+            m.identity.as_ref(),
+        )
+        .with_context(|| at("[merge]"))?,
         dir: match m.dir.trim_end_matches('/') {
             "" => "/".to_string(),
             d => d.to_string(),
@@ -222,30 +234,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
             );
         }
         nonempty(&p.host, "host").with_context(ctx)?;
-        let user = match &p.user {
-            Some(u) => u.clone(),
-            None => std::env::var("USER")
-                .map_err(|_| anyhow!("no user given and $USER is not set"))
-                .with_context(ctx)?,
-        };
         if let Some(s) = &p.staging {
             if s.is_empty() || s.contains('\n') {
                 Err(anyhow!("staging must be a directory path")).with_context(ctx)?;
             }
         }
         peers.push(Peer {
-            login: Login {
-                name: p.name.clone(),
-                host: p.host.clone(),
-                port: p.port.unwrap_or(22),
-                user,
-                identity: p
-                    .identity
-                    .as_deref()
-                    .map(expand)
-                    .transpose()?
-                    .or(default_identity.clone()),
-            },
+            login: login(
+                &p.name,
+                &p.host,
+                p.user.as_ref(),
+                p.port,
+                p.identity.as_ref(),
+            )
+            .with_context(ctx)?,
             relayup: p.relayup.clone().unwrap_or_else(|| "relayup".into()),
             staging: p.staging.clone(),
         });
@@ -298,7 +300,7 @@ fn apply_env(raw: &mut RawConfig) -> Result<()> {
             }
             "RELAYUP_SERVER_CA_FILE" => raw.server.ca_file = Some(v),
             "RELAYUP_MERGE_HOST" => raw.merge.host = v,
-            "RELAYUP_MERGE_USER" => raw.merge.user = v,
+            "RELAYUP_MERGE_USER" => raw.merge.user = Some(v),
             "RELAYUP_MERGE_DIR" => raw.merge.dir = v,
             "RELAYUP_MERGE_PORT" => {
                 raw.merge.port = Some(
@@ -313,6 +315,84 @@ fn apply_env(raw: &mut RawConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `[ssh] config` (default `~/.ssh/config`), if it exists: libssh2 does not read it.
+fn load_ssh_config(file: Option<&str>) -> Result<Option<ssh2_config::SshConfig>> {
+    let path = expand(file.unwrap_or("~/.ssh/config"))?;
+    let Ok(f) = std::fs::File::open(&path) else {
+        if file.is_some() {
+            bail!("ssh config {} cannot be read", path.display());
+        }
+        return Ok(None);
+    };
+    let mut reader = std::io::BufReader::new(f);
+    ssh2_config::SshConfig::default()
+        .parse(&mut reader, ssh2_config::ParseRule::ALLOW_UNKNOWN_FIELDS)
+        .map(Some)
+        .map_err(|e| anyhow!("ssh config {}: {e}", path.display()))
+}
+
+/// One SSH login, as `ssh ALIAS` would make it: values in peers.toml first, then
+/// `~/.ssh/config` (HostName, Port, User, IdentityFile), then `[ssh] identity`, then
+/// the defaults (port 22, your user name, ssh-agent and ~/.ssh/id_*).
+fn resolve_login(
+    name: &str,
+    alias: &str,
+    user: Option<&String>,
+    port: Option<u16>,
+    identity: Option<&String>,
+    default_identity: Option<&PathBuf>,
+    ssh: Option<&ssh2_config::SshConfig>,
+) -> Result<Login> {
+    let params = ssh.map(|c| c.query(alias));
+    let from_ssh = |f: fn(&ssh2_config::HostParams) -> Option<String>| params.as_ref().and_then(f);
+    let user = match user.cloned().or_else(|| from_ssh(|p| p.user.clone())) {
+        Some(u) => u,
+        None => current_user().ok_or_else(|| anyhow!("no user given, here or in ~/.ssh/config"))?,
+    };
+    nonempty(&user, "user")?;
+    let ssh_identity = params
+        .as_ref()
+        .and_then(|p| p.identity_file.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| match p.to_str().and_then(|s| s.strip_prefix("~/")) {
+            Some(rest) => home().map(|h| h.join(rest)).unwrap_or(p),
+            None => p,
+        })
+        .find(|p| p.exists());
+    Ok(Login {
+        name: name.to_string(),
+        host: from_ssh(|p| p.host_name.clone()).unwrap_or_else(|| alias.to_string()),
+        port: port
+            .or_else(|| params.as_ref().and_then(|p| p.port))
+            .unwrap_or(22),
+        user,
+        identity: match identity {
+            Some(i) => Some(expand(i)?),
+            None => ssh_identity.or_else(|| default_identity.cloned()),
+        },
+    })
+}
+
+/// The local user name, as ssh uses by default: `$USER`, else the password database.
+fn current_user() -> Option<String> {
+    if let Some(u) = std::env::var("USER").ok().filter(|u| !u.is_empty()) {
+        return Some(u);
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or NULL; the name is
+    // copied out at once, on this thread.
+    unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_str()
+            .ok()
+            .map(str::to_string)
+    }
 }
 
 fn nonempty(v: &str, field: &str) -> Result<()> {
@@ -547,6 +627,41 @@ dir = "/srv/up"
         std::env::remove_var("RELAYUP_MERGE_DIR");
         std::env::remove_var("RELAYUP_MERGE_PORT");
         assert!(err.contains("RELAYUP_MERGE_PORT"), "{err}");
+    }
+
+    #[test]
+    fn ssh_config_fills_what_peers_toml_leaves_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_alice");
+        std::fs::write(&key, "key").unwrap();
+        let cfg = dir.path().join("ssh_config");
+        std::fs::write(
+            &cfg,
+            format!("Host alice-pc\n  HostName 10.1.2.3\n  Port 2200\n  User relay\n  IdentityFile {}\n", key.display()),
+        )
+        .unwrap();
+        let text = format!(
+            "{MIN}[ssh]\nconfig = \"{}\"\n[[peer]]\nname = \"alice\"\nhost = \"alice-pc\"\n[[peer]]\nname = \"bob\"\nhost = \"alice-pc\"\nuser = \"bob\"\nport = 22\n",
+            cfg.display()
+        );
+        let s = parse(&text, Path::new("t.toml")).unwrap();
+        let a = &s.peers[0].login;
+        assert_eq!(
+            (a.host.as_str(), a.port, a.user.as_str()),
+            ("10.1.2.3", 2200, "relay")
+        );
+        assert_eq!(a.identity.as_deref(), Some(key.as_path()));
+        let b = &s.peers[1].login;
+        assert_eq!(
+            (b.port, b.user.as_str()),
+            (22, "bob"),
+            "peers.toml wins over ssh config"
+        );
+        let missing = text.replace(cfg.to_str().unwrap(), "/nonexistent/ssh_config");
+        assert!(
+            format!("{:#}", parse(&missing, Path::new("t.toml")).unwrap_err())
+                .contains("/nonexistent/ssh_config")
+        );
     }
 
     #[test]

@@ -172,3 +172,65 @@ fn progress_on_a_terminal_has_colour_only_without_no_color_and_piped_output_has_
         serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"));
     }
 }
+
+#[test]
+fn a_peer_can_be_just_an_alias_from_ssh_config() {
+    let env = TestEnv::new(1);
+    let ssh_config = env.private.join("ssh_config");
+    std::fs::write(
+        &ssh_config,
+        format!(
+            "Host peer-one\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n",
+            env.peer_ports[0],
+            crate::harness::PEER_USERS[0],
+            env.private.join("id_ed25519").display()
+        ),
+    )
+    .unwrap();
+    let alias = format!(
+        "host = \"peer-one\"\nrelayup = \"{}\"\nstaging = \"{}\"",
+        env.root.join("pub/relayup").display(),
+        env.root.join("stage/alias").display()
+    );
+    let config = env.write_config("c.toml", "ftp", &[("alias", alias)]);
+    let text_cfg = std::fs::read_to_string(&config).unwrap();
+    // No [ssh] identity either: the key comes from the ssh config's IdentityFile.
+    let text_cfg: String = text_cfg
+        .lines()
+        .filter(|l| !l.starts_with("identity = "))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace(
+            "[ssh]\n",
+            &format!("[ssh]\nconfig = \"{}\"\n", ssh_config.display()),
+        )
+        .replace(
+            "[merge]\n",
+            &format!(
+                "[merge]\nidentity = \"{}\"\n",
+                env.private.join("id_ed25519").display()
+            ),
+        );
+    std::fs::write(&config, text_cfg).unwrap();
+    let file = env.random_file("f", 6 * PART);
+    let out = env.relayup(&[
+        "send",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+        "--part-size",
+        "1MiB",
+        "--peers",
+        "alias",
+        "--bwlimit",
+        "4MiB",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        hosts_of_done(&out).contains(&"alias".to_string()),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+}
