@@ -25,7 +25,7 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
 fi
 
 # Bold headings on a terminal, plain text otherwise.
-if [[ -t 2 ]]; then B=$'\e[1m' N=$'\e[0m'; else B="" N=""; fi
+if [[ -t 2 && -z ${NO_COLOR:-} ]]; then B=$'\e[1m' N=$'\e[0m'; else B="" N=""; fi
 step() { printf '\n%s==> %s%s\n' "$B" "$*" "$N" >&2; }
 die() { printf 'demo.sh: error: %s\n' "$*" >&2; exit 1; }
 

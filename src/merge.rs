@@ -47,10 +47,7 @@ pub fn prepare(
          if [ -e {dest} ] && [ {ow} != 1 ]; then md5sum < {dest} || exit 15; exit 12; fi\n\
          mkdir -p -m 700 {tmp} || exit 14\n\
          cd {tmp} || exit 14\n\
-         for f in *.part; do\n\
-           [ -f \"$f\" ] || continue\n\
-           s=$(wc -c < \"$f\") && m=$(md5sum < \"$f\") && echo \"part $f $s ${{m%% *}}\"\n\
-         done\n",
+         {LIST_PARTS}",
         dir = sh(&m.dir),
         dest = sh(dest),
         ow = u8::from(overwrite),
@@ -92,6 +89,58 @@ pub fn prepare(
             out.stderr.trim()
         ),
     }
+}
+
+/// Prints `part <n>.part <size> <md5>` for every part in the current directory.
+const LIST_PARTS: &str = "for f in *.part; do\n\
+       [ -f \"$f\" ] || continue\n\
+       s=$(wc -c < \"$f\") && m=$(md5sum < \"$f\") && echo \"part $f $s ${m%% *}\"\n\
+     done\n";
+
+/// After a whole-file mismatch: removes every part whose size or MD5 on the server is
+/// not what `expected` (index -> (size, md5)) says, so a re-run sends exactly those.
+/// Returns how many were removed.
+pub fn remove_bad_parts(
+    session: &Session,
+    dir: &str,
+    upload_id: &str,
+    expected: &[(u64, String)],
+) -> Result<usize> {
+    let tmp = sh(&format!(
+        "{}/.relayup-{upload_id}",
+        dir.trim_end_matches('/')
+    ));
+    let out = ssh::run(session, &format!("cd -- {tmp} || exit 1\n{LIST_PARTS}"))?;
+    if out.status != 0 {
+        bail!(
+            "listing the parts on the server failed: {}",
+            out.stderr.trim()
+        );
+    }
+    let good: std::collections::HashSet<usize> = parse_parts(&out.stdout)
+        .into_iter()
+        .filter(|p| {
+            expected
+                .get(p.index)
+                .is_some_and(|(size, md5)| *size == p.size && *md5 == p.md5)
+        })
+        .map(|p| p.index)
+        .collect();
+    let bad: Vec<String> = (0..expected.len())
+        .filter(|i| !good.contains(i))
+        .map(|i| sh(&format!("{i}.part")))
+        .collect();
+    if !bad.is_empty() {
+        let script = format!("cd -- {tmp} && rm -f -- {} merged.tmp", bad.join(" "));
+        let out = ssh::run(session, &script)?;
+        if out.status != 0 {
+            bail!(
+                "removing corrupt parts on the server failed: {}",
+                out.stderr.trim()
+            );
+        }
+    }
+    Ok(bad.len())
 }
 
 /// Parses `part <n>.part <size> <md5>` lines; anything else is ignored.

@@ -73,6 +73,35 @@ impl std::fmt::Display for AlreadyThere {
 
 impl std::error::Error for AlreadyThere {}
 
+/// Parts that were corrupt on the server at the merge and have been removed there;
+/// `run` sends them again (once).
+#[derive(Debug)]
+struct CorruptParts(usize);
+
+impl std::fmt::Display for CorruptParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} part(s) were corrupt on the server at the merge",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for CorruptParts {}
+
+/// Each part's expected size and MD5, hashed from the source.
+fn run_plan_md5s(plan: &Plan, source: &Path) -> Result<Vec<(u64, String)>> {
+    plan.parts
+        .iter()
+        .map(|p| {
+            let mut f = File::open(source)?;
+            f.seek(SeekFrom::Start(p.offset))?;
+            Ok((p.len, reader_md5(&mut f.take(p.len))?))
+        })
+        .collect()
+}
+
 /// What a peer needs once the transfer starts.
 #[derive(Clone)]
 struct Go {
@@ -164,7 +193,25 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
     interrupt::install();
     crate::ssh::set_io_timeout(std::time::Duration::from_secs(args.stall_timeout));
     crate::ssh::set_accept_new(args.accept_new_host_keys);
-    let result = send(&args);
+    let mut result = send(&args);
+    if let Some(CorruptParts(n)) = result
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<CorruptParts>())
+    {
+        // Once: the resume path finds every good part on the server and sends the rest.
+        eprintln!(
+            "relayup: {n} part(s) were corrupt on the server at the merge; sending them again"
+        );
+        result = send(&args);
+    }
+    let result = result.map_err(|e| match e.downcast_ref::<CorruptParts>() {
+        Some(c) => with_code(
+            anyhow!("{c} twice; nothing was renamed into place"),
+            Code::Verify,
+        ),
+        None => e,
+    });
     if let Some(reason) = interrupt::reason() {
         return Err(anyhow!(
             "{reason}; the send stopped before anything went to that host (parts already on the server are kept for a re-run)"
@@ -275,6 +322,7 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
 /// What the transfer left for the end.
 struct Run {
     local: Option<HostEnd>,
+    plan: Plan,
     sched: Arc<Scheduler>,
     progress: Arc<Progress>,
     feeder: Feeder,
@@ -403,6 +451,7 @@ fn lead(
     }));
     let result = local_worker(local, &sched, &progress, &merged, source);
     Ok(Run {
+        plan,
         local: Some(HostEnd {
             name: "local".into(),
             result,
@@ -522,6 +571,7 @@ fn finish(
     overwrite: bool,
 ) -> Result<ExitCode> {
     let Run {
+        plan,
         sched,
         progress,
         feeder,
@@ -569,6 +619,14 @@ fn finish(
         ));
     }
     if server_md5 != source_md5 || server_size != st.size {
+        // Every part was size-checked when it landed, so a part changed on the server
+        // afterwards. Find the bad ones by their own MD5s; the re-run sends only those.
+        let expected: Vec<(u64, String)> = run_plan_md5s(&plan, source)?;
+        let bad =
+            merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected).unwrap_or(0);
+        if bad > 0 {
+            return Err(anyhow::Error::new(CorruptParts(bad)));
+        }
         return Err(with_code(
             anyhow!(
                 "verification failed: the server's merged file has md5 {server_md5} and {server_size} bytes, \

@@ -366,3 +366,42 @@ fn an_identical_destination_means_nothing_to_send() {
     );
     env.assert_clean();
 }
+
+#[test]
+fn a_part_corrupted_on_the_server_before_the_merge_is_found_and_sent_again() {
+    // equal with two hosts: p1's pieces (parts 2, 3) land while this machine is still
+    // sending part 1, so the merge cannot have read part 2 yet when it is corrupted.
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 8 * PART);
+    let run = env.spawn_send(&[
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--strategy",
+        "equal",
+        "--bwlimit",
+        "1MiB",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = run
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("events");
+        if ev["type"] == "part_done" && ev["part"] == 2 {
+            break;
+        }
+    }
+    let part = temp_dirs(&env)[0].join("2.part");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&part).unwrap();
+        f.write_all_at(b"bit rot", 1000).unwrap();
+    }
+    let (status, _events, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("corrupt on the server"), "{stderr}");
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+    env.assert_clean();
+}
