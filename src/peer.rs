@@ -173,13 +173,21 @@ impl PeerLink {
     /// Ends the relay: closing its stdin makes it remove what it staged and exit. If
     /// it died instead, remove what it left over SFTP.
     pub fn close(mut self) {
-        self.session.set_timeout(5_000);
-        let _ = self.channel.send_eof();
+        // A peer that just failed may be unreachable: each step gets a short timeout,
+        // and the first one that fails ends the cleanup (`relayup clean` can finish it).
+        self.session.set_timeout(2_000);
+        if self.channel.send_eof().is_err() {
+            return;
+        }
         let mut rest = Vec::new();
-        let _ = self.events.read_to_end(&mut rest);
+        if self.events.read_to_end(&mut rest).is_err() {
+            return;
+        }
         let _ = self.channel.wait_close();
         for (_, path) in self.staged.drain(..) {
-            let _ = self.sftp.unlink(Path::new(&path));
+            if self.sftp.unlink(Path::new(&path)).is_err() {
+                break;
+            }
         }
     }
 }

@@ -405,3 +405,129 @@ fn a_part_corrupted_on_the_server_before_the_merge_is_found_and_sent_again() {
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
     env.assert_clean();
 }
+
+/// A peer in its own network namespace, behind a veth link the test can cut.
+struct NetnsPeer {
+    ns: String,
+    link: String,
+}
+
+impl NetnsPeer {
+    fn sh(cmd: &str) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Host side 198.18.222.1, peer side 198.18.222.2 (a /30 of the benchmarking range).
+    fn new() -> NetnsPeer {
+        let id = std::process::id() % 100_000;
+        let (ns, link) = (format!("rut{id}"), format!("rutv{id}"));
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &link])
+            .status();
+        Self::sh(&format!(
+            "ip netns add {ns} && ip link add {link} type veth peer name {link}p && ip link set {link}p netns {ns} \
+             && ip addr add 198.18.222.1/30 dev {link} && ip link set {link} up \
+             && ip -n {ns} addr add 198.18.222.2/30 dev {link}p && ip -n {ns} link set {link}p up && ip -n {ns} link set lo up"
+        ));
+        NetnsPeer { ns, link }
+    }
+}
+
+impl Drop for NetnsPeer {
+    fn drop(&mut self) {
+        let ns = &self.ns;
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ip netns pids {ns} | xargs -r kill -9; ip netns del {ns}; ip link del {} 2>/dev/null", self.link))
+            .status();
+    }
+}
+
+#[test]
+fn a_peer_cut_off_the_network_mid_send_hands_its_parts_to_others() {
+    let env = TestEnv::new(1);
+    let net = NetnsPeer::new();
+    // The cut-off peer's sshd runs inside the namespace, as user p2.
+    let key = env.private.join("host_cut");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cfg = env.private.join("sshd_cut.conf");
+    fs::write(
+        &cfg,
+        format!(
+            "Port 22\nListenAddress 198.18.222.2\nHostKey {}\nPidFile none\nAuthorizedKeysFile {}\nStrictModes no\n\
+             UsePAM no\nPasswordAuthentication no\nAllowUsers {}\nSubsystem sftp internal-sftp\nLogLevel ERROR\n",
+            key.display(),
+            env.root.join("pub/authorized_keys").display(),
+            PEER_USERS[1]
+        ),
+    )
+    .unwrap();
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.ns, "/usr/sbin/sshd", "-f"])
+        .arg(&cfg)
+        .status()
+        .unwrap();
+    assert!(status.success(), "sshd in the namespace");
+    wait_until(
+        "the namespaced sshd listens",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect("198.18.222.2:22").is_ok(),
+    );
+    let pubkey = fs::read_to_string(key.with_extension("pub")).unwrap();
+    let mut kh = fs::OpenOptions::new()
+        .append(true)
+        .open(env.private.join("known_hosts"))
+        .unwrap();
+    use std::io::Write;
+    let mut f = pubkey.split_whitespace();
+    writeln!(
+        kh,
+        "198.18.222.2 {} {}",
+        f.next().unwrap(),
+        f.next().unwrap()
+    )
+    .unwrap();
+    let cut = format!(
+        "host = \"198.18.222.2\"\nuser = \"{}\"\nrelayup = \"{}\"\nstaging = \"{}\"",
+        PEER_USERS[1],
+        env.root.join("pub/relayup").display(),
+        env.root.join("stage/cut").display()
+    );
+    let config = env.write_config("c.toml", "ftp", &[("cut", cut)]);
+    // Everyone reaches the FTP server at the host side of the veth link.
+    let text_cfg = fs::read_to_string(&config)
+        .unwrap()
+        .replace("ftp://127.0.0.1:", "ftp://198.18.222.1:");
+    fs::write(&config, text_cfg).unwrap();
+
+    let file = env.random_file("f", 16 * PART);
+    let run = env.spawn_send(&args(
+        &file,
+        &config,
+        &["--bwlimit", "2MiB", "--stall-timeout", "3"],
+    ));
+    run.wait_parts(1, Some("cut"));
+    NetnsPeer::sh(&format!("ip link set {} down", net.link));
+    let (status, events, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("cut dropped"), "{stderr}");
+    assert_eq!(done_event(&events)["md5"], md5_file(&file).as_str());
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+}

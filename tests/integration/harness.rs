@@ -241,7 +241,7 @@ impl TestEnv {
         fs::write(
             &vsftpd_conf,
             format!(
-                "listen=YES\nlisten_ipv6=NO\nlisten_address=127.0.0.1\nlisten_port={}\nbackground=NO\n\
+                "listen=YES\nlisten_ipv6=NO\nlisten_port={}\nbackground=NO\n\
                  anonymous_enable=NO\nlocal_enable=YES\nwrite_enable=YES\nlocal_umask=022\n\
                  seccomp_sandbox=NO\nuserlist_enable=NO\nxferlog_enable=NO\nuse_localtime=NO\n\
                  pasv_enable=YES\npasv_min_port=0\npasv_max_port=0\nsecure_chroot_dir=/var/run/vsftpd/empty\n\
