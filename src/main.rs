@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod config;
 mod error;
+mod hashes;
 mod interrupt;
 mod journal;
 mod merge;

@@ -2,7 +2,6 @@
 //! parts on the peer over SFTP, asks the relay to upload them, and follows its events.
 
 use anyhow::{anyhow, bail, Context, Result};
-use md5::{Digest, Md5};
 use ssh2::{Channel, ExtendedData, Session, Sftp};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -141,7 +140,8 @@ impl PeerLink {
     }
 
     /// Copies the part's byte range to the peer's staging dir over SFTP, hashing it.
-    fn stage(&mut self, source: &Path, part: &Part, upload_id: &str) -> Result<(String, String)> {
+    /// Copies the part's byte range to the peer's staging dir over SFTP.
+    fn stage(&mut self, source: &Path, part: &Part, upload_id: &str) -> Result<String> {
         let name = format!("{upload_id}-{}", part.file_name());
         let path = format!("{}/{name}", self.staging);
         self.staged.push((part.index, path.clone()));
@@ -150,7 +150,7 @@ impl PeerLink {
         file.seek(SeekFrom::Start(part.offset))?;
         let mut reader = HashingReader {
             inner: file.take(part.len),
-            hash: Md5::new(),
+            hash: None,
             cancel: crate::interrupt::flag(),
         };
         write_file(
@@ -162,7 +162,7 @@ impl PeerLink {
             &mut |_| {},
         )
         .with_context(|| format!("staging part {} at {path}", part.index))?;
-        Ok((name, format!("{:x}", reader.hash.finalize())))
+        Ok(name)
     }
 
     /// The relay is done with part `index` (uploaded, or failed and deleted).
@@ -214,6 +214,8 @@ pub struct Job<'a> {
     pub progress: &'a Progress,
     /// Receives the index of every part that is complete on the server.
     pub merged: &'a std::sync::mpsc::Sender<usize>,
+    /// Every part's MD5, from one pass over the source.
+    pub hashes: &'a crate::hashes::Hashes,
 }
 
 /// Runs one peer until no part is left for it. On error, returns the parts it held
@@ -259,7 +261,9 @@ pub fn drive(
                     job.progress
                         .host_state(job.host, &format!("staging part {}", part.index));
                     let t = Instant::now();
-                    let staged = link.stage(job.source, &part, job.upload_id);
+                    let staged = link
+                        .stage(job.source, &part, job.upload_id)
+                        .and_then(|name| Ok((name, job.hashes.part(part.index)?)));
                     let (name, md5) = match staged {
                         Ok(v) => v,
                         Err(e) => {

@@ -262,13 +262,14 @@ fn file_md5(path: &Path, size: u64) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Uploads one staged part. The MD5 reported is of the bytes that actually left for
-/// the server, so a staged file that changed after its check is caught here too.
+/// Uploads one staged part, whose MD5 the verifier has just checked. (A part that
+/// changed after that check is caught at the merge, which finds bad parts by their own
+/// MD5 and sends them again: hashing it a second time here is not worth the CPU.)
 fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Result<String> {
     let mut last = Instant::now();
     let index = job.index;
     let path = job.path.clone();
-    let md5 = server.put_part(
+    server.put_part(
         &format!("{index}.part"),
         job.size,
         &mut || {
@@ -283,14 +284,9 @@ fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Res
             }
         },
         cancel,
+        false,
     )?;
-    if md5 != job.md5 {
-        bail!(
-            "part {index} changed on this peer while uploading (md5 {md5}, expected {})",
-            job.md5
-        );
-    }
-    Ok(md5)
+    Ok(job.md5.clone())
 }
 
 #[cfg(test)]

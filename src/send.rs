@@ -16,6 +16,7 @@ use std::time::{Instant, SystemTime};
 use crate::cli::{SendArgs, StrategyArg};
 use crate::config::{self, Settings};
 use crate::error::{with_code, Code};
+use crate::hashes::Hashes;
 use crate::interrupt;
 use crate::journal::Journal;
 use crate::merge::{self, Feeder, Prepared};
@@ -108,6 +109,7 @@ struct Go {
     sched: Arc<Scheduler>,
     progress: Arc<Progress>,
     merged: Sender<usize>,
+    hashes: Arc<Hashes>,
 }
 
 /// How a host's part of the send ended.
@@ -440,16 +442,14 @@ fn lead(
     for index in resumed {
         let _ = merged.send(index);
     }
-    let hasher = {
-        let source = source.to_path_buf();
-        std::thread::spawn(move || file_md5(&source))
-    };
+    let (hashes, hasher) = Hashes::spawn(source.to_path_buf(), plan.parts.clone());
     go.set(Some(Go {
         sched: sched.clone(),
         progress: progress.clone(),
         merged: merged.clone(),
+        hashes: hashes.clone(),
     }));
-    let result = local_worker(local, &sched, &progress, &merged, source);
+    let result = local_worker(local, &sched, &progress, &merged, source, &hashes);
     Ok(Run {
         plan,
         local: Some(HostEnd {
@@ -534,6 +534,7 @@ fn peer_thread(
         sched: &go.sched,
         progress: &go.progress,
         merged: &go.merged,
+        hashes: &go.hashes,
     };
     let result = peer::drive(&mut link, &job).map_err(|(e, parts)| {
         // Hand the parts back now: other hosts may be waiting for them.
@@ -717,6 +718,7 @@ fn local_worker(
     progress: &Progress,
     merged: &std::sync::mpsc::Sender<usize>,
     source: &Path,
+    hashes: &Hashes,
 ) -> Result<()> {
     loop {
         let part = match sched.next(0) {
@@ -733,17 +735,20 @@ fn local_worker(
         };
         progress.host_state(0, &format!("uploading part {}", part.index));
         let started = Instant::now();
-        let result = server.put_part(
-            &part.file_name(),
-            part.len,
-            &mut || {
-                let mut file = File::open(source)?;
-                file.seek(SeekFrom::Start(part.offset))?;
-                Ok(Box::new(file.take(part.len)) as Box<dyn Read>)
-            },
-            &mut |b| progress.part_progress(0, part.index, b),
-            interrupt::flag(),
-        );
+        let result = server
+            .put_part(
+                &part.file_name(),
+                part.len,
+                &mut || {
+                    let mut file = File::open(source)?;
+                    file.seek(SeekFrom::Start(part.offset))?;
+                    Ok(Box::new(file.take(part.len)) as Box<dyn Read>)
+                },
+                &mut |b| progress.part_progress(0, part.index, b),
+                interrupt::flag(),
+                false,
+            )
+            .and_then(|_| hashes.part(part.index));
         match result {
             Ok(md5) => {
                 sched.complete(&part, 0, started.elapsed().as_secs_f64());

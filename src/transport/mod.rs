@@ -94,7 +94,7 @@ impl Server {
     }
 
     /// Uploads one part as `name`, reading it with `open` (called again for each
-    /// attempt), and returns the MD5 of the bytes that reached the server.
+    /// attempt); with `hash`, returns the MD5 of the bytes that reached the server.
     pub fn put_part(
         &mut self,
         name: &str,
@@ -102,10 +102,11 @@ impl Server {
         open_source: &mut dyn FnMut() -> Result<Box<dyn Read>>,
         progress: &mut dyn FnMut(u64),
         cancel: &AtomicBool,
-    ) -> Result<String> {
+        hash: bool,
+    ) -> Result<Option<String>> {
         let mut attempt = 1;
         loop {
-            let result = (|| -> Result<String> {
+            let result = (|| -> Result<Option<String>> {
                 if self.conn.is_none() {
                     self.conn = Some(
                         open(
@@ -120,7 +121,7 @@ impl Server {
                 let conn = self.conn.as_mut().expect("connected above");
                 let mut reader = HashingReader {
                     inner: open_source()?,
-                    hash: Md5::new(),
+                    hash: hash.then(Md5::new),
                     cancel,
                 };
                 // Upload under a name of our own, then rename into place: a part
@@ -129,7 +130,7 @@ impl Server {
                 let tmp = format!("{name}.{}.{}", self.tag, self.uploads);
                 conn.put(&tmp, &mut reader, len, self.spec.bwlimit, progress)?;
                 conn.rename(&tmp, name)?;
-                Ok(format!("{:x}", reader.hash.finalize()))
+                Ok(reader.hash.map(|h| format!("{:x}", h.finalize())))
             })();
             match result {
                 Ok(md5) => return Ok(md5),
@@ -163,10 +164,10 @@ fn open(
     }
 }
 
-/// A reader that hashes what passes through and stops when cancelled.
+/// A reader that hashes what passes through (if asked to) and stops when cancelled.
 pub struct HashingReader<'a, R> {
     pub inner: R,
-    pub hash: Md5,
+    pub hash: Option<Md5>,
     pub cancel: &'a AtomicBool,
 }
 
@@ -176,7 +177,9 @@ impl<R: Read> Read for HashingReader<'_, R> {
             return Err(std::io::Error::other("cancelled"));
         }
         let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
+        if let Some(h) = &mut self.hash {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }

@@ -1,0 +1,141 @@
+//! One sequential pass over the source gives the whole file's MD5 and every part's.
+//! Workers that need a part's MD5 (to hand to a relay, or to report) wait for it here
+//! instead of hashing the bytes a second time: on a small machine every pass counts.
+
+use anyhow::{anyhow, Context, Result};
+use md5::{Digest, Md5};
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crate::plan::Part;
+
+#[derive(Default)]
+struct State {
+    parts: Vec<Option<String>>,
+    failed: Option<String>,
+}
+
+pub struct Hashes {
+    state: Mutex<State>,
+    ready: Condvar,
+}
+
+impl Hashes {
+    /// Starts hashing `source`, whose parts are `parts` (contiguous, in order). The
+    /// thread returns the whole file's MD5.
+    pub fn spawn(source: PathBuf, parts: Vec<Part>) -> (Arc<Hashes>, JoinHandle<Result<String>>) {
+        let hashes = Arc::new(Hashes {
+            state: Mutex::new(State {
+                parts: vec![None; parts.len()],
+                failed: None,
+            }),
+            ready: Condvar::new(),
+        });
+        let shared = hashes.clone();
+        let handle = std::thread::spawn(move || {
+            let result = shared.run(&source, &parts);
+            if let Err(e) = &result {
+                shared.lock().failed = Some(format!("{e:#}"));
+                shared.ready.notify_all();
+            }
+            result
+        });
+        (hashes, handle)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(&self, source: &std::path::Path, parts: &[Part]) -> Result<String> {
+        let mut f = File::open(source).with_context(|| format!("opening {}", source.display()))?;
+        let mut whole = Md5::new();
+        let mut buf = vec![0u8; 1 << 20];
+        for part in parts {
+            let mut hash = Md5::new();
+            let mut left = part.len;
+            while left > 0 {
+                let want = buf.len().min(left as usize);
+                let n = f
+                    .read(&mut buf[..want])
+                    .with_context(|| format!("reading {}", source.display()))?;
+                if n == 0 {
+                    return Err(anyhow!(
+                        "{} became shorter while being read",
+                        source.display()
+                    ));
+                }
+                whole.update(&buf[..n]);
+                hash.update(&buf[..n]);
+                left -= n as u64;
+            }
+            self.lock().parts[part.index] = Some(format!("{:x}", hash.finalize()));
+            self.ready.notify_all();
+        }
+        // Anything after the last part (the file grew) still counts: the caller compares
+        // against the server's MD5 and the size check catches the rest.
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            whole.update(&buf[..n]);
+        }
+        Ok(format!("{:x}", whole.finalize()))
+    }
+
+    /// Part `index`'s MD5, waiting for the pass to reach it.
+    pub fn part(&self, index: usize) -> Result<String> {
+        let mut s = self.lock();
+        loop {
+            if let Some(Some(md5)) = s.parts.get(index) {
+                return Ok(md5.clone());
+            }
+            if let Some(e) = &s.failed {
+                return Err(anyhow!("hashing the source failed: {e}"));
+            }
+            if index >= s.parts.len() {
+                return Err(anyhow!("no part {index}"));
+            }
+            s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::fixed;
+
+    #[test]
+    fn one_pass_gives_every_part_and_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let parts = fixed(data.len() as u64, 1 << 20);
+        let (h, t) = Hashes::spawn(path, parts.clone());
+        for p in parts.iter().rev() {
+            let want = format!(
+                "{:x}",
+                Md5::digest(&data[p.offset as usize..(p.offset + p.len) as usize])
+            );
+            assert_eq!(h.part(p.index).unwrap(), want);
+        }
+        assert_eq!(
+            t.join().unwrap().unwrap(),
+            format!("{:x}", Md5::digest(&data))
+        );
+        assert!(h.part(99).is_err());
+    }
+
+    #[test]
+    fn a_missing_file_fails_every_waiter() {
+        let (h, t) = Hashes::spawn("/nonexistent/file".into(), fixed(10, 5));
+        assert!(h.part(1).is_err());
+        assert!(t.join().unwrap().is_err());
+    }
+}
