@@ -250,7 +250,9 @@ pub fn drive(
                     0.0
                 };
                 let left = (f.part.len - f.bytes) as f64;
-                rate > 0.0 && left / rate <= stage_secs * 1.5 + 1.0
+                // Early enough to stage and verify it, no earlier: a slow host that
+                // takes a part too soon holds it while faster hosts run out of work.
+                rate > 0.0 && left / rate <= stage_secs * 2.0 + 0.3
                     || rate == 0.0 && f.bytes * 2 >= f.part.len
             }
             Some(_) => false,

@@ -33,6 +33,26 @@ struct State {
 }
 
 impl State {
+    /// End game: a host slower than the fastest live one leaves a part alone if the
+    /// hosts together would clear the whole remaining queue before it could finish
+    /// that one part (the last parts go to whoever finishes them first).
+    fn others_finish_sooner(&self, host: usize, len: u64) -> bool {
+        let Some(mine) = self.rates[host] else {
+            return false;
+        };
+        let live: Vec<f64> = (0..self.rates.len())
+            .filter(|&h| self.alive[h])
+            .filter_map(|h| self.rates[h])
+            .collect();
+        let fastest = live.iter().copied().fold(0.0, f64::max);
+        if mine >= fastest * 0.95 {
+            return false;
+        }
+        let total: f64 = live.iter().sum();
+        let queued: u64 = self.shared.iter().map(|p| p.len).sum();
+        len as f64 / mine > queued as f64 / total
+    }
+
     /// Slower than 3/4 of the median rate of the live hosts that have one.
     fn is_slow(&self, host: usize) -> bool {
         let Some(mine) = self.rates[host] else {
@@ -105,6 +125,14 @@ impl Scheduler {
         // others takes from the back, so no slow host is left with a big part at the end.
         let slow = s.is_slow(host);
         let part = s.reserved[host].pop_front().or_else(|| {
+            let candidate = if slow {
+                s.shared.back()
+            } else {
+                s.shared.front()
+            }?;
+            if s.others_finish_sooner(host, candidate.len) {
+                return None;
+            }
             if slow {
                 s.shared.pop_back()
             } else {
@@ -116,7 +144,12 @@ impl Scheduler {
                 s.in_flight += 1;
                 Next::Part(p)
             }
-            None if s.in_flight > 0 || s.reserved.iter().any(|r| !r.is_empty()) => Next::Wait,
+            None if s.in_flight > 0
+                || !s.shared.is_empty()
+                || s.reserved.iter().any(|r| !r.is_empty()) =>
+            {
+                Next::Wait
+            }
             None => Next::Finished,
         }
     }
@@ -279,6 +312,27 @@ mod tests {
             p.index, 1,
             "the second part belongs to the second live host"
         );
+    }
+
+    #[test]
+    fn at_the_end_a_slow_host_leaves_the_last_part_to_a_fast_one() {
+        let plan = Plan::new(4 << 20, 2, Strategy::Adaptive, Some(1 << 20));
+        let s = Scheduler::new(&plan, 2, &ALL[..2], &Default::default());
+        for (host, secs) in [(0, 0.1), (1, 2.0)] {
+            let Next::Part(p) = s.next(host) else {
+                panic!()
+            };
+            s.complete(&p, host, secs);
+        }
+        let Next::Part(p) = s.next(0) else { panic!() };
+        assert_eq!(p.index, 2);
+        assert_eq!(
+            s.next(1),
+            Next::Wait,
+            "2 s for the slow host, 0.1 s for the fast one"
+        );
+        let Next::Part(p) = s.next(0) else { panic!() };
+        assert_eq!(p.index, 3, "the fast host takes it");
     }
 
     #[test]

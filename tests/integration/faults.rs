@@ -160,7 +160,8 @@ fn ctrl_c_stops_cleans_peers_keeps_server_parts_and_clean_removes_them() {
 fn a_peer_relay_killed_mid_part_hands_its_parts_to_others() {
     let env = TestEnv::new(3);
     let config = env.write_config("c.toml", "ftp", &[]);
-    let file = env.random_file("f", 16 * PART + 9);
+    // Long enough (~4 s per host) that every peer is surely in before the end.
+    let file = env.random_file("f", 32 * PART + 9);
     let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
     run.wait_parts(1, Some("p1"));
     pkill("-KILL", PEER_USERS[0], "relayup relay");
@@ -176,7 +177,7 @@ fn a_peer_relay_killed_mid_part_hands_its_parts_to_others() {
 fn a_peer_sshd_killed_mid_send_hands_its_parts_to_others() {
     let env = TestEnv::new(3);
     let config = env.write_config("c.toml", "sftp", &[]);
-    let file = env.random_file("f", 16 * PART);
+    let file = env.random_file("f", 32 * PART);
     let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
     run.wait_parts(1, Some("p2"));
     // The daemon and its per-connection processes: the peer's SSH side is gone.
