@@ -194,7 +194,7 @@ fn a_peer_sshd_killed_mid_send_hands_its_parts_to_others() {
 fn a_stalled_peer_is_dropped_after_the_stall_timeout() {
     let env = TestEnv::new(2);
     let config = env.write_config("c.toml", "ftp", &[]);
-    let file = env.random_file("f", 12 * PART);
+    let file = env.random_file("f", 24 * PART);
     let run = env.spawn_send(&args(
         &file,
         &config,
@@ -520,7 +520,7 @@ fn a_peer_cut_off_the_network_mid_send_hands_its_parts_to_others() {
         .replace("ftp://127.0.0.1:", "ftp://198.18.222.1:");
     fs::write(&config, text_cfg).unwrap();
 
-    let file = env.random_file("f", 16 * PART);
+    let file = env.random_file("f", 24 * PART);
     let run = env.spawn_send(&args(
         &file,
         &config,
