@@ -1,5 +1,5 @@
 //! One sequential pass over the source gives the whole file's MD5 and every part's.
-//! Workers that need a part's MD5 (to hand to a relay, or to report) wait for it here
+//! Workers that need a part's MD5 (to hand to a relay, or to report) take it from here
 //! instead of hashing the bytes a second time: on a small machine every pass counts.
 
 use anyhow::{anyhow, Context, Result};
@@ -7,7 +7,7 @@ use md5::{Digest, Md5};
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::plan::Part;
@@ -20,7 +20,8 @@ struct State {
 
 pub struct Hashes {
     state: Mutex<State>,
-    ready: Condvar,
+    source: PathBuf,
+    parts: Vec<Part>,
 }
 
 impl Hashes {
@@ -32,14 +33,14 @@ impl Hashes {
                 parts: vec![None; parts.len()],
                 failed: None,
             }),
-            ready: Condvar::new(),
+            source: source.clone(),
+            parts: parts.clone(),
         });
         let shared = hashes.clone();
         let handle = std::thread::spawn(move || {
             let result = shared.run(&source, &parts);
             if let Err(e) = &result {
                 shared.lock().failed = Some(format!("{e:#}"));
-                shared.ready.notify_all();
             }
             result
         });
@@ -73,7 +74,6 @@ impl Hashes {
                 left -= n as u64;
             }
             self.lock().parts[part.index] = Some(format!("{:x}", hash.finalize()));
-            self.ready.notify_all();
         }
         // Anything after the last part (the file grew) still counts: the caller compares
         // against the server's MD5 and the size check catches the rest.
@@ -87,21 +87,42 @@ impl Hashes {
         Ok(format!("{:x}", whole.finalize()))
     }
 
-    /// Part `index`'s MD5, waiting for the pass to reach it.
+    /// Part `index`'s MD5: from the pass if it got there, else hashed here and now
+    /// (with `equal`, peers start in the middle of the file, long before the pass
+    /// reaches their share; waiting would delay them).
     pub fn part(&self, index: usize) -> Result<String> {
-        let mut s = self.lock();
-        loop {
+        {
+            let s = self.lock();
             if let Some(Some(md5)) = s.parts.get(index) {
                 return Ok(md5.clone());
             }
             if let Some(e) = &s.failed {
                 return Err(anyhow!("hashing the source failed: {e}"));
             }
-            if index >= s.parts.len() {
-                return Err(anyhow!("no part {index}"));
-            }
-            s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner());
         }
+        let part = self
+            .parts
+            .get(index)
+            .ok_or_else(|| anyhow!("no part {index}"))?;
+        let mut f = File::open(&self.source)
+            .with_context(|| format!("opening {}", self.source.display()))?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(part.offset))?;
+        let mut hash = Md5::new();
+        let mut left = part.len;
+        let mut buf = vec![0u8; 1 << 20];
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = f.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(anyhow!(
+                    "{} became shorter while being read",
+                    self.source.display()
+                ));
+            }
+            hash.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(format!("{:x}", hash.finalize()))
     }
 }
 
@@ -133,9 +154,9 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_file_fails_every_waiter() {
+    fn a_missing_file_fails_every_caller() {
         let (h, t) = Hashes::spawn("/nonexistent/file".into(), fixed(10, 5));
-        assert!(h.part(1).is_err());
         assert!(t.join().unwrap().is_err());
+        assert!(h.part(1).is_err());
     }
 }
