@@ -5,10 +5,13 @@ use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{self, Login};
+use crate::config::{self, Login, Peer};
 use crate::error::{with_code, Code};
+use crate::peer::PeerLink;
+use crate::protocol::{Request, ServerSpec, PROTOCOL};
 use crate::quote;
 use crate::ssh::{self, Trust};
+use crate::transport::{Server, ServerTrust};
 
 struct Row {
     name: String,
@@ -18,6 +21,10 @@ struct Row {
     host_key: Option<bool>,
     auth: Option<bool>,
     version: Option<String>,
+    /// The peer's relay logged into the server (as it would for a send).
+    server_login: Option<bool>,
+    /// Free space in the peer's staging directory, bytes.
+    free: Option<u64>,
     problem: Option<String>,
 }
 
@@ -32,6 +39,25 @@ fn classify(e: &anyhow::Error) -> &'static str {
     }
 }
 
+/// Upload id of a check: names nothing on the server (no part is uploaded).
+const CHECK_ID: &str = "peerscheck";
+
+/// Starts the peer's relay as a send would, has it log into the server, and returns
+/// the free space in its staging directory.
+fn relay_probe(p: &Peer, known_hosts: &Path, server: &ServerSpec) -> Result<u64> {
+    let mut link = PeerLink::connect(p, known_hosts)?;
+    link.hello(&Request::Hello {
+        protocol: PROTOCOL,
+        upload_id: CHECK_ID.into(),
+        host: p.login.name.clone(),
+        server: Box::new(server.clone()),
+        staging: p.staging.clone(),
+    })?;
+    let free = link.staging_free();
+    link.close();
+    free
+}
+
 fn probe(login: &Login, known_hosts: &Path, command: Option<&str>) -> Row {
     let mut row = Row {
         name: login.name.clone(),
@@ -40,6 +66,8 @@ fn probe(login: &Login, known_hosts: &Path, command: Option<&str>) -> Row {
         host_key: None,
         auth: None,
         version: None,
+        server_login: None,
+        free: None,
         problem: None,
     };
     let session = match ssh::connect(login, Trust::KnownHosts(known_hosts), None) {
@@ -82,13 +110,64 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
     let path = config::config_path(config_path).map_err(|e| with_code(e, Code::Usage))?;
     let settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
     let kh = &settings.known_hosts;
+    // This machine's own server login, which also yields the sftp host key relays need.
+    let mut upload = Row {
+        name: "server (upload)".into(),
+        address: format!(
+            "{}@{}://{}:{}",
+            settings.server.user,
+            settings.server.scheme,
+            settings.server.host,
+            settings.server.port
+        ),
+        reachable: None,
+        host_key: None,
+        auth: None,
+        version: None,
+        server_login: None,
+        free: None,
+        problem: None,
+    };
+    let mut server = settings.server.clone();
+    match Server::connect(
+        &settings.server,
+        CHECK_ID,
+        "local",
+        ServerTrust::KnownHosts(settings.known_hosts.clone()),
+        settings.merge.login.identity.as_deref(),
+    ) {
+        Ok((_, key)) => {
+            server.host_key = key;
+            upload.server_login = Some(true);
+        }
+        Err(e) => {
+            upload.server_login = Some(false);
+            upload.problem = Some(format!("{e:#}"));
+        }
+    }
+    let server = &server;
     let mut rows: Vec<Row> = std::thread::scope(|s| {
         let handles: Vec<_> = settings
             .peers
             .iter()
             .map(|p| {
                 let cmd = format!("{} --version", quote::sh_home(&p.relayup));
-                s.spawn(move || probe(&p.login, kh, Some(&cmd)))
+                s.spawn(move || {
+                    let mut row = probe(&p.login, kh, Some(&cmd));
+                    if row.problem.is_none() {
+                        match relay_probe(p, kh, server) {
+                            Ok(free) => {
+                                row.server_login = Some(true);
+                                row.free = Some(free);
+                            }
+                            Err(e) => {
+                                row.server_login = Some(false);
+                                row.problem = Some(format!("{e:#}"));
+                            }
+                        }
+                    }
+                    row
+                })
             })
             .collect();
         handles
@@ -118,6 +197,7 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
         ));
     }
     rows.push(merge);
+    rows.push(upload);
 
     let ok = |r: &Row| r.problem.is_none();
     if as_json {
@@ -125,7 +205,8 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
             println!(
                 "{}",
                 json!({"name": r.name, "address": r.address, "reachable": r.reachable, "host_key": r.host_key,
-                    "authenticated": r.auth, "relayup": r.version, "ok": ok(r), "problem": r.problem})
+                    "authenticated": r.auth, "relayup": r.version, "server_login": r.server_login,
+                    "staging_free_bytes": r.free, "ok": ok(r), "problem": r.problem})
             );
         }
     } else {
@@ -135,18 +216,20 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
             None => "-",
         };
         println!(
-            "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} problem",
-            "peer", "address", "reachable", "host key", "login", "relayup"
+            "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} problem",
+            "peer", "address", "reachable", "host key", "login", "relayup", "server", "free"
         );
         for r in &rows {
             println!(
-                "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {}",
+                "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} {}",
                 r.name,
                 r.address,
                 mark(r.reachable),
                 mark(r.host_key),
                 mark(r.auth),
                 r.version.as_deref().unwrap_or("-"),
+                mark(r.server_login),
+                r.free.map(crate::size::human).unwrap_or_else(|| "-".into()),
                 r.problem.as_deref().unwrap_or("")
             );
         }

@@ -165,6 +165,27 @@ impl PeerLink {
         Ok(name)
     }
 
+    /// Free bytes in the peer's staging directory (`df -Pk`).
+    pub fn staging_free(&self) -> Result<u64> {
+        let out = ssh::run(
+            &self.session,
+            &format!("df -Pk -- {}", quote::sh(&self.staging)),
+        )?;
+        out.stdout
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| {
+                anyhow!(
+                    "cannot read the free space of {}: {}",
+                    self.staging,
+                    out.stderr.trim()
+                )
+            })
+    }
+
     /// The relay is done with part `index` (uploaded, or failed and deleted).
     fn unstaged(&mut self, index: usize) {
         self.staged.retain(|(i, _)| *i != index);

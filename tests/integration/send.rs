@@ -335,7 +335,7 @@ fn peers_check_reports_every_login() {
     let out = env.relayup(&["peers", "check", "--config", config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for name in ["p1", "p2", "server (merge)"] {
+    for name in ["p1", "p2", "server (merge)", "server (upload)"] {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(name))
@@ -367,5 +367,41 @@ fn peers_check_reports_every_login() {
     let ghost = rows.iter().find(|r| r["name"] == "ghost").unwrap();
     assert_eq!(ghost["reachable"], false);
     assert_eq!(ghost["ok"], false);
-    assert!(rows.iter().filter(|r| r["ok"] == true).count() == 3);
+    assert!(rows.iter().filter(|r| r["ok"] == true).count() == 4);
+    for p in ["p1", "p2"] {
+        let row = rows.iter().find(|r| r["name"] == p).unwrap();
+        assert_eq!(row["server_login"], true, "{row}");
+        assert!(row["staging_free_bytes"].as_u64().unwrap() > 0, "{row}");
+    }
+
+    // A wrong server password: every peer's relay is refused by the server.
+    let wrong = env.private.join("wrong.pass");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let good = std::fs::read_to_string(env.private.join("c.toml")).unwrap();
+    let bad = env.private.join("badpw.toml");
+    std::fs::write(
+        &bad,
+        good.replace(
+            env.private.join("server.pass").to_str().unwrap(),
+            wrong.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let out = env.relayup(&[
+        "peers",
+        "check",
+        "--config",
+        bad.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for name in ["p1", "server (upload)"] {
+        let row = rows.iter().find(|r| r["name"] == name).unwrap();
+        assert_eq!(row["server_login"], false, "{row}");
+    }
 }
