@@ -172,7 +172,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
     apply_env(&mut raw)?;
     let at = |field: &str| format!("{}: {field}", path.display());
 
-    let server = server_spec(&raw.server, path).with_context(|| at("[server]"))?;
+    let server = server_spec(&raw.server).with_context(|| at("[server]"))?;
 
     let known_hosts = expand(
         raw.ssh
@@ -280,8 +280,17 @@ pub const ENV_KEYS: [&str; 12] = [
 ];
 
 fn apply_env(raw: &mut RawConfig) -> Result<()> {
+    apply_overrides(raw, |key| std::env::var_os(key))
+}
+
+/// [`apply_env`] with the lookup passed in, so tests need not touch the process
+/// environment (shared by every test thread).
+fn apply_overrides(
+    raw: &mut RawConfig,
+    lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<()> {
     for key in ENV_KEYS {
-        let Some(v) = std::env::var_os(key) else {
+        let Some(v) = lookup(key) else {
             continue;
         };
         let v = v
@@ -420,7 +429,7 @@ fn valid_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn server_spec(raw: &RawServer, config: &Path) -> Result<ServerSpec> {
+fn server_spec(raw: &RawServer) -> Result<ServerSpec> {
     let (scheme, host, port, dir) = parse_url(&raw.url)?;
     nonempty(&raw.user, "user")?;
     let password = match (&raw.password_env, &raw.password_file) {
@@ -437,7 +446,6 @@ fn server_spec(raw: &RawServer, config: &Path) -> Result<ServerSpec> {
         (None, None) if scheme == "sftp" => None,
         (None, None) => bail!("{scheme}:// needs a password: set password_env or password_file"),
     };
-    let _ = config;
     let ca_pem = match &raw.ca_file {
         Some(_) if scheme != "ftps" => bail!("ca_file applies to ftps:// only"),
         Some(f) => {
@@ -616,16 +624,20 @@ dir = "/srv/up"
 
     #[test]
     fn environment_overrides_the_file() {
-        // Only this test sets these variables.
-        std::env::set_var("RELAYUP_MERGE_DIR", "/from/env");
-        std::env::set_var("RELAYUP_MERGE_PORT", "2222");
-        let s = parse(MIN, Path::new("t.toml")).unwrap();
-        assert_eq!(s.merge.dir, "/from/env");
-        assert_eq!(s.merge.login.port, 2222);
-        std::env::set_var("RELAYUP_MERGE_PORT", "lots");
-        let err = format!("{:#}", parse(MIN, Path::new("t.toml")).unwrap_err());
-        std::env::remove_var("RELAYUP_MERGE_DIR");
-        std::env::remove_var("RELAYUP_MERGE_PORT");
+        let raw = |port: &str| {
+            let mut raw: RawConfig = toml::from_str(MIN).unwrap();
+            let port = port.to_string();
+            apply_overrides(&mut raw, |k| match k {
+                "RELAYUP_MERGE_DIR" => Some("/from/env".into()),
+                "RELAYUP_MERGE_PORT" => Some(port.clone().into()),
+                _ => None,
+            })
+            .map(|_| raw)
+        };
+        let r = raw("2222").unwrap();
+        assert_eq!(r.merge.dir, "/from/env");
+        assert_eq!(r.merge.port, Some(2222));
+        let err = format!("{:#}", raw("lots").unwrap_err());
         assert!(err.contains("RELAYUP_MERGE_PORT"), "{err}");
     }
 

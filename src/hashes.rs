@@ -5,8 +5,8 @@
 use anyhow::{anyhow, Context, Result};
 use md5::{Digest, Md5};
 use std::fs::File;
-use std::io::Read;
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -104,26 +104,36 @@ impl Hashes {
             .parts
             .get(index)
             .ok_or_else(|| anyhow!("no part {index}"))?;
-        let mut f = File::open(&self.source)
-            .with_context(|| format!("opening {}", self.source.display()))?;
-        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(part.offset))?;
-        let mut hash = Md5::new();
-        let mut left = part.len;
-        let mut buf = vec![0u8; 1 << 20];
-        while left > 0 {
-            let want = buf.len().min(left as usize);
-            let n = f.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(anyhow!(
-                    "{} became shorter while being read",
-                    self.source.display()
-                ));
-            }
-            hash.update(&buf[..n]);
-            left -= n as u64;
-        }
-        Ok(format!("{:x}", hash.finalize()))
+        md5_range(&self.source, part.offset, part.len)
     }
+}
+
+/// MD5 of everything `r` yields, read in 1 MiB pieces.
+pub fn md5_of(r: &mut dyn Read) -> Result<String> {
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(format!("{:x}", h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// MD5 of `len` bytes of `path` from `offset`; a file shorter than that is an error.
+pub fn md5_range(path: &Path, offset: u64, len: u64) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut range = f.take(len);
+    let md5 = md5_of(&mut range)?;
+    if range.limit() != 0 {
+        return Err(anyhow!(
+            "{} became shorter while being read",
+            path.display()
+        ));
+    }
+    Ok(md5)
 }
 
 #[cfg(test)]

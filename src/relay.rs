@@ -4,7 +4,6 @@
 //! removing whatever it had staged, so a dead client never leaves it running.
 
 use anyhow::{anyhow, bail, Context, Result};
-use md5::{Digest, Md5};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -15,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Event, Request, PROTOCOL};
-use crate::transport::{Server, ServerTrust, CHUNK};
+use crate::transport::{Server, ServerTrust};
 
 /// Progress events are sent at most this often per part.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -250,16 +249,7 @@ fn file_md5(path: &Path, size: u64) -> Result<String> {
             path.display()
         );
     }
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
+    crate::hashes::md5_of(&mut f)
 }
 
 /// Uploads one staged part, whose MD5 the verifier has just checked. (A part that

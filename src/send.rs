@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use crate::cli::{SendArgs, StrategyArg};
 use crate::config::{self, Settings};
 use crate::error::{with_code, Code};
-use crate::hashes::Hashes;
+use crate::hashes::{md5_of, md5_range, Hashes};
 use crate::interrupt;
 use crate::journal::Journal;
 use crate::merge::{self, Feeder, Prepared};
@@ -95,11 +95,7 @@ impl std::error::Error for CorruptParts {}
 fn run_plan_md5s(plan: &Plan, source: &Path) -> Result<Vec<(u64, String)>> {
     plan.parts
         .iter()
-        .map(|p| {
-            let mut f = File::open(source)?;
-            f.seek(SeekFrom::Start(p.offset))?;
-            Ok((p.len, reader_md5(&mut f.take(p.len))?))
-        })
+        .map(|p| Ok((p.len, md5_range(source, p.offset, p.len)?)))
         .collect()
 }
 
@@ -780,9 +776,7 @@ fn resumable(plan: &Plan, existing: &[merge::ServerPart], source: &Path) -> Resu
         if part.len != sp.size {
             continue;
         }
-        let mut f = File::open(source)?;
-        f.seek(SeekFrom::Start(part.offset))?;
-        if reader_md5(&mut f.take(part.len))? == sp.md5 {
+        if md5_range(source, part.offset, part.len)? == sp.md5 {
             done.insert(part.index);
         }
     }
@@ -819,20 +813,8 @@ fn already_there(
     .context(Code::Usage)
 }
 
-fn reader_md5(r: &mut dyn Read) -> Result<String> {
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            return Ok(format!("{:x}", h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 fn file_md5(path: &Path) -> Result<String> {
-    reader_md5(&mut File::open(path)?)
+    md5_of(&mut File::open(path)?)
 }
 
 #[cfg(test)]

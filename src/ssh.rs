@@ -95,7 +95,6 @@ pub fn connect(login: &Login, trust: Trust<'_>, password: Option<&Secret>) -> Re
         .with_context(|| format!("{what}: SSH handshake failed (is this an SSH server?)"))?;
     check_host_key(&session, login, &trust)?;
     authenticate(&session, login, password)?;
-    session.set_keepalive(true, 15);
     Ok(session)
 }
 

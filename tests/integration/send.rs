@@ -122,7 +122,7 @@ fn json_lines_describe_the_send() {
     );
     assert!(kinds.contains(&"merged"));
     let done = lines.last().unwrap();
-    let md5 = md5_crate(&file);
+    let md5 = md5_file(&file);
     assert_eq!(done["md5"], md5.as_str());
     assert_eq!(done["bytes"], 5 * PART + 3);
     let hosts = done["hosts"].as_object().unwrap();
@@ -135,10 +135,6 @@ fn json_lines_describe_the_send() {
         assert_eq!(l["md5"].as_str().unwrap().len(), 32);
     }
     assert_eq!(md5_file(&env.srv.join("j")), md5);
-}
-
-fn md5_crate(p: &Path) -> String {
-    md5_file(p)
 }
 
 #[test]
