@@ -282,7 +282,10 @@ impl Feeder {
     }
 }
 
-/// Moves the verified file into place and removes the temp dir.
+/// Moves the verified file into place and removes the temp dir. The removal runs in
+/// the background on the server: freeing a file's worth of parts took ~0.4 s of a
+/// 13 s send in the lab, and the parts are of no use once the file is in place. The
+/// dir is renamed first, so a new send of the same file never meets it.
 pub fn commit(
     session: &Session,
     dir: &str,
@@ -295,7 +298,8 @@ pub fn commit(
         "cd -- {dir} || exit 1\n\
          if [ -e {dest} ] && [ {ow} != 1 ]; then exit 12; fi\n\
          mv -f -- {merged} {dest} || exit 1\n\
-         rm -rf -- {tmp}\n",
+         trash={tmp}.done.$$\n\
+         mv -- {tmp} \"$trash\" && {{ rm -rf -- \"$trash\" </dev/null >/dev/null 2>&1 & }}\n",
         dir = sh(dir),
         dest = sh(dest),
         ow = u8::from(overwrite),

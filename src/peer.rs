@@ -140,7 +140,6 @@ impl PeerLink {
     }
 
     /// Copies the part's byte range to the peer's staging dir over SFTP, hashing it.
-    /// Copies the part's byte range to the peer's staging dir over SFTP.
     fn stage(&mut self, source: &Path, part: &Part, upload_id: &str) -> Result<String> {
         let name = format!("{upload_id}-{}", part.file_name());
         let path = format!("{}/{name}", self.staging);
@@ -221,7 +220,7 @@ struct InFlight {
     part: Part,
     /// When the upload request went to the relay.
     sent: Instant,
-    md5: String,
+    xxh3: String,
     bytes: u64,
     failures: usize,
 }
@@ -273,8 +272,9 @@ pub fn drive(
                 let left = (f.part.len - f.bytes) as f64;
                 // Early enough to stage and verify it, no earlier: a slow host that
                 // takes a part too soon holds it while faster hosts run out of work.
-                rate > 0.0 && left / rate <= stage_secs * 2.0 + 0.3
-                    || rate == 0.0 && f.bytes * 2 >= f.part.len
+                // Before the rate is known (the first half second), stage at once:
+                // the start is when uplinks would otherwise wait.
+                rate == 0.0 || left / rate <= stage_secs * 2.0 + 0.3
             }
             Some(_) => false,
         };
@@ -287,13 +287,13 @@ pub fn drive(
                     let staged = link
                         .stage(job.source, &part, job.upload_id)
                         .and_then(|name| Ok((name, job.hashes.part(part.index)?)));
-                    let (name, md5) = match staged {
+                    let (name, xxh3) = match staged {
                         Ok(v) => v,
                         Err(e) => {
                             inflight.push_back(InFlight {
                                 part,
                                 sent: Instant::now(),
-                                md5: String::new(),
+                                xxh3: String::new(),
                                 bytes: 0,
                                 failures: 0,
                             });
@@ -305,12 +305,12 @@ pub fn drive(
                         index: part.index,
                         file: name,
                         size: part.len,
-                        md5: md5.clone(),
+                        xxh3: xxh3.clone(),
                     };
                     inflight.push_back(InFlight {
                         part,
                         sent: Instant::now(),
-                        md5,
+                        xxh3,
                         bytes: 0,
                         failures: 0,
                     });
@@ -351,7 +351,7 @@ pub fn drive(
                     job.progress.part_progress(job.host, index, bytes);
                 }
             }
-            Event::PartDone { index, bytes, md5 } => {
+            Event::PartDone { index, bytes, xxh3 } => {
                 let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
                     return fail(
                         anyhow!("relay reported part {index}, which it was not given"),
@@ -360,11 +360,11 @@ pub fn drive(
                 };
                 let f = inflight.remove(pos).expect("position is valid");
                 link.unstaged(index);
-                if md5 != f.md5 || bytes != f.part.len {
+                if xxh3 != f.xxh3 || bytes != f.part.len {
                     inflight.push_back(f);
                     return fail(
                         anyhow!(
-                            "relay uploaded part {index} with md5 {md5}, staged md5 was different"
+                            "relay uploaded part {index} with checksum {xxh3}, the staged one was different"
                         ),
                         &inflight,
                     );
@@ -375,7 +375,7 @@ pub fn drive(
                 last_done = Instant::now();
                 job.sched
                     .complete(&f.part, job.host, began.elapsed().as_secs_f64());
-                job.progress.part_done(job.host, index, bytes, &md5);
+                job.progress.part_done(job.host, index, bytes, &xxh3);
                 let _ = job.merged.send(index);
                 if let Some(next) = inflight.front() {
                     job.progress

@@ -248,7 +248,7 @@ impl Progress {
         }
     }
 
-    pub fn part_done(&self, host: usize, index: usize, bytes: u64, md5: &str) {
+    pub fn part_done(&self, host: usize, index: usize, bytes: u64, xxh3: &str) {
         let mut s = self.lock();
         s.parts.remove(&index);
         s.hosts[host].done += bytes;
@@ -256,7 +256,7 @@ impl Progress {
         if self.mode == Mode::Json {
             emit_json(
                 json!({"type": "part_done", "part": index, "host": s.hosts[host].name,
-                "bytes": bytes, "md5": md5, "seconds": round2(self.start.elapsed().as_secs_f64())}),
+                "bytes": bytes, "xxh3": xxh3, "seconds": round2(self.start.elapsed().as_secs_f64())}),
             );
         }
     }

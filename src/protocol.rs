@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use crate::secret::Secret;
 
 /// Bumped whenever a message changes shape; client and relay must agree.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// Longest line either side accepts; anything longer is an error, not an allocation.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -54,7 +54,8 @@ pub enum Request {
         index: usize,
         file: String,
         size: u64,
-        md5: String,
+        /// XXH3-128 of the part, hex: the relay checks the staged copy against it.
+        xxh3: String,
     },
 }
 
@@ -74,7 +75,7 @@ pub enum Event {
     PartDone {
         index: usize,
         bytes: u64,
-        md5: String,
+        xxh3: String,
     },
     Error {
         index: Option<usize>,
@@ -163,7 +164,7 @@ mod tests {
             index: 3,
             file: "x-3.part".into(),
             size: 10,
-            md5: "00".into(),
+            xxh3: "00".into(),
         };
         assert_eq!(parse_request(to_line(&up).trim_end()).unwrap(), up);
     }
@@ -180,7 +181,7 @@ mod tests {
             Event::PartDone {
                 index: 1,
                 bytes: 5,
-                md5: "ab".into(),
+                xxh3: "ab".into(),
             },
             Event::Error {
                 index: None,
@@ -203,7 +204,7 @@ mod tests {
             "{}",
             "{\"type\":\"launch_missiles\"}",
             "{\"type\":\"upload\",\"index\":1}",
-            "{\"type\":\"upload\",\"index\":-1,\"file\":\"a\",\"size\":1,\"md5\":\"\"}",
+            "{\"type\":\"upload\",\"index\":-1,\"file\":\"a\",\"size\":1,\"xxh3\":\"\"}",
             "{\"type\":\"progress\",\"index\":1,\"bytes\":2,\"extra\":3}",
             "not json",
         ] {

@@ -42,7 +42,7 @@ struct Job {
     index: usize,
     path: PathBuf,
     size: u64,
-    md5: String,
+    xxh3: String,
 }
 
 pub fn run() -> Result<()> {
@@ -120,15 +120,15 @@ pub fn run() -> Result<()> {
                 if cancel.load(Ordering::Relaxed) {
                     break;
                 }
-                match file_md5(&job.path, job.size) {
-                    Ok(md5) if md5 == job.md5 => {
+                match file_checksum(&job.path, job.size) {
+                    Ok(sum) if sum == job.xxh3 => {
                         let _ = upload_tx.send(job);
                     }
-                    Ok(md5) => {
+                    Ok(sum) => {
                         let _ = std::fs::remove_file(&job.path);
                         out.error(
                             Some(job.index),
-                            &anyhow!("staged part {} is corrupt (md5 {md5}, expected {}); stage it again", job.index, job.md5),
+                            &anyhow!("staged part {} is corrupt (xxh3 {sum}, expected {}); stage it again", job.index, job.xxh3),
                         );
                     }
                     Err(e) => {
@@ -155,10 +155,10 @@ pub fn run() -> Result<()> {
                     .unwrap_or_else(|e| e.into_inner())
                     .retain(|p| p != &job.path);
                 match result {
-                    Ok(md5) => out.send(&Event::PartDone {
+                    Ok(xxh3) => out.send(&Event::PartDone {
                         index: job.index,
                         bytes: job.size,
-                        md5,
+                        xxh3,
                     }),
                     Err(e) => out.error(Some(job.index), &e),
                 }
@@ -173,7 +173,7 @@ pub fn run() -> Result<()> {
                     index,
                     file,
                     size,
-                    md5,
+                    xxh3,
                 } => {
                     if !valid_file_name(&file) {
                         bail!("refusing staged file name {file:?}");
@@ -187,7 +187,7 @@ pub fn run() -> Result<()> {
                         index,
                         path,
                         size,
-                        md5,
+                        xxh3,
                     });
                 }
                 Request::Hello { .. } => bail!("hello sent twice"),
@@ -239,7 +239,7 @@ fn staging_dir(requested: Option<&str>) -> Result<PathBuf> {
     std::fs::canonicalize(&dir).with_context(|| format!("staging dir {}", dir.display()))
 }
 
-fn file_md5(path: &Path, size: u64) -> Result<String> {
+fn file_checksum(path: &Path, size: u64) -> Result<String> {
     let mut f =
         File::open(path).with_context(|| format!("staged file {} is missing", path.display()))?;
     let actual = f.metadata()?.len();
@@ -249,12 +249,13 @@ fn file_md5(path: &Path, size: u64) -> Result<String> {
             path.display()
         );
     }
-    crate::hashes::md5_of(&mut f)
+    crate::hashes::checksum_of(&mut f)
 }
 
-/// Uploads one staged part, whose MD5 the verifier has just checked. (A part that
-/// changed after that check is caught at the merge, which finds bad parts by their own
-/// MD5 and sends them again: hashing it a second time here is not worth the CPU.)
+/// Uploads one staged part, whose checksum the verifier has just checked. (A part
+/// that changed after that check is caught at the merge, which finds bad parts by
+/// their own MD5 and sends them again: hashing it a second time here is not worth
+/// the CPU.)
 fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Result<String> {
     let mut last = Instant::now();
     let index = job.index;
@@ -276,7 +277,7 @@ fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Res
         cancel,
         false,
     )?;
-    Ok(job.md5.clone())
+    Ok(job.xxh3.clone())
 }
 
 #[cfg(test)]

@@ -746,9 +746,9 @@ fn local_worker(
             )
             .and_then(|_| hashes.part(part.index));
         match result {
-            Ok(md5) => {
+            Ok(sum) => {
                 sched.complete(&part, 0, started.elapsed().as_secs_f64());
-                progress.part_done(0, part.index, part.len, &md5);
+                progress.part_done(0, part.index, part.len, &sum);
                 let _ = merged.send(part.index);
             }
             Err(e) => {

@@ -286,6 +286,9 @@ fn a_full_staging_disk_drops_that_peer_only() {
         config.to_str().unwrap(),
         "--part-size",
         "1MiB",
+        // Paced, so this machine cannot send it all before the peers are up.
+        "--bwlimit",
+        "2MiB",
         "--no-progress",
     ]);
     assert!(out.status.success(), "{}", text(&out));

@@ -347,14 +347,22 @@ impl TestEnv {
     }
 
     /// Asserts nothing of relayup's is left: no temp dir on the server, no staged file.
+    /// The server removes its temp dir in the background after the rename: allow it
+    /// a few seconds.
     pub fn assert_clean(&self) {
-        for e in fs::read_dir(&self.srv).unwrap() {
-            let name = e.unwrap().file_name();
-            assert!(
-                !name.to_string_lossy().starts_with(".relayup-"),
-                "temp dir left on the server: {name:?}"
-            );
+        let temp_dirs = || -> Vec<std::ffi::OsString> {
+            fs::read_dir(&self.srv)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| n.to_string_lossy().starts_with(".relayup-"))
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !temp_dirs().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let left = temp_dirs();
+        assert!(left.is_empty(), "temp dir left on the server: {left:?}");
         for i in 0..self.peer_ports.len() {
             if let Ok(rd) = fs::read_dir(self.staging(i)) {
                 let left: Vec<_> = rd.map(|e| e.unwrap().file_name()).collect();

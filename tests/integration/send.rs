@@ -1,4 +1,5 @@
 use crate::harness::{md5_file, text, TestEnv};
+use std::fs;
 use std::path::Path;
 
 const PART: u64 = 1 << 20;
@@ -131,8 +132,15 @@ fn json_lines_describe_the_send() {
     assert_eq!(names, ["local", "p1", "p2"]);
     let sum: u64 = hosts.values().map(|h| h["bytes"].as_u64().unwrap()).sum();
     assert_eq!(sum, 5 * PART + 3, "per-host bytes add up to the file");
+    // Each part's checksum is the XXH3-128 of its bytes (1 MiB parts).
+    let data = fs::read(&file).unwrap();
     for l in lines.iter().filter(|v| v["type"] == "part_done") {
-        assert_eq!(l["md5"].as_str().unwrap().len(), 32);
+        let i = l["part"].as_u64().unwrap() as usize;
+        let bytes = &data[i * PART as usize..((i + 1) * PART as usize).min(data.len())];
+        assert_eq!(
+            l["xxh3"].as_str().unwrap(),
+            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+        );
     }
     assert_eq!(md5_file(&env.srv.join("j")), md5);
 }
