@@ -96,7 +96,7 @@ fn probe(login: &Login, known_hosts: &Path, command: Option<&str>) -> Row {
         match ssh::run(&session, cmd) {
             Ok(out) if out.status == 0 => row.version = Some(out.stdout.trim().to_string()),
             Ok(out) if out.status == 127 => row.problem = Some(
-                "relayup not found: install it there or set `relayup = \"/path\"` for this peer"
+                "relayup not found: run `relayup peers deploy`, or set `relayup = \"/path\"` for this peer"
                     .into(),
             ),
             Ok(out) => row.problem = Some(format!("exit {}: {}", out.status, out.stderr.trim())),
@@ -151,7 +151,7 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
             .peers
             .iter()
             .map(|p| {
-                let cmd = format!("{} --version", quote::sh_home(&p.relayup));
+                let cmd = format!("{} --version", p.invocation());
                 s.spawn(move || {
                     let mut row = probe(&p.login, kh, Some(&cmd));
                     if row.problem.is_none() {

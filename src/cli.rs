@@ -63,6 +63,30 @@ pub enum PeersCommand {
         #[arg(long)]
         accept_new_host_keys: bool,
     },
+    /// Install this relayup binary on peers that lack it or run another version.
+    ///
+    /// Copies it over SFTP to ~/.local/bin/relayup on each peer whose OS and
+    /// architecture (`uname -sm`) match this machine's, checks it runs there, and says
+    /// what to install on the others. Peers that already run this version are left alone.
+    #[command(
+        after_help = "Examples:\n  relayup peers deploy\n  relayup peers deploy --peers alice-pc,bob-pc --force"
+    )]
+    Deploy {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Only these peers (comma-separated names from the config).
+        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+        peers: Option<Vec<String>>,
+        /// Copy the binary even to peers that already run this version.
+        #[arg(long)]
+        force: bool,
+        /// One JSON object per line on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Trust unknown SSH host keys on first use and add them to known_hosts.
+        #[arg(long)]
+        accept_new_host_keys: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -83,10 +83,28 @@ impl Login {
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub login: Login,
-    /// How to start relayup on the peer (`relayup` on its PATH by default).
-    pub relayup: String,
+    /// How to start relayup on the peer; `None`: `~/.local/bin/relayup` (where
+    /// `relayup peers deploy` installs it) if it is there, else `relayup` on its PATH.
+    pub relayup: Option<String>,
     /// Staging directory on the peer; `None` = `~/.cache/relayup`.
     pub staging: Option<String>,
+}
+
+/// Where `relayup peers deploy` installs relayup on a peer, relative to its home.
+pub const DEPLOY_PATH: &str = ".local/bin/relayup";
+
+impl Peer {
+    /// relayup on the peer as one word for its shell: the configured path, or
+    /// `~/.local/bin/relayup` when it is there, else `relayup` on the PATH
+    /// (non-interactive SSH sessions rarely have `~/.local/bin` on their PATH).
+    pub fn invocation(&self) -> String {
+        match &self.relayup {
+            Some(path) => crate::quote::sh_home(path),
+            None => format!(
+                "\"$(if [ -x \"$HOME/{DEPLOY_PATH}\" ]; then printf %s \"$HOME/{DEPLOY_PATH}\"; else printf relayup; fi)\""
+            ),
+        }
+    }
 }
 
 /// The server-side login that merges parts and checks the MD5.
@@ -248,7 +266,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
                 p.identity.as_ref(),
             )
             .with_context(ctx)?,
-            relayup: p.relayup.clone().unwrap_or_else(|| "relayup".into()),
+            relayup: p.relayup.clone(),
             staging: p.staging.clone(),
         });
     }

@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod config;
+mod deploy;
 mod error;
 mod hashes;
 mod interrupt;
@@ -40,6 +41,19 @@ fn main() -> ExitCode {
         } => {
             ssh::set_accept_new(accept_new_host_keys);
             check::run(config.as_deref(), json)
+        }
+        cli::Command::Peers {
+            command:
+                cli::PeersCommand::Deploy {
+                    config,
+                    peers,
+                    force,
+                    json,
+                    accept_new_host_keys,
+                },
+        } => {
+            ssh::set_accept_new(accept_new_host_keys);
+            deploy::run(config.as_deref(), peers.as_deref(), force, json)
         }
         cli::Command::Status { json } => status::status(json),
         cli::Command::Clean { ids, config } => status::clean(&ids, config.as_deref()),

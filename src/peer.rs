@@ -50,7 +50,7 @@ impl PeerLink {
         channel
             .handle_extended_data(ExtendedData::Merge)
             .context("merging the relay's stderr")?;
-        let script = format!("exec {} relay", quote::sh_home(&peer.relayup));
+        let script = format!("exec {} relay", peer.invocation());
         channel
             .exec(&format!("sh -c {}", quote::sh(&script)))
             .context("starting relayup on the peer")?;
@@ -81,7 +81,7 @@ impl PeerLink {
             } => {
                 if protocol != PROTOCOL {
                     bail!(
-                        "relayup {version} there speaks protocol {protocol}, this relayup {} speaks {PROTOCOL}; install the same version",
+                        "relayup {version} there speaks protocol {protocol}, this relayup {} speaks {PROTOCOL}; run `relayup peers deploy` to install this version there",
                         env!("CARGO_PKG_VERSION")
                     );
                 }
@@ -114,7 +114,7 @@ impl PeerLink {
                 let diag: Vec<_> = self.diag.iter().cloned().collect();
                 let hint = if status == 127 {
                     format!(
-                        "; relayup was not found there: install it on the peer or set `relayup = \"/path/to/relayup\"` for peer {:?}",
+                        "; relayup was not found there: run `relayup peers deploy` to install this relayup on it, or set `relayup = \"/path/to/relayup\"` for peer {:?}",
                         self.peer.login.name
                     )
                 } else {

@@ -64,7 +64,7 @@ pub fn run() -> Result<()> {
     };
     if theirs != PROTOCOL {
         let err = anyhow!(
-            "relayup {} on this peer speaks protocol {PROTOCOL}, the sender speaks {theirs}: install the same relayup version on both",
+            "relayup {} on this peer speaks protocol {PROTOCOL}, the sender speaks {theirs}: run `relayup peers deploy` on the sending machine to install its relayup here",
             env!("CARGO_PKG_VERSION")
         );
         out.error(None, &err);

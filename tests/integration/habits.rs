@@ -1,6 +1,7 @@
 //! Fitting people's habits: peer subsets, completions, man page, colour rules.
 
-use crate::harness::{md5_file, text, TestEnv};
+use crate::harness::{md5_file, text, TestEnv, PEER_USERS};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 const PART: u64 = 1 << 20;
@@ -233,4 +234,102 @@ fn a_peer_can_be_just_an_alias_from_ssh_config() {
         text(&out)
     );
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+}
+
+#[test]
+fn peers_deploy_installs_this_binary_where_relayup_is_missing() {
+    let env = TestEnv::new(2);
+    let installed: Vec<std::path::PathBuf> = PEER_USERS[..2]
+        .iter()
+        .map(|u| std::path::PathBuf::from(format!("/home/{u}/.local/bin/relayup")))
+        .collect();
+    struct Uninstall(Vec<std::path::PathBuf>);
+    impl Drop for Uninstall {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _guard = Uninstall(installed.clone());
+    for p in &installed {
+        let _ = std::fs::remove_file(p);
+    }
+    // Peers configured without `relayup = ...`: on their PATH there is none.
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let text_ = std::fs::read_to_string(&config).unwrap();
+    let stripped: String = text_
+        .lines()
+        .filter(|l| !l.starts_with("relayup = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, stripped).unwrap();
+    let file = env.random_file("f", 8 * PART);
+    let send = [
+        "send",
+        file.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+        "--part-size",
+        "1MiB",
+        "--bwlimit",
+        "4MiB",
+        "--overwrite",
+    ];
+    let out = env.relayup(&send);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("p1 left out") && stderr.contains("relayup peers deploy"),
+        "the missing relayup points to deploy: {stderr}"
+    );
+
+    let cfg = config.to_str().unwrap();
+    let out = env.relayup(&["peers", "deploy", "--config", cfg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.matches("installed").count(), 2, "{table}");
+    let ours = std::fs::read(env!("CARGO_BIN_EXE_relayup")).unwrap();
+    for (p, user) in installed.iter().zip(PEER_USERS) {
+        let meta = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        assert_eq!(meta.uid(), uid_of(user), "owned by the peer's user");
+        assert!(std::fs::read(p).unwrap() == ours, "the very same binary");
+    }
+
+    let out = env.relayup(&["peers", "deploy", "--config", cfg, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["action"], "up to date", "{l}");
+        assert_eq!(
+            v["before"],
+            format!("relayup {}", env!("CARGO_PKG_VERSION")).as_str()
+        );
+    }
+    let out = env.relayup(&[
+        "peers", "deploy", "--config", cfg, "--peers", "p2", "--force",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("installed") && !table.contains("p1 "),
+        "{table}"
+    );
+    let out = env.relayup(&["peers", "deploy", "--config", cfg, "--peers", "nobody"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // Now the same send uses the peers, with the installed relayup.
+    let out = env.relayup(&send);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("left out"));
+    let used = hosts_of_done(&out);
+    assert!(used.iter().any(|h| h.starts_with('p')), "{used:?}");
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+}
+
+fn uid_of(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }

@@ -1,0 +1,288 @@
+//! `relayup peers deploy`: copy this very binary to peers that lack relayup or run
+//! another version, into `~/.local/bin/relayup`, when their OS and architecture match.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
+use std::fs::File;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{self, Peer, DEPLOY_PATH};
+use crate::error::{with_code, Code};
+use crate::quote;
+use crate::ssh::{self, Trust};
+use crate::transport::sftp::write_file;
+
+/// What deploy did for one peer.
+struct Row {
+    name: String,
+    address: String,
+    /// `uname -sm` there.
+    os: Option<String>,
+    /// `relayup --version` there before, if it ran.
+    before: Option<String>,
+    /// `installed`, `up to date`, or empty when it failed.
+    action: &'static str,
+    problem: Option<String>,
+    /// Said even when it worked.
+    note: Option<String>,
+}
+
+/// This machine's `uname -sm`, e.g. `Linux x86_64`.
+pub fn local_os() -> Result<String> {
+    // SAFETY: uname fills the struct it is given; all-zero bytes are a valid utsname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        bail!("uname failed: {}", std::io::Error::last_os_error());
+    }
+    let field = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    Ok(format!("{} {}", field(&u.sysname), field(&u.machine)))
+}
+
+/// Whether a binary built for `ours` runs on a host whose `uname -sm` is `theirs`.
+fn same_platform(ours: &str, theirs: &str) -> bool {
+    let norm = |s: &str| {
+        s.split_whitespace()
+            .map(|w| match w {
+                "amd64" => "x86_64",
+                "arm64" => "aarch64",
+                w => w,
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    norm(ours) == norm(theirs)
+}
+
+/// Parses the probe script's `os …` and `version …` lines.
+fn parse_probe(out: &str) -> (Option<String>, Option<String>) {
+    let mut os = None;
+    let mut version = None;
+    for line in out.lines() {
+        if let Some(v) = line.strip_prefix("os ") {
+            os = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("version ") {
+            version = Some(v.trim().to_string());
+        }
+    }
+    (os, version)
+}
+
+fn deploy_one(p: &Peer, known_hosts: &Path, ours: &str, force: bool) -> Row {
+    let mut row = Row {
+        name: p.login.name.clone(),
+        address: format!("{}@{}:{}", p.login.user, p.login.host, p.login.port),
+        os: None,
+        before: None,
+        action: "",
+        problem: None,
+        note: None,
+    };
+    if let Err(e) = install(p, known_hosts, ours, force, &mut row) {
+        row.problem = Some(format!("{e:#}"));
+    }
+    row
+}
+
+fn install(p: &Peer, known_hosts: &Path, ours: &str, force: bool, row: &mut Row) -> Result<()> {
+    let want = format!("relayup {}", env!("CARGO_PKG_VERSION"));
+    let session = ssh::connect(&p.login, Trust::KnownHosts(known_hosts), None)?;
+    let probe = format!(
+        "printf 'os %s\\n' \"$(uname -sm)\"\n\
+         v=$({} --version 2>/dev/null) && printf 'version %s\\n' \"$v\"\n\
+         exit 0",
+        p.invocation()
+    );
+    let out = ssh::run(&session, &probe)?;
+    let (os, before) = parse_probe(&out.stdout);
+    row.os = os.clone();
+    row.before = before.clone();
+    let os = os.ok_or_else(|| anyhow!("cannot run uname there: {}", out.stderr.trim()))?;
+    if before.as_deref() == Some(want.as_str()) && !force {
+        row.action = "up to date";
+        return Ok(());
+    }
+    if !same_platform(ours, &os) {
+        bail!(
+            "this peer is {os} and this machine is {ours}: install {want} built for {os} there \
+             (e.g. `cargo install --path .` from the same source on that machine)"
+        );
+    }
+    // Upload under a temporary name, prove it runs there, then rename into place: a
+    // binary that does not start (an older C library, say) never replaces a working one.
+    let exe = std::env::current_exe().context("finding this relayup's own binary")?;
+    let mut src = File::open(&exe).with_context(|| format!("opening {}", exe.display()))?;
+    let len = src.metadata()?.len();
+    let sftp = session.sftp().context("starting SFTP on the peer")?;
+    let dir = Path::new(DEPLOY_PATH)
+        .parent()
+        .expect("DEPLOY_PATH has a dir");
+    let mut made = std::path::PathBuf::new();
+    for part in dir.components() {
+        made.push(part);
+        if sftp.stat(&made).is_err() {
+            sftp.mkdir(&made, 0o755)
+                .map_err(|e| anyhow!("cannot create ~/{} there: {e}", made.display()))?;
+        }
+    }
+    let tmp = format!("{DEPLOY_PATH}.new.{}", std::process::id());
+    write_file(&sftp, Path::new(&tmp), &mut src, len, None, &mut |_| {})
+        .with_context(|| format!("copying {} to ~/{tmp}", exe.display()))?;
+    let script = format!(
+        "cd || exit 1\n\
+         chmod 755 {tmp} || exit 1\n\
+         v=$(./{tmp} --version 2>&1) || {{ rm -f {tmp}; echo \"$v\" >&2; exit 20; }}\n\
+         [ \"$v\" = {want} ] || {{ rm -f {tmp}; echo \"it printed $v\" >&2; exit 20; }}\n\
+         mv -f -- {tmp} {dest} || exit 1\n",
+        tmp = quote::sh(&tmp),
+        want = quote::sh(&want),
+        dest = quote::sh(DEPLOY_PATH),
+    );
+    let out = ssh::run(&session, &script)?;
+    match out.status {
+        0 => {}
+        20 => bail!(
+            "the copied binary does not run there ({}); build relayup on that machine instead",
+            out.stderr.trim()
+        ),
+        s => bail!(
+            "installing ~/{DEPLOY_PATH} failed (exit {s}): {}",
+            out.stderr.trim()
+        ),
+    }
+    row.action = "installed";
+    // The send runs what `invocation()` names: make sure that is what was installed.
+    let check = ssh::run(&session, &format!("{} --version", p.invocation()))?;
+    if check.stdout.trim() != want {
+        row.note = Some(format!(
+            "installed ~/{DEPLOY_PATH}, but this peer is configured with relayup = {:?}, which is {}: \
+             remove that line from the config to use the installed one",
+            p.relayup.as_deref().unwrap_or("relayup"),
+            if check.status == 0 {
+                check.stdout.trim().to_string()
+            } else {
+                "not runnable".into()
+            }
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(
+    config_path: Option<&Path>,
+    only: Option<&[String]>,
+    force: bool,
+    as_json: bool,
+) -> Result<ExitCode> {
+    let path = config::config_path(config_path).map_err(|e| with_code(e, Code::Usage))?;
+    let settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
+    let mut peers: Vec<&Peer> = settings.peers.iter().collect();
+    if let Some(names) = only {
+        for n in names {
+            if !peers.iter().any(|p| &p.login.name == n) {
+                return Err(with_code(
+                    anyhow!("--peers: no peer named {n:?} in {}", path.display()),
+                    Code::Usage,
+                ));
+            }
+        }
+        peers.retain(|p| names.contains(&p.login.name));
+    }
+    if peers.is_empty() {
+        return Err(with_code(
+            anyhow!(
+                "{} has no [[peer]]: nothing to deploy to",
+                settings.path.display()
+            ),
+            Code::Usage,
+        ));
+    }
+    let ours = local_os()?;
+    let kh = &settings.known_hosts;
+    let rows: Vec<Row> = std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .iter()
+            .map(|p| s.spawn(|| deploy_one(p, kh, &ours, force)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("deploy does not panic"))
+            .collect()
+    });
+    if as_json {
+        for r in &rows {
+            println!(
+                "{}",
+                json!({"name": r.name, "address": r.address, "os": r.os, "before": r.before,
+                    "action": if r.action.is_empty() { None } else { Some(r.action) },
+                    "ok": r.problem.is_none(), "problem": r.problem, "note": r.note})
+            );
+        }
+    } else {
+        println!(
+            "{:<16} {:<32} {:<16} {:<16} {:<10} problem",
+            "peer", "address", "os", "before", "action"
+        );
+        for r in &rows {
+            println!(
+                "{:<16} {:<32} {:<16} {:<16} {:<10} {}",
+                r.name,
+                r.address,
+                r.os.as_deref().unwrap_or("-"),
+                r.before.as_deref().unwrap_or("-"),
+                if r.action.is_empty() { "-" } else { r.action },
+                r.problem.as_deref().or(r.note.as_deref()).unwrap_or("")
+            );
+        }
+    }
+    let failed = rows.iter().filter(|r| r.problem.is_some()).count();
+    if failed > 0 {
+        eprintln!(
+            "relayup: {failed} of {} peers could not get relayup {}",
+            rows.len(),
+            env!("CARGO_PKG_VERSION")
+        );
+        return Ok(ExitCode::from(Code::Connect.exit_code()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_match_across_spellings() {
+        assert!(same_platform("Linux x86_64", "Linux x86_64"));
+        assert!(same_platform("Linux x86_64", "Linux amd64"));
+        assert!(same_platform("Darwin arm64", "Darwin aarch64"));
+        assert!(!same_platform("Linux x86_64", "Linux aarch64"));
+        assert!(!same_platform("Linux x86_64", "FreeBSD x86_64"));
+        assert!(!same_platform("Linux x86_64", ""));
+    }
+
+    #[test]
+    fn parses_the_probe() {
+        assert_eq!(
+            parse_probe("os Linux x86_64\nversion relayup 0.1.0\n"),
+            (Some("Linux x86_64".into()), Some("relayup 0.1.0".into()))
+        );
+        assert_eq!(
+            parse_probe("os Linux aarch64\n"),
+            (Some("Linux aarch64".into()), None)
+        );
+        assert_eq!(parse_probe(""), (None, None));
+    }
+
+    #[test]
+    fn local_os_is_two_words() {
+        assert_eq!(local_os().unwrap().split_whitespace().count(), 2);
+    }
+}
