@@ -1,14 +1,19 @@
 //! `relayup peers check`: can each peer take part, and does the merge login work?
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use serde_json::json;
+use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::config::{self, Login, Peer};
 use crate::error::{with_code, Code};
+use crate::merge;
 use crate::peer::PeerLink;
-use crate::protocol::{Request, ServerSpec, PROTOCOL};
+use crate::protocol::{Event, Request, ServerSpec, PROTOCOL};
 use crate::quote;
 use crate::ssh::{self, Trust};
 use crate::transport::{Server, ServerTrust};
@@ -25,6 +30,8 @@ struct Row {
     server_login: Option<bool>,
     /// Free space in the peer's staging directory, bytes.
     free: Option<u64>,
+    /// Measured upload rate to the server, bytes per second.
+    rate: Option<f64>,
     problem: Option<String>,
 }
 
@@ -39,16 +46,26 @@ fn classify(e: &anyhow::Error) -> &'static str {
     }
 }
 
-/// Upload id of a check: names nothing on the server (no part is uploaded).
-const CHECK_ID: &str = "peerscheck";
+/// Upload id of a check: its temp dir on the server only exists during the rate probe.
+fn check_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    format!(
+        "check{:08x}{:05x}",
+        secs as u32,
+        std::process::id() & 0xfffff
+    )
+}
 
 /// Starts the peer's relay as a send would, has it log into the server, and returns
 /// the free space in its staging directory.
-fn relay_probe(p: &Peer, known_hosts: &Path, server: &ServerSpec) -> Result<u64> {
+fn relay_probe(p: &Peer, known_hosts: &Path, server: &ServerSpec, id: &str) -> Result<u64> {
     let mut link = PeerLink::connect(p, known_hosts)?;
     link.hello(&Request::Hello {
         protocol: PROTOCOL,
-        upload_id: CHECK_ID.into(),
+        upload_id: id.into(),
         host: p.login.name.clone(),
         server: Box::new(server.clone()),
         staging: p.staging.clone(),
@@ -68,6 +85,7 @@ fn probe(login: &Login, known_hosts: &Path, command: Option<&str>) -> Row {
         version: None,
         server_login: None,
         free: None,
+        rate: None,
         problem: None,
     };
     let session = match ssh::connect(login, Trust::KnownHosts(known_hosts), None) {
@@ -106,7 +124,205 @@ fn probe(login: &Login, known_hosts: &Path, command: Option<&str>) -> Row {
     row
 }
 
-pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
+/// The rate probe uploads for this long, or this many bytes, whichever comes first.
+const PROBE_TIME: Duration = Duration::from_secs(4);
+const PROBE_MAX: u64 = 32 << 20;
+/// A probe cut short is measured from here on: the first second also fills socket
+/// buffers and token buckets, which would read as upload speed (+20% on a 20 Mbit/s
+/// link in the lab).
+const PROBE_WARMUP: Duration = Duration::from_secs(1);
+
+/// Probe bytes: one MiB of pseudo-random data, repeated (nothing on the way can
+/// compress it much, and nothing has to be read from disk).
+fn probe_block() -> &'static [u8] {
+    static BLOCK: OnceLock<Vec<u8>> = OnceLock::new();
+    BLOCK.get_or_init(|| {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..1 << 20)
+            .map(|_| {
+                // xorshift64*
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+            })
+            .collect()
+    })
+}
+
+struct ProbeData {
+    left: u64,
+    pos: usize,
+}
+
+impl ProbeData {
+    fn new(len: u64) -> ProbeData {
+        ProbeData { left: len, pos: 0 }
+    }
+}
+
+impl Read for ProbeData {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let block = probe_block();
+        let n = buf
+            .len()
+            .min(block.len() - self.pos)
+            .min(self.left as usize);
+        buf[..n].copy_from_slice(&block[self.pos..self.pos + n]);
+        self.pos = (self.pos + n) % block.len();
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Progress samples of one probe upload.
+struct Meter {
+    start: Instant,
+    /// The first sample after [`PROBE_WARMUP`].
+    warm: Option<(u64, f64)>,
+    last: (u64, f64),
+}
+
+impl Meter {
+    fn new() -> Meter {
+        Meter {
+            start: Instant::now(),
+            warm: None,
+            last: (0, 0.0),
+        }
+    }
+
+    /// Records a sample; true once the probe has run long enough.
+    fn sample(&mut self, bytes: u64) -> bool {
+        let elapsed = self.start.elapsed();
+        self.last = (bytes, elapsed.as_secs_f64());
+        if elapsed >= PROBE_WARMUP && self.warm.is_none() {
+            self.warm = Some(self.last);
+        }
+        elapsed >= PROBE_TIME
+    }
+
+    /// Bytes per second: of the whole upload if it completed (every byte confirmed by
+    /// the server), else from the warm-up sample to the last one.
+    fn rate(&self, completed: bool) -> Result<f64> {
+        let (b0, t0) = match self.warm {
+            Some(w) if !completed && self.last.1 > w.1 => w,
+            _ => (0, 0.0),
+        };
+        let (b1, t1) = self.last;
+        if b1 <= b0 || t1 <= t0 {
+            bail!("the probe upload moved no byte");
+        }
+        Ok((b1 - b0) as f64 / (t1 - t0))
+    }
+}
+
+/// This machine's upload rate: it uploads probe bytes for [`PROBE_TIME`].
+fn local_rate(server: &mut Server) -> Result<f64> {
+    let cancel = AtomicBool::new(false);
+    let mut meter = Meter::new();
+    let result = server.put_part(
+        "0.part",
+        PROBE_MAX,
+        &mut || Ok(Box::new(ProbeData::new(PROBE_MAX)) as Box<dyn Read>),
+        &mut |bytes| {
+            if meter.sample(bytes) {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        },
+        &cancel,
+        false,
+    );
+    match result {
+        // Stopped on purpose after PROBE_TIME.
+        Err(_) if cancel.load(Ordering::Relaxed) => meter.rate(false),
+        Err(e) => Err(e.context("probe upload")),
+        Ok(_) => {
+            meter.sample(PROBE_MAX);
+            meter.rate(true)
+        }
+    }
+}
+
+/// A peer's upload rate: its relay, started as for a send, uploads staged probe
+/// bytes; the rate is read from its progress events.
+fn peer_rate(p: &Peer, known_hosts: &Path, server: &ServerSpec, id: &str) -> Result<f64> {
+    let mut link = PeerLink::connect(p, known_hosts)?;
+    let result = (|| {
+        link.hello(&Request::Hello {
+            protocol: PROTOCOL,
+            upload_id: id.into(),
+            host: p.login.name.clone(),
+            server: Box::new(server.clone()),
+            staging: p.staging.clone(),
+        })?;
+        let name = format!("{id}-0.part");
+        link.stage_reader(0, &name, &mut ProbeData::new(PROBE_MAX), PROBE_MAX)?;
+        let sum = crate::hashes::checksum_of(&mut ProbeData::new(PROBE_MAX))?;
+        let mut meter = Meter::new();
+        link.request_upload(0, &name, PROBE_MAX, &sum)?;
+        loop {
+            match link.next_event()? {
+                Event::Progress { bytes, .. } => {
+                    if meter.sample(bytes) {
+                        return meter.rate(false);
+                    }
+                }
+                Event::PartDone { bytes, .. } => {
+                    meter.sample(bytes);
+                    return meter.rate(true);
+                }
+                Event::Error { message, .. } => bail!("{message}"),
+                Event::Ready { .. } => {}
+            }
+        }
+    })();
+    // Closing stdin stops the relay's upload and removes its staged file.
+    link.close();
+    result
+}
+
+/// Every host uploads at once, as in a send (a server link that is the real limit
+/// shows up), into a temp dir of its own that is removed afterwards.
+fn measure_rates(
+    settings: &config::Settings,
+    server: &ServerSpec,
+    local: Option<&mut Server>,
+    peers: &[(usize, &Peer)],
+    id: &str,
+) -> Result<(Option<Result<f64>>, Vec<(usize, Result<f64>)>)> {
+    let m = &settings.merge;
+    let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)
+        .context("merge login")?;
+    merge::create_temp(&session, &m.dir, id)?;
+    let kh = &settings.known_hosts;
+    let (local_result, peer_results) = std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .iter()
+            .map(|(i, p)| (*i, s.spawn(move || peer_rate(p, kh, server, id))))
+            .collect();
+        let local_result = local.map(local_rate);
+        let peer_results: Vec<_> = handles
+            .into_iter()
+            .map(|(i, h)| (i, h.join().expect("probe does not panic")))
+            .collect();
+        (local_result, peer_results)
+    });
+    // The uploads that were cut short may still be closing on the server: retry once.
+    if merge::remove_temp(&session, &m.dir, id).is_err() {
+        std::thread::sleep(Duration::from_millis(500));
+        merge::remove_temp(&session, &m.dir, id).context(
+            "removing the rate probe's temp dir (`relayup clean` cannot; remove it by hand)",
+        )?;
+    }
+    Ok((local_result, peer_results))
+}
+
+fn human_rate(bytes_per_sec: f64) -> String {
+    format!("{:.1} MB/s", bytes_per_sec / 1e6)
+}
+
+pub fn run(config_path: Option<&Path>, as_json: bool, rates: bool) -> Result<ExitCode> {
     let path = config::config_path(config_path).map_err(|e| with_code(e, Code::Usage))?;
     let settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
     let kh = &settings.known_hosts;
@@ -126,19 +342,24 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
         version: None,
         server_login: None,
         free: None,
+        rate: None,
         problem: None,
     };
+    let id = check_id();
+    let id = id.as_str();
     let mut server = settings.server.clone();
+    let mut local = None;
     match Server::connect(
         &settings.server,
-        CHECK_ID,
+        id,
         "local",
         ServerTrust::KnownHosts(settings.known_hosts.clone()),
         settings.merge.login.identity.as_deref(),
     ) {
-        Ok((_, key)) => {
+        Ok((conn, key)) => {
             server.host_key = key;
             upload.server_login = Some(true);
+            local = Some(conn);
         }
         Err(e) => {
             upload.server_login = Some(false);
@@ -155,7 +376,7 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
                 s.spawn(move || {
                     let mut row = probe(&p.login, kh, Some(&cmd));
                     if row.problem.is_none() {
-                        match relay_probe(p, kh, server) {
+                        match relay_probe(p, kh, server, id) {
                             Ok(free) => {
                                 row.server_login = Some(true);
                                 row.free = Some(free);
@@ -196,8 +417,31 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
             settings.merge.dir
         ));
     }
+    let merge_ok = merge.problem.is_none();
     rows.push(merge);
     rows.push(upload);
+    if rates && merge_ok {
+        let ok: Vec<(usize, &Peer)> = settings
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| rows[*i].problem.is_none())
+            .collect();
+        match measure_rates(&settings, server, local.as_mut(), &ok, id) {
+            Ok((local_rate, peer_rates)) => {
+                let results = peer_rates
+                    .into_iter()
+                    .chain(local_rate.map(|r| (rows.len() - 1, r)));
+                for (i, r) in results {
+                    match r {
+                        Ok(rate) => rows[i].rate = Some(rate),
+                        Err(e) => rows[i].problem = Some(format!("upload probe: {e:#}")),
+                    }
+                }
+            }
+            Err(e) => eprintln!("relayup: upload rates not measured: {e:#}"),
+        }
+    }
 
     let ok = |r: &Row| r.problem.is_none();
     if as_json {
@@ -206,7 +450,8 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
                 "{}",
                 json!({"name": r.name, "address": r.address, "reachable": r.reachable, "host_key": r.host_key,
                     "authenticated": r.auth, "relayup": r.version, "server_login": r.server_login,
-                    "staging_free_bytes": r.free, "ok": ok(r), "problem": r.problem})
+                    "staging_free_bytes": r.free, "upload_bytes_per_sec": r.rate.map(|v| v.round()),
+                    "ok": ok(r), "problem": r.problem})
             );
         }
     } else {
@@ -216,12 +461,20 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
             None => "-",
         };
         println!(
-            "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} problem",
-            "peer", "address", "reachable", "host key", "login", "relayup", "server", "free"
+            "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} {:>10} problem",
+            "peer",
+            "address",
+            "reachable",
+            "host key",
+            "login",
+            "relayup",
+            "server",
+            "free",
+            "upload"
         );
         for r in &rows {
             println!(
-                "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} {}",
+                "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} {:>10} {}",
                 r.name,
                 r.address,
                 mark(r.reachable),
@@ -230,7 +483,18 @@ pub fn run(config_path: Option<&Path>, as_json: bool) -> Result<ExitCode> {
                 r.version.as_deref().unwrap_or("-"),
                 mark(r.server_login),
                 r.free.map(crate::size::human).unwrap_or_else(|| "-".into()),
+                r.rate.map(human_rate).unwrap_or_else(|| "-".into()),
                 r.problem.as_deref().unwrap_or("")
+            );
+        }
+        let total: f64 = rows.iter().filter_map(|r| r.rate).sum();
+        if let Some(alone) = rows.last().and_then(|r| r.rate) {
+            let hosts = rows.iter().filter(|r| r.rate.is_some()).count();
+            println!(
+                "upload rate, all {hosts} hosts at once: {} (this machine: {}; {:.1}x)",
+                human_rate(total),
+                human_rate(alone),
+                total / alone
             );
         }
     }

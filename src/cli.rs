@@ -52,13 +52,17 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum PeersCommand {
-    /// Check every peer (reachable, host key, login, relayup version) and the merge login.
+    /// Check every peer (reachable, host key, login, relayup version, server login, staging
+    /// space, upload rate) and the merge login.
     Check {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
         /// One JSON object per line on stdout instead of a table.
         #[arg(long)]
         json: bool,
+        /// Skip the upload-rate probe (a few seconds of upload from every host, removed afterwards).
+        #[arg(long)]
+        no_rate: bool,
         /// Trust unknown SSH host keys on first use and add them to known_hosts.
         #[arg(long)]
         accept_new_host_keys: bool,

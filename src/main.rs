@@ -36,11 +36,12 @@ fn main() -> ExitCode {
                 cli::PeersCommand::Check {
                     config,
                     json,
+                    no_rate,
                     accept_new_host_keys,
                 },
         } => {
             ssh::set_accept_new(accept_new_host_keys);
-            check::run(config.as_deref(), json)
+            check::run(config.as_deref(), json, !no_rate)
         }
         cli::Command::Peers {
             command:

@@ -173,6 +173,23 @@ pub fn remove_if_empty(session: &Session, dir: &str, upload_id: &str) {
     let _ = ssh::run(session, &script);
 }
 
+/// Creates an empty temp dir for `upload_id` (the `peers check` rate probe).
+pub fn create_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> {
+    let script = format!(
+        "cd -- {} && mkdir -m 700 -- {}",
+        sh(dir),
+        sh(&format!(".relayup-{upload_id}"))
+    );
+    let out = ssh::run(session, &script)?;
+    if out.status != 0 {
+        bail!(
+            "creating {dir}/.relayup-{upload_id} failed: {}",
+            out.stderr.trim()
+        );
+    }
+    Ok(())
+}
+
 /// Removes an upload's temp dir on the server (`relayup clean`).
 pub fn remove_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> {
     let script = format!(

@@ -142,13 +142,25 @@ impl PeerLink {
     /// Copies the part's byte range to the peer's staging dir over SFTP, hashing it.
     fn stage(&mut self, source: &Path, part: &Part, upload_id: &str) -> Result<String> {
         let name = format!("{upload_id}-{}", part.file_name());
-        let path = format!("{}/{name}", self.staging);
-        self.staged.push((part.index, path.clone()));
         let mut file =
             File::open(source).with_context(|| format!("opening {}", source.display()))?;
         file.seek(SeekFrom::Start(part.offset))?;
+        self.stage_reader(part.index, &name, &mut file.take(part.len), part.len)?;
+        Ok(name)
+    }
+
+    /// Writes `len` bytes from `src` to `name` in the staging dir, as part `index`.
+    pub fn stage_reader(
+        &mut self,
+        index: usize,
+        name: &str,
+        src: &mut dyn Read,
+        len: u64,
+    ) -> Result<()> {
+        let path = format!("{}/{name}", self.staging);
+        self.staged.push((index, path.clone()));
         let mut reader = HashingReader {
-            inner: file.take(part.len),
+            inner: src,
             hash: None,
             cancel: crate::interrupt::flag(),
         };
@@ -156,12 +168,27 @@ impl PeerLink {
             &self.sftp,
             Path::new(&path),
             &mut reader,
-            part.len,
+            len,
             None,
             &mut |_| {},
         )
-        .with_context(|| format!("staging part {} at {path}", part.index))?;
-        Ok(name)
+        .with_context(|| format!("staging part {index} at {path}"))
+    }
+
+    /// Asks the relay to upload the staged file `file` as part `index`.
+    pub fn request_upload(
+        &mut self,
+        index: usize,
+        file: &str,
+        size: u64,
+        xxh3: &str,
+    ) -> Result<()> {
+        self.send(&Request::Upload {
+            index,
+            file: file.to_string(),
+            size,
+            xxh3: xxh3.to_string(),
+        })
     }
 
     /// Free bytes in the peer's staging directory (`df -Pk`).

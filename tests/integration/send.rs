@@ -345,7 +345,14 @@ fn peers_check_reports_every_login() {
             .find(|l| l.starts_with(name))
             .unwrap_or_else(|| panic!("{name} in {stdout}"));
         assert!(!line.contains("NO"), "{line}");
+        if name != "server (merge)" {
+            assert!(line.contains(" MB/s"), "an upload rate: {line}");
+        }
     }
+    assert!(
+        stdout.contains("upload rate, all 3 hosts at once"),
+        "{stdout}"
+    );
     assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
 
     let config = env.write_config(
@@ -372,10 +379,29 @@ fn peers_check_reports_every_login() {
     assert_eq!(ghost["reachable"], false);
     assert_eq!(ghost["ok"], false);
     assert!(rows.iter().filter(|r| r["ok"] == true).count() == 4);
-    for p in ["p1", "p2"] {
+    for p in ["p1", "p2", "server (upload)"] {
         let row = rows.iter().find(|r| r["name"] == p).unwrap();
         assert_eq!(row["server_login"], true, "{row}");
-        assert!(row["staging_free_bytes"].as_u64().unwrap() > 0, "{row}");
+        // Every host really uploaded: its rate was measured.
+        assert!(row["upload_bytes_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        if p != "server (upload)" {
+            assert!(row["staging_free_bytes"].as_u64().unwrap() > 0, "{row}");
+        }
+    }
+    // The probe left nothing behind: no temp dir on the server, nothing staged.
+    env.assert_clean();
+    let out = env.relayup(&[
+        "peers",
+        "check",
+        "--config",
+        env.private.join("c.toml").to_str().unwrap(),
+        "--json",
+        "--no-rate",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let row: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(row["upload_bytes_per_sec"].is_null(), "--no-rate: {row}");
     }
 
     // A wrong server password: every peer's relay is refused by the server.
