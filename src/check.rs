@@ -287,26 +287,27 @@ fn peer_rate(p: &Peer, known_hosts: &Path, server: &ServerSpec, id: &str) -> Res
 fn measure_rates(
     settings: &config::Settings,
     server: &ServerSpec,
-    local: Option<&mut Server>,
+    local: Option<(usize, &mut Server)>,
     peers: &[(usize, &Peer)],
     id: &str,
-) -> Result<(Option<Result<f64>>, Vec<(usize, Result<f64>)>)> {
+) -> Result<Vec<(usize, Result<f64>)>> {
     let m = &settings.merge;
     let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)
         .context("merge login")?;
     merge::create_temp(&session, &m.dir, id)?;
     let kh = &settings.known_hosts;
-    let (local_result, peer_results) = std::thread::scope(|s| {
+    let results = std::thread::scope(|s| {
         let handles: Vec<_> = peers
             .iter()
             .map(|(i, p)| (*i, s.spawn(move || peer_rate(p, kh, server, id))))
             .collect();
-        let local_result = local.map(local_rate);
-        let peer_results: Vec<_> = handles
-            .into_iter()
-            .map(|(i, h)| (i, h.join().expect("probe does not panic")))
-            .collect();
-        (local_result, peer_results)
+        let mut results: Vec<_> = local.map(|(i, l)| (i, local_rate(l))).into_iter().collect();
+        results.extend(
+            handles
+                .into_iter()
+                .map(|(i, h)| (i, h.join().expect("probe does not panic"))),
+        );
+        results
     });
     // The uploads that were cut short may still be closing on the server: retry once.
     if merge::remove_temp(&session, &m.dir, id).is_err() {
@@ -315,7 +316,7 @@ fn measure_rates(
             "removing the rate probe's temp dir (`relayup clean` cannot; remove it by hand)",
         )?;
     }
-    Ok((local_result, peer_results))
+    Ok(results)
 }
 
 fn human_rate(bytes_per_sec: f64) -> String {
@@ -427,11 +428,9 @@ pub fn run(config_path: Option<&Path>, as_json: bool, rates: bool) -> Result<Exi
             .enumerate()
             .filter(|(i, _)| rows[*i].problem.is_none())
             .collect();
-        match measure_rates(&settings, server, local.as_mut(), &ok, id) {
-            Ok((local_rate, peer_rates)) => {
-                let results = peer_rates
-                    .into_iter()
-                    .chain(local_rate.map(|r| (rows.len() - 1, r)));
+        let local = local.as_mut().map(|l| (rows.len() - 1, l));
+        match measure_rates(&settings, server, local, &ok, id) {
+            Ok(results) => {
                 for (i, r) in results {
                     match r {
                         Ok(rate) => rows[i].rate = Some(rate),
