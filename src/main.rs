@@ -9,6 +9,7 @@ mod error;
 mod hashes;
 mod interrupt;
 mod journal;
+mod keys;
 mod merge;
 mod peer;
 mod plan;

@@ -292,41 +292,94 @@ fn authenticate(session: &Session, login: &Login, password: Option<&Secret>) -> 
                 id.display()
             );
         }
-        match session.userauth_pubkey_file(user, None, id, None) {
-            Ok(()) if session.authenticated() => return Ok(()),
-            Ok(()) => {}
-            Err(e) => tried.push(format!("key {} ({})", id.display(), e.message())),
+        // An encrypted key may be in the agent already: no need to ask then.
+        if crate::keys::is_encrypted(id) && agent_auth(session, user, &mut tried) {
+            return Ok(());
+        }
+        if key_auth(session, login, id, &mut tried)? {
+            return Ok(());
         }
         bail!(
             "{what}: authentication failed with {}; is its public key in ~{user}/.ssh/authorized_keys there?",
             tried.join(", ")
         );
     }
-    if let Ok(mut agent) = session.agent() {
-        if agent.connect().is_ok() && agent.list_identities().is_ok() {
-            // libssh2's userauth_agent stops at the first key: try each one.
-            for identity in agent.identities().unwrap_or_default() {
-                if agent.userauth(user, &identity).is_ok() && session.authenticated() {
-                    return Ok(());
-                }
-            }
-            tried.push("ssh-agent keys".into());
-        }
+    if agent_auth(session, user, &mut tried) {
+        return Ok(());
     }
     for file in default_identities() {
-        if session
-            .userauth_pubkey_file(user, None, &file, None)
-            .is_ok()
-            && session.authenticated()
-        {
+        if key_auth(session, login, &file, &mut tried)? {
             return Ok(());
         }
-        tried.push(format!("key {}", file.display()));
     }
     if tried.is_empty() {
         bail!("{what}: no credentials to try: no identity configured, no ssh-agent, no ~/.ssh/id_* key");
     }
     bail!("{what}: authentication failed (tried {})", tried.join(", "))
+}
+
+/// Every identity in ssh-agent, one by one (libssh2's userauth_agent stops at the
+/// first key).
+fn agent_auth(session: &Session, user: &str, tried: &mut Vec<String>) -> bool {
+    let Ok(mut agent) = session.agent() else {
+        return false;
+    };
+    if agent.connect().is_err() || agent.list_identities().is_err() {
+        return false;
+    }
+    for identity in agent.identities().unwrap_or_default() {
+        if agent.userauth(user, &identity).is_ok() && session.authenticated() {
+            return true;
+        }
+    }
+    tried.push("ssh-agent keys".into());
+    false
+}
+
+/// libssh2's error when it cannot read a private key: for an encrypted key, a wrong
+/// passphrase (`LIBSSH2_ERROR_FILE`).
+const KEY_FILE_ERROR: i32 = -16;
+
+/// One key file; an encrypted one gets its passphrase from [`crate::keys::passphrase`]
+/// (asked on the terminal, three tries). Ok(false): the server did not take it.
+fn key_auth(
+    session: &Session,
+    login: &Login,
+    file: &Path,
+    tried: &mut Vec<String>,
+) -> Result<bool> {
+    let user = &login.user;
+    if !crate::keys::is_encrypted(file) {
+        return Ok(match session.userauth_pubkey_file(user, None, file, None) {
+            Ok(()) if session.authenticated() => true,
+            Ok(()) => {
+                tried.push(format!("key {}", file.display()));
+                false
+            }
+            Err(e) => {
+                tried.push(format!("key {} ({})", file.display(), e.message()));
+                false
+            }
+        });
+    }
+    let mut rejected = None;
+    for _ in 0..3 {
+        let pass = crate::keys::passphrase(file, rejected.as_ref())
+            .map_err(|e| anyhow!("{}: {e}", login.describe()))?;
+        match session.userauth_pubkey_file(user, None, file, Some(pass.expose())) {
+            Ok(()) if session.authenticated() => return Ok(true),
+            Err(e) if e.code() == ssh2::ErrorCode::Session(KEY_FILE_ERROR) => rejected = Some(pass),
+            Ok(()) | Err(_) => {
+                tried.push(format!("key {}", file.display()));
+                return Ok(false);
+            }
+        }
+    }
+    bail!(
+        "{}: wrong passphrase for key {} (3 tries)",
+        login.describe(),
+        file.display()
+    )
 }
 
 fn default_identities() -> Vec<PathBuf> {

@@ -333,3 +333,93 @@ fn uid_of(user: &str) -> u32 {
     let out = Command::new("id").args(["-u", user]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+#[test]
+fn an_encrypted_key_asks_for_its_passphrase_on_a_terminal_only() {
+    let env = TestEnv::new(2);
+    // A second key, encrypted, that every account (merge, peers) accepts.
+    let key = env.private.join("enc_key");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "correct horse battery", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let mut ak = std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.root.join("pub/authorized_keys"))
+        .unwrap();
+    std::io::Write::write_all(&mut ak, pubkey.as_bytes()).unwrap();
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let plain_key = env.private.join("id_ed25519");
+    let text_ = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("identity = \"{}\"", plain_key.display()),
+        &format!("identity = \"{}\"", key.display()),
+    );
+    assert!(text_.contains("enc_key"));
+    std::fs::write(&config, text_).unwrap();
+    let file = env.random_file("f", 4 * PART);
+    let cmd = format!(
+        "{} send {} --config {} --part-size 1MiB --bwlimit 4MiB --json",
+        env!("CARGO_BIN_EXE_relayup"),
+        file.display(),
+        config.display()
+    );
+
+    // No terminal (a cron job, a CI runner): nobody to ask, so a clear hint.
+    let mut c = Command::new("sh");
+    c.args(["-c", &cmd])
+        .env("XDG_STATE_HOME", env.root.join("state"))
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(std::process::Stdio::null());
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::setsid(); // no controlling terminal
+            Ok(())
+        });
+    }
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is encrypted and there is no terminal") && stderr.contains("ssh-add"),
+        "{stderr}"
+    );
+    assert!(!env.srv.join("f").exists());
+
+    // On a terminal: asked there, a wrong answer asked again, and one right answer
+    // serves every login that uses the key.
+    let mut c = Command::new("script");
+    c.args(["-qec", &cmd, "/dev/null"])
+        .env("XDG_STATE_HOME", env.root.join("state"))
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"not it\ncorrect horse battery\n",
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(all.matches("Enter passphrase for key").count(), 2, "{all}");
+    assert_eq!(all.matches("wrong passphrase").count(), 1, "{all}");
+    let done: serde_json::Value = all
+        .lines()
+        .filter_map(|l| l.find('{').map(|i| &l[i..]))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "done")
+        .unwrap_or_else(|| panic!("no done event: {all}"));
+    let peers_used = done["hosts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, h)| k.starts_with('p') && h["bytes"].as_u64().unwrap() > 0)
+        .count();
+    assert!(peers_used > 0, "peers logged in with the key too: {done}");
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+}
