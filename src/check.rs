@@ -231,7 +231,6 @@ fn local_rate(server: &mut Server) -> Result<f64> {
             }
         },
         &cancel,
-        false,
     );
     match result {
         // Stopped on purpose after PROBE_TIME.

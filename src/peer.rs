@@ -17,7 +17,7 @@ use crate::quote;
 use crate::schedule::{Next, Scheduler};
 use crate::ssh::{self, Trust};
 use crate::transport::sftp::write_file;
-use crate::transport::HashingReader;
+use crate::transport::Cancellable;
 
 /// A part fails this many times on one peer before the peer is dropped.
 const MAX_PART_FAILURES: usize = 3;
@@ -159,9 +159,8 @@ impl PeerLink {
     ) -> Result<()> {
         let path = format!("{}/{name}", self.staging);
         self.staged.push((index, path.clone()));
-        let mut reader = HashingReader {
+        let mut reader = Cancellable {
             inner: src,
-            hash: None,
             cancel: crate::interrupt::flag(),
         };
         write_file(
@@ -223,6 +222,7 @@ impl PeerLink {
         // A peer that just failed may be unreachable: each step gets a short timeout,
         // and the first one that fails ends the cleanup (`relayup clean` can finish it).
         self.session.set_timeout(2_000);
+        let _ = self.send(&Request::Bye);
         if self.channel.send_eof().is_err() {
             return;
         }

@@ -57,6 +57,9 @@ pub enum Request {
         /// XXH3-128 of the part, hex: the relay checks the staged copy against it.
         xxh3: String,
     },
+    /// The client is done with this relay (nothing in flight); end of input follows.
+    /// End of input *without* it means the client went away, perhaps mid-staging.
+    Bye,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,6 +170,8 @@ mod tests {
             xxh3: "00".into(),
         };
         assert_eq!(parse_request(to_line(&up).trim_end()).unwrap(), up);
+        assert_eq!(to_line(&Request::Bye), "{\"type\":\"bye\"}\n");
+        assert_eq!(parse_request("{\"type\":\"bye\"}").unwrap(), Request::Bye);
     }
 
     #[test]

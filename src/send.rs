@@ -742,7 +742,6 @@ fn local_worker(
                 },
                 &mut |b| progress.part_progress(0, part.index, b),
                 interrupt::flag(),
-                false,
             )
             .and_then(|_| hashes.part(part.index));
         match result {

@@ -5,7 +5,6 @@ mod ftp;
 pub mod sftp;
 
 use anyhow::Result;
-use md5::{Digest, Md5};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,7 +93,7 @@ impl Server {
     }
 
     /// Uploads one part as `name`, reading it with `open` (called again for each
-    /// attempt); with `hash`, returns the MD5 of the bytes that reached the server.
+    /// attempt).
     pub fn put_part(
         &mut self,
         name: &str,
@@ -102,11 +101,10 @@ impl Server {
         open_source: &mut dyn FnMut() -> Result<Box<dyn Read>>,
         progress: &mut dyn FnMut(u64),
         cancel: &AtomicBool,
-        hash: bool,
-    ) -> Result<Option<String>> {
+    ) -> Result<()> {
         let mut attempt = 1;
         loop {
-            let result = (|| -> Result<Option<String>> {
+            let result = (|| -> Result<()> {
                 if self.conn.is_none() {
                     self.conn = Some(
                         open(
@@ -119,9 +117,8 @@ impl Server {
                     );
                 }
                 let conn = self.conn.as_mut().expect("connected above");
-                let mut reader = HashingReader {
+                let mut reader = Cancellable {
                     inner: open_source()?,
-                    hash: hash.then(Md5::new),
                     cancel,
                 };
                 // Upload under a name of our own, then rename into place: a part
@@ -129,11 +126,10 @@ impl Server {
                 self.uploads += 1;
                 let tmp = format!("{name}.{}.{}", self.tag, self.uploads);
                 conn.put(&tmp, &mut reader, len, self.spec.bwlimit, progress)?;
-                conn.rename(&tmp, name)?;
-                Ok(reader.hash.map(|h| format!("{:x}", h.finalize())))
+                conn.rename(&tmp, name)
             })();
             match result {
-                Ok(md5) => return Ok(md5),
+                Ok(()) => return Ok(()),
                 Err(e) if attempt >= ATTEMPTS || cancel.load(Ordering::Relaxed) => {
                     return Err(e.context(format!("uploading {name} ({attempt} attempt(s))")))
                 }
@@ -164,23 +160,18 @@ fn open(
     }
 }
 
-/// A reader that hashes what passes through (if asked to) and stops when cancelled.
-pub struct HashingReader<'a, R> {
+/// A reader that stops with an error once `cancel` is set (Ctrl-C, a probe's end).
+pub struct Cancellable<'a, R> {
     pub inner: R,
-    pub hash: Option<Md5>,
     pub cancel: &'a AtomicBool,
 }
 
-impl<R: Read> Read for HashingReader<'_, R> {
+impl<R: Read> Read for Cancellable<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("cancelled"));
         }
-        let n = self.inner.read(buf)?;
-        if let Some(h) = &mut self.hash {
-            h.update(&buf[..n]);
-        }
-        Ok(n)
+        self.inner.read(buf)
     }
 }
 
