@@ -423,3 +423,103 @@ fn an_encrypted_key_asks_for_its_passphrase_on_a_terminal_only() {
     assert!(peers_used > 0, "peers logged in with the key too: {done}");
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
 }
+
+#[test]
+fn ssh_agent_every_identity_is_tried() {
+    let env = TestEnv::new(2);
+    // An agent holding a key no account accepts first, then the test key.
+    let sock = env.private.join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed().as_secs() < 10, "ssh-agent did not start");
+        if let Ok(Some(s)) = agent.try_wait() {
+            panic!("ssh-agent exited: {s}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _agent = Kill(agent);
+    let decoy = env.private.join("decoy");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "decoy", "-f"])
+        .arg(&decoy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    for key in [decoy, env.private.join("id_ed25519")] {
+        let out = Command::new("ssh-add")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &sock)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ssh-add: {}", text(&out));
+    }
+    let out = Command::new("ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.lines().count() == 2 && listed.lines().next().unwrap().contains("decoy"),
+        "the agent offers the decoy first: {listed}"
+    );
+    // No identity in the config: logins go to the agent.
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let stripped: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("identity = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, stripped).unwrap();
+    let file = env.random_file("f", 4 * PART);
+    let send = |agent: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_relayup"));
+        c.args(["send", file.to_str().unwrap(), "--config"])
+            .arg(&config)
+            .args([
+                "--json",
+                "--part-size",
+                "1MiB",
+                "--bwlimit",
+                "4MiB",
+                "--overwrite",
+            ])
+            .env("XDG_STATE_HOME", env.root.join("state"))
+            // No ~/.ssh/id_* of the user running the tests either.
+            .env("HOME", env.root.join("nohome"))
+            .env_remove("SSH_AUTH_SOCK");
+        if agent {
+            c.env("SSH_AUTH_SOCK", &sock);
+        }
+        c.output().unwrap()
+    };
+    let out = send(false);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "without the agent: {}",
+        text(&out)
+    );
+    let out = send(true);
+    assert!(out.status.success(), "{}", text(&out));
+    let used = hosts_of_done(&out);
+    assert!(
+        used.iter().any(|h| h.starts_with('p')),
+        "peers logged in through the agent's second key: {used:?}"
+    );
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+}
