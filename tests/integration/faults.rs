@@ -279,18 +279,18 @@ fn a_full_staging_disk_drops_that_peer_only() {
     let _guard = Unmount(&stage);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 6 * PART);
-    let out = env.relayup(&[
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--part-size",
-        "1MiB",
-        // Paced, so this machine cannot send it all before the peers are up.
-        "--bwlimit",
-        "2MiB",
-        "--no-progress",
-    ]);
+    let out = env.send(
+        &file,
+        &config,
+        &[
+            "--part-size",
+            "1MiB",
+            // Paced, so this machine cannot send it all before the peers are up.
+            "--bwlimit",
+            "2MiB",
+            "--no-progress",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -314,13 +314,7 @@ fn a_server_dir_without_write_permission_fails_clearly() {
     )
     .unwrap();
     let file = env.random_file("f", 1000);
-    let out = env.relayup(&[
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = env.send(&file, &config, &["--no-progress"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -357,13 +351,7 @@ fn an_identical_destination_means_nothing_to_send() {
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 3 * PART);
     fs::copy(&file, env.srv.join("f")).unwrap();
-    let out = env.relayup(&[
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = env.send(&file, &config, &["--no-progress"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("already on the server"),

@@ -28,19 +28,10 @@ fn peers_subset_and_no_peers() {
     let env = TestEnv::new(3);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 8 * PART);
-    let base = [
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--json",
-        "--part-size",
-        "1MiB",
-        "--overwrite",
-    ];
+    let base = ["--json", "--part-size", "1MiB", "--overwrite"];
     let mut args = base.to_vec();
     args.extend(["--peers", "p2,p3", "--bwlimit", "4MiB"]);
-    let out = env.relayup(&args);
+    let out = env.send(&file, &config, &args);
     assert!(out.status.success(), "{}", text(&out));
     let used = hosts_of_done(&out);
     assert!(
@@ -55,14 +46,14 @@ fn peers_subset_and_no_peers() {
 
     let mut args = base.to_vec();
     args.push("--no-peers");
-    let out = env.relayup(&args);
+    let out = env.send(&file, &config, &args);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(hosts_of_done(&out), ["local"]);
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
 
     let mut args = base.to_vec();
     args.extend(["--peers", "p1,nobody"]);
-    let out = env.relayup(&args);
+    let out = env.send(&file, &config, &args);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
 }
@@ -158,15 +149,7 @@ fn progress_on_a_terminal_has_colour_only_without_no_color_and_piped_output_has_
     assert!(!plain.contains("\x1b[1m"), "NO_COLOR: {plain:?}");
     assert!(plain.contains("verified on the server"));
     // Piped: no escape sequences at all, and nothing but JSON on stdout.
-    let out = env.relayup(&[
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--dest",
-        "c",
-        "--json",
-    ]);
+    let out = env.send(&file, &config, &["--dest", "c", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b));
     for l in String::from_utf8_lossy(&out.stdout).lines() {
@@ -214,19 +197,19 @@ fn a_peer_can_be_just_an_alias_from_ssh_config() {
         );
     std::fs::write(&config, text_cfg).unwrap();
     let file = env.random_file("f", 6 * PART);
-    let out = env.relayup(&[
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--json",
-        "--part-size",
-        "1MiB",
-        "--peers",
-        "alias",
-        "--bwlimit",
-        "4MiB",
-    ]);
+    let out = env.send(
+        &file,
+        &config,
+        &[
+            "--json",
+            "--part-size",
+            "1MiB",
+            "--peers",
+            "alias",
+            "--bwlimit",
+            "4MiB",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         hosts_of_done(&out).contains(&"alias".to_string()),
@@ -266,10 +249,6 @@ fn peers_deploy_installs_this_binary_where_relayup_is_missing() {
     std::fs::write(&config, stripped).unwrap();
     let file = env.random_file("f", 8 * PART);
     let send = [
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
         "--json",
         "--part-size",
         "1MiB",
@@ -277,7 +256,7 @@ fn peers_deploy_installs_this_binary_where_relayup_is_missing() {
         "4MiB",
         "--overwrite",
     ];
-    let out = env.relayup(&send);
+    let out = env.send(&file, &config, &send);
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -321,7 +300,7 @@ fn peers_deploy_installs_this_binary_where_relayup_is_missing() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // Now the same send uses the peers, with the installed relayup.
-    let out = env.relayup(&send);
+    let out = env.send(&file, &config, &send);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("left out"));
     let used = hosts_of_done(&out);

@@ -346,6 +346,18 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// `relayup send FILE --config CONFIG EXTRA...`, to completion.
+    pub fn send(&self, file: &Path, config: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "send",
+            file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.relayup(&args)
+    }
+
     /// Asserts nothing of relayup's is left: no temp dir on the server, no staged file.
     /// The server removes its temp dir in the background after the rename: allow it
     /// a few seconds.

@@ -9,15 +9,9 @@ use std::time::Duration;
 const PART: u64 = 1 << 20;
 
 fn send(env: &TestEnv, config: &Path, file: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--no-progress",
-    ];
+    let mut args = vec!["--no-progress"];
     args.extend_from_slice(extra);
-    env.relayup(&args)
+    env.send(file, config, &args)
 }
 
 #[test]

@@ -6,17 +6,9 @@ const PART: u64 = 1 << 20;
 
 /// Sends `file` and checks the server's copy byte for byte (by MD5) and that nothing is left.
 fn send_ok(env: &TestEnv, config: &Path, file: &Path, dest: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--dest",
-        dest,
-        "--no-progress",
-    ];
+    let mut args = vec!["--dest", dest, "--no-progress"];
     args.extend_from_slice(extra);
-    let out = env.relayup(&args);
+    let out = env.send(file, config, &args);
     assert!(
         out.status.success(),
         "send of {dest} failed:\n{}",
@@ -99,15 +91,7 @@ fn json_lines_describe_the_send() {
     let env = TestEnv::new(2);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("j", 5 * PART + 3);
-    let out = env.relayup(&[
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--json",
-        "--part-size",
-        "1MiB",
-    ]);
+    let out = env.send(&file, &config, &["--json", "--part-size", "1MiB"]);
     assert!(out.status.success(), "{}", text(&out));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -151,19 +135,11 @@ fn dry_run_prints_the_plan_and_sends_nothing() {
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("d", 10 * PART);
     for (strategy, parts) in [("adaptive", "10 part(s)"), ("equal", "one share per host")] {
-        let mut args = vec![
-            "send",
-            file.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--dry-run",
-            "--strategy",
-            strategy,
-        ];
+        let mut args = vec!["--dry-run", "--strategy", strategy];
         if strategy == "adaptive" {
             args.extend(["--part-size", "1MiB"]);
         }
-        let out = env.relayup(&args);
+        let out = env.send(&file, &config, &args);
         assert!(out.status.success(), "{}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains(parts), "{stdout}");
@@ -287,15 +263,7 @@ fn existing_destination_is_refused_unless_overwrite() {
     let file = env.random_file("f", 1000);
     let dest = env.srv.join("taken");
     std::fs::write(&dest, "precious").unwrap();
-    let out = env.relayup(&[
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--dest",
-        "taken",
-        "--no-progress",
-    ]);
+    let out = env.send(&file, &config, &["--dest", "taken", "--no-progress"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
     assert_eq!(std::fs::read_to_string(&dest).unwrap(), "precious");
@@ -316,13 +284,7 @@ fn unknown_host_key_stops_with_its_fingerprint() {
     )
     .unwrap();
     let file = env.random_file("f", 1000);
-    let out = env.relayup(&[
-        "send",
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--no-progress",
-    ]);
+    let out = env.send(&file, &config, &["--no-progress"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
