@@ -139,7 +139,7 @@ impl PeerLink {
         }
     }
 
-    /// Copies the part's byte range to the peer's staging dir over SFTP, hashing it.
+    /// Copies the part's byte range to the peer's staging dir over SFTP.
     fn stage(&mut self, source: &Path, part: &Part, upload_id: &str) -> Result<String> {
         let name = format!("{upload_id}-{}", part.file_name());
         let mut file =
@@ -261,7 +261,7 @@ pub struct Job<'a> {
     pub progress: &'a Progress,
     /// Receives the index of every part that is complete on the server.
     pub merged: &'a std::sync::mpsc::Sender<usize>,
-    /// Every part's MD5, from one pass over the source.
+    /// Every part's checksum, from one pass over the source.
     pub hashes: &'a crate::hashes::Hashes,
 }
 
@@ -328,12 +328,7 @@ pub fn drive(
                         }
                     };
                     stage_secs = t.elapsed().as_secs_f64();
-                    let req = Request::Upload {
-                        index: part.index,
-                        file: name,
-                        size: part.len,
-                        xxh3: xxh3.clone(),
-                    };
+                    let sent = link.request_upload(part.index, &name, part.len, &xxh3);
                     inflight.push_back(InFlight {
                         part,
                         sent: Instant::now(),
@@ -341,7 +336,7 @@ pub fn drive(
                         bytes: 0,
                         failures: 0,
                     });
-                    if let Err(e) = link.send(&req) {
+                    if let Err(e) = sent {
                         return fail(e, &inflight);
                     }
                     job.progress.host_state(
