@@ -12,6 +12,10 @@ mod secret;
 mod protocol;
 
 #[allow(dead_code)]
+#[path = "../../src/quote.rs"]
+mod quote;
+
+#[allow(dead_code)]
 #[path = "../../src/config.rs"]
 mod config;
 
