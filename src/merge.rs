@@ -32,6 +32,8 @@ pub enum Prepared {
 
 /// Checks the merge login and the upload directory, creates the temp dir, and lists
 /// the parts an earlier run left there (with their size and MD5, computed on the server).
+/// Also removes, in the background, finished sends' temp dirs whose background
+/// removal never ran to the end (see [`commit`]; a server reboot, say).
 pub fn prepare(
     settings: &Settings,
     dest: &str,
@@ -43,6 +45,7 @@ pub fn prepare(
     let script = format!(
         "cd -- {dir} 2>/dev/null || exit 10\n\
          [ -w . ] || exit 11\n\
+         {{ rm -rf -- .relayup-*.done.* </dev/null >/dev/null 2>&1 & }}\n\
          command -v md5sum >/dev/null 2>&1 || exit 13\n\
          if [ -e {dest} ] && [ {ow} != 1 ]; then md5sum < {dest} || exit 15; exit 12; fi\n\
          mkdir -p -m 700 {tmp} || exit 14\n\

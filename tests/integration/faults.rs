@@ -1,7 +1,7 @@
 //! Fault injection: each test ends with the server's file equal to the source, or a
 //! clean failure with nothing under the destination name.
 
-use crate::harness::{md5_file, pkill, text, TestEnv, PEER_USERS};
+use crate::harness::{md5_file, pkill, text, TestEnv, PEER_USERS, SERVER_USER};
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -524,4 +524,25 @@ fn a_peer_cut_off_the_network_mid_send_hands_its_parts_to_others() {
     assert!(stderr.contains("cut dropped"), "{stderr}");
     assert_eq!(done_event(&events)["md5"], md5_file(&file).as_str());
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+}
+
+#[test]
+fn a_temp_dir_left_by_an_interrupted_background_removal_goes_with_the_next_send() {
+    let env = TestEnv::new(1);
+    // What a server reboot during the background `rm -rf` after a commit leaves.
+    let trash = env.srv.join(".relayup-0123456789abcdef.done.4242");
+    fs::create_dir(&trash).unwrap();
+    fs::write(trash.join("0.part"), vec![7u8; 1000]).unwrap();
+    let out = std::process::Command::new("chown")
+        .args(["-R", &format!("{SERVER_USER}:")])
+        .arg(&trash)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 3 * PART);
+    let out = env.send(&file, &config, &["--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+    env.assert_clean();
 }
