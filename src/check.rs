@@ -13,11 +13,12 @@ use crate::config::{self, Login, Peer};
 use crate::error::{with_code, Code};
 use crate::merge;
 use crate::peer::PeerLink;
-use crate::protocol::{Event, Request, ServerSpec, PROTOCOL};
+use crate::protocol::{Event, ServerSpec};
 use crate::quote;
 use crate::ssh::{self, Trust};
 use crate::transport::{Server, ServerTrust};
 
+#[derive(Default)]
 struct Row {
     name: String,
     address: String,
@@ -59,34 +60,32 @@ fn check_id() -> String {
     )
 }
 
-/// Starts the peer's relay as a send would, has it log into the server, and returns
-/// the free space in its staging directory.
-fn relay_probe(p: &Peer, known_hosts: &Path, server: &ServerSpec, id: &str) -> Result<u64> {
+/// Starts the peer's relay as a send would and has it log into the server; returns
+/// the relay (kept for the rate probe) and the free space in its staging directory.
+fn relay_probe(
+    p: &Peer,
+    known_hosts: &Path,
+    server: &ServerSpec,
+    id: &str,
+) -> Result<(PeerLink, u64)> {
     let mut link = PeerLink::connect(p, known_hosts)?;
-    link.hello(&Request::Hello {
-        protocol: PROTOCOL,
-        upload_id: id.into(),
-        host: p.login.name.clone(),
-        server: Box::new(server.clone()),
-        staging: p.staging.clone(),
-    })?;
-    let free = link.staging_free();
-    link.close();
-    free
+    match link
+        .hello(id, server.clone())
+        .and_then(|_| link.staging_free())
+    {
+        Ok(free) => Ok((link, free)),
+        Err(e) => {
+            link.close();
+            Err(e)
+        }
+    }
 }
 
 fn probe(login: &Login, known_hosts: &Path, command: Option<&str>) -> Row {
     let mut row = Row {
         name: login.name.clone(),
         address: format!("{}@{}:{}", login.user, login.host, login.port),
-        reachable: None,
-        host_key: None,
-        auth: None,
-        version: None,
-        server_login: None,
-        free: None,
-        rate: None,
-        problem: None,
+        ..Row::default()
     };
     let session = match ssh::connect(login, Trust::KnownHosts(known_hosts), None) {
         Ok(s) => s,
@@ -243,18 +242,10 @@ fn local_rate(server: &mut Server) -> Result<f64> {
     }
 }
 
-/// A peer's upload rate: its relay, started as for a send, uploads staged probe
-/// bytes; the rate is read from its progress events.
-fn peer_rate(p: &Peer, known_hosts: &Path, server: &ServerSpec, id: &str) -> Result<f64> {
-    let mut link = PeerLink::connect(p, known_hosts)?;
+/// A peer's upload rate: its relay uploads staged probe bytes; the rate is read from
+/// its progress events.
+fn peer_rate(mut link: PeerLink, id: &str) -> Result<f64> {
     let result = (|| {
-        link.hello(&Request::Hello {
-            protocol: PROTOCOL,
-            upload_id: id.into(),
-            host: p.login.name.clone(),
-            server: Box::new(server.clone()),
-            staging: p.staging.clone(),
-        })?;
         let name = format!("{id}-0.part");
         link.stage_reader(0, &name, &mut ProbeData::new(PROBE_MAX), PROBE_MAX)?;
         let sum = crate::hashes::checksum_of(&mut ProbeData::new(PROBE_MAX))?;
@@ -285,20 +276,25 @@ fn peer_rate(p: &Peer, known_hosts: &Path, server: &ServerSpec, id: &str) -> Res
 /// shows up), into a temp dir of its own that is removed afterwards.
 fn measure_rates(
     settings: &config::Settings,
-    server: &ServerSpec,
     local: Option<(usize, &mut Server)>,
-    peers: &[(usize, &Peer)],
+    relays: Vec<(usize, PeerLink)>,
     id: &str,
 ) -> Result<Vec<(usize, Result<f64>)>> {
     let m = &settings.merge;
-    let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)
-        .context("merge login")?;
-    merge::create_temp(&session, &m.dir, id)?;
-    let kh = &settings.known_hosts;
+    let prepared = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)
+        .context("merge login")
+        .and_then(|session| merge::create_temp(&session, &m.dir, id).map(|_| session));
+    let session = match prepared {
+        Ok(session) => session,
+        Err(e) => {
+            relays.into_iter().for_each(|(_, link)| link.close());
+            return Err(e);
+        }
+    };
     let results = std::thread::scope(|s| {
-        let handles: Vec<_> = peers
-            .iter()
-            .map(|(i, p)| (*i, s.spawn(move || peer_rate(p, kh, server, id))))
+        let handles: Vec<_> = relays
+            .into_iter()
+            .map(|(i, link)| (i, s.spawn(move || peer_rate(link, id))))
             .collect();
         let mut results: Vec<_> = local.map(|(i, l)| (i, local_rate(l))).into_iter().collect();
         results.extend(
@@ -336,14 +332,7 @@ pub fn run(config_path: Option<&Path>, as_json: bool, rates: bool) -> Result<Exi
             settings.server.host,
             settings.server.port
         ),
-        reachable: None,
-        host_key: None,
-        auth: None,
-        version: None,
-        server_login: None,
-        free: None,
-        rate: None,
-        problem: None,
+        ..Row::default()
     };
     let id = check_id();
     let id = id.as_str();
@@ -367,6 +356,8 @@ pub fn run(config_path: Option<&Path>, as_json: bool, rates: bool) -> Result<Exi
         }
     }
     let server = &server;
+    // Each peer's relay stays up after its checks, for the rate probe.
+    let mut relays: Vec<(usize, PeerLink)> = Vec::new();
     let mut rows: Vec<Row> = std::thread::scope(|s| {
         let handles: Vec<_> = settings
             .peers
@@ -375,11 +366,13 @@ pub fn run(config_path: Option<&Path>, as_json: bool, rates: bool) -> Result<Exi
                 let cmd = format!("{} --version", p.invocation());
                 s.spawn(move || {
                     let mut row = probe(&p.login, kh, Some(&cmd));
+                    let mut relay = None;
                     if row.problem.is_none() {
                         match relay_probe(p, kh, server, id) {
-                            Ok(free) => {
+                            Ok((link, free)) => {
                                 row.server_login = Some(true);
                                 row.free = Some(free);
+                                relay = Some(link);
                             }
                             Err(e) => {
                                 row.server_login = Some(false);
@@ -387,13 +380,18 @@ pub fn run(config_path: Option<&Path>, as_json: bool, rates: bool) -> Result<Exi
                             }
                         }
                     }
-                    row
+                    (row, relay)
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("probe does not panic"))
+            .enumerate()
+            .map(|(i, h)| {
+                let (row, relay) = h.join().expect("probe does not panic");
+                relays.extend(relay.map(|link| (i, link)));
+                row
+            })
             .collect()
     });
     let dir = quote::sh(&settings.merge.dir);
@@ -420,15 +418,11 @@ pub fn run(config_path: Option<&Path>, as_json: bool, rates: bool) -> Result<Exi
     let merge_ok = merge.problem.is_none();
     rows.push(merge);
     rows.push(upload);
-    if rates && merge_ok {
-        let ok: Vec<(usize, &Peer)> = settings
-            .peers
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| rows[*i].problem.is_none())
-            .collect();
+    if !(rates && merge_ok) {
+        relays.into_iter().for_each(|(_, link)| link.close());
+    } else {
         let local = local.as_mut().map(|l| (rows.len() - 1, l));
-        match measure_rates(&settings, server, local, &ok, id) {
+        match measure_rates(&settings, local, relays, id) {
             Ok(results) => {
                 for (i, r) in results {
                     match r {

@@ -130,6 +130,25 @@ pub struct Settings {
     pub peers: Vec<Peer>,
 }
 
+impl Settings {
+    /// `--peers a,b`: keeps only the peers with these names; an unknown name is an
+    /// error that lists the known ones.
+    pub fn keep_peers(&mut self, names: &[String]) -> Result<()> {
+        for n in names {
+            if !self.peers.iter().any(|p| &p.login.name == n) {
+                let known: Vec<&str> = self.peers.iter().map(|p| p.login.name.as_str()).collect();
+                bail!(
+                    "--peers: no peer named {n:?} in {} (peers: {})",
+                    self.path.display(),
+                    known.join(", ")
+                );
+            }
+        }
+        self.peers.retain(|p| names.contains(&p.login.name));
+        Ok(())
+    }
+}
+
 /// Which config file to read: `--config`, else `$RELAYUP_CONFIG`, else
 /// `$XDG_CONFIG_HOME/relayup/peers.toml` (`~/.config/relayup/peers.toml`).
 pub fn config_path(cli: Option<&Path>) -> Result<PathBuf> {

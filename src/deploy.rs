@@ -182,19 +182,13 @@ pub fn run(
     as_json: bool,
 ) -> Result<ExitCode> {
     let path = config::config_path(config_path).map_err(|e| with_code(e, Code::Usage))?;
-    let settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
-    let mut peers: Vec<&Peer> = settings.peers.iter().collect();
+    let mut settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
     if let Some(names) = only {
-        for n in names {
-            if !peers.iter().any(|p| &p.login.name == n) {
-                return Err(with_code(
-                    anyhow!("--peers: no peer named {n:?} in {}", path.display()),
-                    Code::Usage,
-                ));
-            }
-        }
-        peers.retain(|p| names.contains(&p.login.name));
+        settings
+            .keep_peers(names)
+            .map_err(|e| with_code(e, Code::Usage))?;
     }
+    let peers = &settings.peers;
     if peers.is_empty() {
         return Err(with_code(
             anyhow!(

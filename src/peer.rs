@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::Peer;
 use crate::plan::Part;
 use crate::progress::Progress;
-use crate::protocol::{self, Event, Request, PROTOCOL};
+use crate::protocol::{self, Event, Request, ServerSpec, PROTOCOL};
 use crate::quote;
 use crate::schedule::{Next, Scheduler};
 use crate::ssh::{self, Trust};
@@ -70,9 +70,15 @@ impl PeerLink {
     }
 
     /// Hands the relay the server and waits until it has logged in there.
-    pub fn hello(&mut self, hello: &Request) -> Result<()> {
+    pub fn hello(&mut self, upload_id: &str, server: ServerSpec) -> Result<()> {
         let link = self;
-        link.send(hello)?;
+        link.send(&Request::Hello {
+            protocol: PROTOCOL,
+            upload_id: upload_id.to_string(),
+            host: link.peer.login.name.clone(),
+            server: Box::new(server),
+            staging: link.peer.staging.clone(),
+        })?;
         match link.next_event()? {
             Event::Ready {
                 version,

@@ -23,7 +23,7 @@ use crate::merge::{self, Feeder, Prepared};
 use crate::peer::{self, PeerLink};
 use crate::plan::{Plan, Strategy};
 use crate::progress::{self, Mode, Progress};
-use crate::protocol::{Request, ServerSpec, PROTOCOL};
+use crate::protocol::ServerSpec;
 use crate::schedule::{Next, Scheduler};
 use crate::size::parse_size;
 use crate::transport::{Server, ServerTrust};
@@ -478,13 +478,7 @@ fn peer_thread(
             link.close();
             return Err(anyhow!("the send stopped before this peer started"));
         };
-        link.hello(&Request::Hello {
-            protocol: PROTOCOL,
-            upload_id: id.to_string(),
-            host: name.clone(),
-            server: Box::new(server),
-            staging: p.staging.clone(),
-        })?;
+        link.hello(id, server)?;
         Ok(link)
     });
     if let Err(e) = &opened {
@@ -681,21 +675,7 @@ fn resolve(args: &SendArgs) -> Result<(Settings, PathBuf, Stamp, String, Strateg
         settings.peers.clear();
     }
     if let Some(names) = &args.peers {
-        for n in names {
-            if !settings.peers.iter().any(|p| &p.login.name == n) {
-                let known: Vec<&str> = settings
-                    .peers
-                    .iter()
-                    .map(|p| p.login.name.as_str())
-                    .collect();
-                bail!(
-                    "--peers: no peer named {n:?} in {} (peers: {})",
-                    settings.path.display(),
-                    known.join(", ")
-                );
-            }
-        }
-        settings.peers.retain(|p| names.contains(&p.login.name));
+        settings.keep_peers(names)?;
     }
     if let Some(rate) = &args.bwlimit {
         let v = parse_size(rate).context("--bwlimit")?;

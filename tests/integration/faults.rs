@@ -1,7 +1,7 @@
 //! Fault injection: each test ends with the server's file equal to the source, or a
 //! clean failure with nothing under the destination name.
 
-use crate::harness::{md5_file, pkill, text, TestEnv, PEER_USERS, SERVER_USER};
+use crate::harness::{md5_file, pkill, text, uid_of, TestEnv, PEER_USERS, SERVER_USER};
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -250,20 +250,13 @@ fn a_full_staging_disk_drops_that_peer_only() {
     let env = TestEnv::new(2);
     let stage = env.staging(0);
     fs::create_dir(&stage).unwrap();
-    let uid = String::from_utf8(
-        std::process::Command::new("id")
-            .args(["-u", PEER_USERS[0]])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let uid = uid_of(PEER_USERS[0]);
     let mounted = std::process::Command::new("mount")
         .args([
             "-t",
             "tmpfs",
             "-o",
-            &format!("size=256k,mode=0700,uid={}", uid.trim()),
+            &format!("size=256k,mode=0700,uid={}", uid),
             "tmpfs",
         ])
         .arg(&stage)

@@ -1,6 +1,8 @@
 //! Fitting people's habits: peer subsets, completions, man page, colour rules.
 
-use crate::harness::{md5_file, text, TestEnv, PEER_USERS};
+use crate::harness::{
+    edit_file, json_lines, md5_file, text, uid_of, without_lines, TestEnv, PEER_USERS,
+};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
@@ -152,9 +154,7 @@ fn progress_on_a_terminal_has_colour_only_without_no_color_and_piped_output_has_
     let out = env.send(&file, &config, &["--dest", "c", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b));
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
-        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"));
-    }
+    json_lines(&out);
 }
 
 #[test]
@@ -177,25 +177,21 @@ fn a_peer_can_be_just_an_alias_from_ssh_config() {
         env.root.join("stage/alias").display()
     );
     let config = env.write_config("c.toml", "ftp", &[("alias", alias)]);
-    let text_cfg = std::fs::read_to_string(&config).unwrap();
     // No [ssh] identity either: the key comes from the ssh config's IdentityFile.
-    let text_cfg: String = text_cfg
-        .lines()
-        .filter(|l| !l.starts_with("identity = "))
-        .map(|l| format!("{l}\n"))
-        .collect::<String>()
-        .replace(
-            "[ssh]\n",
-            &format!("[ssh]\nconfig = \"{}\"\n", ssh_config.display()),
-        )
-        .replace(
-            "[merge]\n",
-            &format!(
-                "[merge]\nidentity = \"{}\"\n",
-                env.private.join("id_ed25519").display()
-            ),
-        );
-    std::fs::write(&config, text_cfg).unwrap();
+    edit_file(&config, |t| {
+        without_lines(t, "identity = ")
+            .replace(
+                "[ssh]\n",
+                &format!("[ssh]\nconfig = \"{}\"\n", ssh_config.display()),
+            )
+            .replace(
+                "[merge]\n",
+                &format!(
+                    "[merge]\nidentity = \"{}\"\n",
+                    env.private.join("id_ed25519").display()
+                ),
+            )
+    });
     let file = env.random_file("f", 6 * PART);
     let out = env.send(
         &file,
@@ -240,13 +236,7 @@ fn peers_deploy_installs_this_binary_where_relayup_is_missing() {
     }
     // Peers configured without `relayup = ...`: on their PATH there is none.
     let config = env.write_config("c.toml", "ftp", &[]);
-    let text_ = std::fs::read_to_string(&config).unwrap();
-    let stripped: String = text_
-        .lines()
-        .filter(|l| !l.starts_with("relayup = "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&config, stripped).unwrap();
+    edit_file(&config, |t| without_lines(t, "relayup = "));
     let file = env.random_file("f", 8 * PART);
     let send = [
         "--json",
@@ -279,9 +269,8 @@ fn peers_deploy_installs_this_binary_where_relayup_is_missing() {
 
     let out = env.relayup(&["peers", "deploy", "--config", cfg, "--json"]);
     assert!(out.status.success(), "{}", text(&out));
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        assert_eq!(v["action"], "up to date", "{l}");
+    for v in json_lines(&out) {
+        assert_eq!(v["action"], "up to date", "{v}");
         assert_eq!(
             v["before"],
             format!("relayup {}", env!("CARGO_PKG_VERSION")).as_str()
@@ -308,11 +297,6 @@ fn peers_deploy_installs_this_binary_where_relayup_is_missing() {
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
 }
 
-fn uid_of(user: &str) -> u32 {
-    let out = Command::new("id").args(["-u", user]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
 #[test]
 fn an_encrypted_key_asks_for_its_passphrase_on_a_terminal_only() {
     let env = TestEnv::new(2);
@@ -332,12 +316,14 @@ fn an_encrypted_key_asks_for_its_passphrase_on_a_terminal_only() {
     std::io::Write::write_all(&mut ak, pubkey.as_bytes()).unwrap();
     let config = env.write_config("c.toml", "ftp", &[]);
     let plain_key = env.private.join("id_ed25519");
-    let text_ = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("identity = \"{}\"", plain_key.display()),
-        &format!("identity = \"{}\"", key.display()),
-    );
-    assert!(text_.contains("enc_key"));
-    std::fs::write(&config, text_).unwrap();
+    edit_file(&config, |t| {
+        let t = t.replace(
+            &format!("identity = \"{}\"", plain_key.display()),
+            &format!("identity = \"{}\"", key.display()),
+        );
+        assert!(t.contains("enc_key"));
+        t
+    });
     let file = env.random_file("f", 4 * PART);
     let cmd = format!(
         "{} send {} --config {} --part-size 1MiB --bwlimit 4MiB --json",
@@ -457,13 +443,7 @@ fn ssh_agent_every_identity_is_tried() {
     );
     // No identity in the config: logins go to the agent.
     let config = env.write_config("c.toml", "ftp", &[]);
-    let stripped: String = std::fs::read_to_string(&config)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("identity = "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&config, stripped).unwrap();
+    edit_file(&config, |t| without_lines(t, "identity = "));
     let file = env.random_file("f", 4 * PART);
     let send = |agent: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_relayup"));

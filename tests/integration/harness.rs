@@ -24,6 +24,34 @@ fn sh(cmd: &str) -> Output {
         .expect("run sh")
 }
 
+/// Every line of a command's stdout as JSON; panics on a line that is not.
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// Rewrites a (config) file with `edit`.
+pub fn edit_file(path: &Path, edit: impl FnOnce(&str) -> String) {
+    let text = fs::read_to_string(path).unwrap();
+    fs::write(path, edit(&text)).unwrap();
+}
+
+/// `text` without the lines that start with `prefix` (e.g. `identity = `).
+pub fn without_lines(text: &str, prefix: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with(prefix))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A Unix user's uid.
+pub fn uid_of(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 /// Creates the test users once per run (idempotent across runs).
 fn setup_machine() {
     static ONCE: OnceLock<()> = OnceLock::new();

@@ -1,4 +1,4 @@
-use crate::harness::{md5_file, text, TestEnv};
+use crate::harness::{json_lines, md5_file, text, TestEnv};
 use std::fs;
 use std::path::Path;
 
@@ -93,10 +93,7 @@ fn json_lines_describe_the_send() {
     let file = env.random_file("j", 5 * PART + 3);
     let out = env.send(&file, &config, &["--json", "--part-size", "1MiB"]);
     assert!(out.status.success(), "{}", text(&out));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect();
+    let lines = json_lines(&out);
     let kinds: Vec<&str> = lines.iter().map(|v| v["type"].as_str().unwrap()).collect();
     assert_eq!(kinds.first(), Some(&"start"));
     assert_eq!(kinds.last(), Some(&"done"));
@@ -333,10 +330,7 @@ fn peers_check_reports_every_login() {
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = json_lines(&out);
     let ghost = rows.iter().find(|r| r["name"] == "ghost").unwrap();
     assert_eq!(ghost["reachable"], false);
     assert_eq!(ghost["ok"], false);
@@ -361,8 +355,7 @@ fn peers_check_reports_every_login() {
         "--no-rate",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
-        let row: serde_json::Value = serde_json::from_str(l).unwrap();
+    for row in json_lines(&out) {
         assert!(row["upload_bytes_per_sec"].is_null(), "--no-rate: {row}");
     }
 
@@ -388,10 +381,7 @@ fn peers_check_reports_every_login() {
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = json_lines(&out);
     for name in ["p1", "server (upload)"] {
         let row = rows.iter().find(|r| r["name"] == name).unwrap();
         assert_eq!(row["server_login"], false, "{row}");
