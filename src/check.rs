@@ -70,9 +70,15 @@ fn relay_probe(
 ) -> Result<(PeerLink, u64)> {
     let mut link = PeerLink::connect(p, known_hosts)?;
     match link
-        .hello(id, server.clone())
-        .and_then(|_| link.staging_free())
-    {
+        .hello(id, &crate::lock::new_run_id(), server.clone())
+        .and_then(|_| {
+            link.staging_free.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the relay could not read the free space of {}",
+                    link.staging
+                )
+            })
+        }) {
         Ok(free) => Ok((link, free)),
         Err(e) => {
             link.close();

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 /// The category of a failure, which decides the exit code. Attached as anyhow context;
 /// it prints as nothing, so messages stay as written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Code {
     /// Bad command line or config (2).
     Usage,
@@ -14,6 +14,8 @@ pub enum Code {
     Transfer,
     /// The server's MD5 does not match the source's (5).
     Verify,
+    /// Another run of the same send holds its lock (6).
+    Busy,
     /// Interrupted by Ctrl-C or SIGTERM (130).
     Interrupted,
 }
@@ -25,6 +27,7 @@ impl Code {
             Code::Connect => 3,
             Code::Transfer => 4,
             Code::Verify => 5,
+            Code::Busy => 6,
             Code::Interrupted => 130,
         }
     }

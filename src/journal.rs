@@ -112,6 +112,8 @@ impl Journal {
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+            // Read back from disk: an id that is not ours never reaches a path or command.
+            .filter(|j: &Journal| crate::lock::valid_upload_id(&j.id))
             .collect();
         all.sort_by_key(|j| j.started);
         all

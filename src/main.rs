@@ -10,6 +10,7 @@ mod hashes;
 mod interrupt;
 mod journal;
 mod keys;
+mod lock;
 mod merge;
 mod peer;
 mod plan;

@@ -11,6 +11,8 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 
 use crate::config::Settings;
+use crate::error::Code;
+use crate::lock::Owner;
 use crate::quote::sh;
 use crate::ssh::{self, Trust};
 
@@ -24,14 +26,98 @@ pub struct ServerPart {
 
 /// What pre-flight found on the server.
 pub enum Prepared {
-    /// Ready: the temp dir exists; these parts are already in it.
-    Ready(Session, Vec<ServerPart>),
+    /// Ready: the temp dir exists, this run holds its lock, and these parts are
+    /// already in it.
+    Ready(Ready),
     /// The destination exists (and `--overwrite` was not given); its MD5.
     Exists(Session, String),
 }
 
-/// Checks the merge login and the upload directory, creates the temp dir, and lists
-/// the parts an earlier run left there (with their size and MD5, computed on the server).
+/// A prepared temp dir, locked for this run.
+pub struct Ready {
+    pub session: Session,
+    /// Held until dropped: the server-side lock of this upload's temp dir.
+    pub lock: ServerLock,
+    /// Parts an earlier run left complete.
+    pub parts: Vec<ServerPart>,
+    /// Free bytes in the upload directory, if `df` could tell.
+    pub free: Option<u64>,
+}
+
+/// The channel whose remote shell holds the `flock` on the temp dir's lock file. The
+/// lock ends when this is dropped, or when the connection dies with this process.
+pub struct ServerLock {
+    channel: Option<ssh2::Channel>,
+}
+
+impl Drop for ServerLock {
+    fn drop(&mut self) {
+        if let Some(mut ch) = self.channel.take() {
+            let _ = ch.send_eof();
+            let _ = ch.close();
+        }
+    }
+}
+
+/// Exit statuses of the server-side scripts, one meaning each.
+mod status {
+    pub const NO_DIR: i32 = 10;
+    pub const NOT_WRITABLE: i32 = 11;
+    pub const EXISTS: i32 = 12;
+    pub const NO_TOOL: i32 = 13;
+    pub const NO_TEMP: i32 = 14;
+    pub const DEST_SYMLINK: i32 = 16;
+    pub const DEST_DIR: i32 = 17;
+    pub const DEST_SPECIAL: i32 = 18;
+    pub const CHANGED: i32 = 19;
+    pub const TEMP_NOT_OURS: i32 = 21;
+    pub const BUSY: i32 = 23;
+}
+
+/// Shell lines that exit with [`status`] codes when `dest` (quoted) is there but is
+/// not a regular file: relayup only ever replaces a regular file.
+fn dest_type_checks(dest: &str) -> String {
+    format!(
+        "if [ -L {dest} ]; then exit {}; elif [ -d {dest} ]; then exit {}; \
+         elif [ -e {dest} ] && [ ! -f {dest} ]; then exit {}; fi",
+        status::DEST_SYMLINK,
+        status::DEST_DIR,
+        status::DEST_SPECIAL
+    )
+}
+
+/// Shell lines that make sure `tmp` (quoted) is a directory of this account, not a
+/// symlink, mode 0700, creating it if it is missing; exit [`status::TEMP_NOT_OURS`]
+/// otherwise.
+fn temp_dir_checks(tmp: &str) -> String {
+    format!(
+        "mkdir -m 700 -- {tmp} 2>/dev/null\n\
+         if [ -L {tmp} ] || [ ! -d {tmp} ] || [ ! -O {tmp} ]; then exit {e}; fi\n\
+         case $(ls -ld -- {tmp}) in drwx------*) ;; *) exit {e};; esac",
+        e = status::TEMP_NOT_OURS
+    )
+}
+
+/// Shell lines that take the `flock` on `tmp`/lock (fd 9) for this run and write its
+/// owner, or print `busy <owner line>` and exit [`status::BUSY`]. The process group
+/// is recorded so that a later run on the owner's machine can end a holder whose
+/// client is known dead (see [`take_over`]).
+fn lock_lines(tmp: &str, owner: &Owner) -> String {
+    format!(
+        "command -v flock >/dev/null 2>&1 || {{ echo 'flock (util-linux) is not installed' >&2; exit {no_tool}; }}\n\
+         exec 9>>{tmp}/lock || exit {no_temp}\n\
+         if ! flock -n 9; then printf 'busy %s\\n' \"$(cat {tmp}/owner 2>/dev/null)\"; exit {busy}; fi\n\
+         printf '%s %s\\n' {owner} \"$(ps -o pgid= -p $$ | tr -d ' ')\" > {tmp}/owner",
+        no_tool = status::NO_TOOL,
+        no_temp = status::NO_TEMP,
+        busy = status::BUSY,
+        owner = sh(&owner.to_line()),
+    )
+}
+
+/// Checks the merge login and the upload directory and the destination, creates the
+/// temp dir (or checks the one there is ours), locks it for this run, and lists the
+/// parts an earlier run left there (with their size and MD5, computed on the server).
 /// Also removes, in the background, finished sends' temp dirs whose background
 /// removal never ran to the end (see [`commit`]; a server reboot, say).
 pub fn prepare(
@@ -42,56 +128,185 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let m = &settings.merge;
     let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)?;
+    let tmp = sh(&temp_name(upload_id));
+    let me = Owner::me();
     let script = format!(
-        "cd -- {dir} 2>/dev/null || exit 10\n\
-         [ -w . ] || exit 11\n\
+        "cd -- {dir} 2>/dev/null || exit {no_dir}\n\
+         [ -w . ] || exit {not_writable}\n\
          {{ rm -rf -- .relayup-*.done.* </dev/null >/dev/null 2>&1 & }}\n\
-         command -v md5sum >/dev/null 2>&1 || exit 13\n\
-         if [ -e {dest} ] && [ {ow} != 1 ]; then md5sum < {dest} || exit 15; exit 12; fi\n\
-         mkdir -p -m 700 {tmp} || exit 14\n\
-         cd {tmp} || exit 14\n\
-         {LIST_PARTS}",
+         command -v md5sum >/dev/null 2>&1 || {{ echo 'md5sum (coreutils) is not installed' >&2; exit {no_tool}; }}\n\
+         {dest_checks}\n\
+         if [ -e {dest} ] && [ {ow} != 1 ]; then printf 'exists %s\\n' \"$(md5sum < {dest})\"; exit {exists}; fi\n\
+         {temp_checks}\n\
+         {lock}\n\
+         rm -f -- {tmp}/merged.*.tmp {tmp}/*.part.*\n\
+         df -Pk . 2>/dev/null | awk 'NR == 2 {{ print \"free\", $4 * 1024 }}'\n\
+         cd -- {tmp} || exit {no_temp}\n\
+         {LIST_PARTS}\
+         echo ready\n\
+         exec cat >/dev/null",
         dir = sh(&m.dir),
         dest = sh(dest),
         ow = u8::from(overwrite),
-        tmp = sh(&format!(".relayup-{upload_id}")),
+        dest_checks = dest_type_checks(&sh(dest)),
+        temp_checks = temp_dir_checks(&tmp),
+        lock = lock_lines(&tmp, &me),
+        no_dir = status::NO_DIR,
+        not_writable = status::NOT_WRITABLE,
+        no_tool = status::NO_TOOL,
+        exists = status::EXISTS,
+        no_temp = status::NO_TEMP,
     );
-    let out = ssh::run(&session, &script)?;
     let who = m.login.describe();
-    match out.status {
-        0 => Ok(Prepared::Ready(session, parse_parts(&out.stdout))),
-        10 => bail!(
+    let mut ch = ssh::start_script(&session, &script, true)?;
+    let mut reader = std::io::BufReader::new(&mut ch);
+    let mut lines = Vec::new();
+    let ready = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line)
+            .with_context(|| format!("{who}: reading the pre-flight on the server"))?;
+        if n == 0 {
+            break false;
+        }
+        let line = line.trim_end().to_string();
+        if line == "ready" {
+            break true;
+        }
+        lines.push(line);
+    };
+    drop(reader);
+    let out = lines.join("\n");
+    if ready {
+        let free = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("free ")?.trim().parse().ok());
+        return Ok(Prepared::Ready(Ready {
+            session,
+            lock: ServerLock { channel: Some(ch) },
+            parts: parse_parts(&out),
+            free,
+        }));
+    }
+    ch.wait_close().ok();
+    let code = ch.exit_status().unwrap_or(-1);
+    let diag: String = lines
+        .iter()
+        .filter(|l| !l.starts_with("part ") && !l.starts_with("free "))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let place = format!("{}/{dest}", m.dir.trim_end_matches('/'));
+    let temp = format!("{}/{}", m.dir.trim_end_matches('/'), temp_name(upload_id));
+    match code {
+        status::NO_DIR => Err(anyhow!(
             "{who}: merge.dir {} does not exist there; fix merge.dir in {}",
             m.dir,
             settings.path.display()
-        ),
-        11 => Err(anyhow!(
+        ))
+        .context(Code::Usage),
+        status::NOT_WRITABLE => Err(anyhow!(
             "{who}: {} is not writable by {}; fix its permissions or merge.user",
             m.dir,
             m.login.user
         ))
-        .context(crate::error::Code::Transfer),
-        12 => {
-            let md5 = out
-                .stdout
-                .split_whitespace()
-                .next()
+        .context(Code::Transfer),
+        status::EXISTS => {
+            let md5 = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("exists "))
+                .and_then(|l| l.split_whitespace().next())
                 .unwrap_or_default()
                 .to_string();
+            if md5.len() != 32 {
+                bail!("{who}: cannot read {place} to compare it: {diag}");
+            }
             Ok(Prepared::Exists(session, md5))
         }
-        13 => bail!("{who}: md5sum is not installed on the server (coreutils)"),
-        14 => bail!(
-            "{who}: cannot create the temp dir in {}: {}",
-            m.dir,
-            out.stderr.trim()
-        ),
-        s => bail!(
-            "{who}: preparing {} failed (exit {s}): {}",
-            m.dir,
-            out.stderr.trim()
-        ),
+        status::NO_TOOL => bail!("{who}: {diag}; relayup needs it on the server"),
+        status::DEST_SYMLINK | status::DEST_DIR | status::DEST_SPECIAL => {
+            Err(anyhow!("{}", dest_type_message(code, &place))).context(Code::Usage)
+        }
+        status::TEMP_NOT_OURS => Err(anyhow!(
+            "{who}: {temp} is not a directory of {} with mode 0700 (a symlink, another account's, or open to others); \
+             relayup writes nothing into it: remove it on the server, then send again",
+            m.login.user
+        ))
+        .context(Code::Transfer),
+        status::BUSY => {
+            let owner = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("busy "))
+                .and_then(|l| Owner::parse(l.rsplit_once(' ').map_or(l, |(o, _)| o)));
+            let holder = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("busy "))
+                .and_then(|l| l.rsplit_once(' '))
+                .and_then(|(_, g)| g.parse::<u32>().ok());
+            Err(anyhow::Error::new(Busy(owner, holder)))
+        }
+        status::NO_TEMP => bail!("{who}: cannot create or lock the temp dir {temp}: {diag}"),
+        s => bail!("{who}: preparing {} failed (exit {s}): {diag}", m.dir),
     }
+}
+
+/// The server lock is held by another run: its owner line (if readable) and the
+/// process group of the shell that holds the lock there.
+#[derive(Debug)]
+pub struct Busy(pub Option<Owner>, pub Option<u32>);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}",
+            crate::lock::busy(self.0.as_ref(), "lock on the server")
+        )
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// The lock on the server is held by a run of this machine that is dead (its
+/// connection lingers on the server: the network went away before it could close).
+/// Ends that holder's processes there, if they are still the ones `busy` names.
+pub fn take_over(settings: &Settings, upload_id: &str, busy: &Busy) -> Result<()> {
+    let (Some(owner), Some(group)) = (&busy.0, busy.1) else {
+        bail!("the lock's owner is unknown");
+    };
+    if group <= 1 {
+        bail!("bad process group {group}");
+    }
+    let m = &settings.merge;
+    let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)?;
+    let tmp = sh(&temp_name(upload_id));
+    let script = format!(
+        "cd -- {dir} || exit 1\n\
+         [ \"$(cat {tmp}/owner 2>/dev/null)\" = {line} ] || exit 0\n\
+         kill -TERM -- -{group} 2>/dev/null\n\
+         sleep 1",
+        dir = sh(&m.dir),
+        line = sh(&format!("{} {group}", owner.to_line())),
+    );
+    ssh::run(&session, &script)?;
+    Ok(())
+}
+
+/// What the user reads when the destination is not a regular file.
+fn dest_type_message(code: i32, place: &str) -> String {
+    let what = match code {
+        status::DEST_SYMLINK => "a symbolic link",
+        status::DEST_DIR => "a directory",
+        _ => "not a regular file",
+    };
+    format!(
+        "{place} on the server is {what}; relayup only ever replaces a regular file (--overwrite too): \
+         remove it there or choose another --dest"
+    )
+}
+
+/// The temp dir's name inside the upload directory.
+fn temp_name(upload_id: &str) -> String {
+    format!(".relayup-{upload_id}")
 }
 
 /// Prints `part <n>.part <size> <md5>` for every part in the current directory.
@@ -134,7 +349,7 @@ pub fn remove_bad_parts(
         .map(|i| sh(&format!("{i}.part")))
         .collect();
     if !bad.is_empty() {
-        let script = format!("cd -- {tmp} && rm -f -- {} merged.tmp", bad.join(" "));
+        let script = format!("cd -- {tmp} && rm -f -- {} merged.*.tmp", bad.join(" "));
         let out = ssh::run(session, &script)?;
         if out.status != 0 {
             bail!(
@@ -193,52 +408,90 @@ pub fn create_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> 
     Ok(())
 }
 
-/// Removes an upload's temp dir on the server (`relayup clean`).
+/// Removes an upload's temp dir on the server (`relayup clean`), unless a running send
+/// holds its lock.
 pub fn remove_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> {
+    let tmp = sh(&temp_name(upload_id));
     let script = format!(
-        "cd -- {} && rm -rf -- {}",
+        "cd -- {} || exit 1\n\
+         [ -e {tmp} ] || [ -L {tmp} ] || exit 0\n\
+         if [ -d {tmp} ] && [ ! -L {tmp} ] && command -v flock >/dev/null 2>&1; then\n\
+           exec 9>>{tmp}/lock && {{ flock -n 9 || {{ printf 'busy %s\\n' \"$(cat {tmp}/owner 2>/dev/null)\"; exit {busy}; }}; }}\n\
+         fi\n\
+         rm -rf -- {tmp}",
         sh(dir),
-        sh(&format!(".relayup-{upload_id}"))
+        busy = status::BUSY,
     );
     let out = ssh::run(session, &script)?;
-    if out.status != 0 {
-        bail!(
-            "removing {dir}/.relayup-{upload_id} failed: {}",
+    match out.status {
+        0 => Ok(()),
+        status::BUSY => {
+            let line = out.stdout.trim().strip_prefix("busy ").unwrap_or_default();
+            let owner = Owner::parse(line.rsplit_once(' ').map_or(line, |(o, _)| o));
+            Err(anyhow::Error::new(Busy(owner, None)))
+        }
+        _ => bail!(
+            "removing {dir}/{} failed: {}",
+            temp_name(upload_id),
             out.stderr.trim()
-        );
+        ),
     }
-    Ok(())
+}
+
+/// What the server reports of the merged file as it was written: `inode size mtime`.
+/// Checked again right before the rename, so the file renamed into place is the very
+/// file whose bytes were hashed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merged {
+    pub md5: String,
+    pub size: u64,
+    stat: String,
 }
 
 /// Appends parts in order on the server while the transfer goes on.
 pub struct Feeder {
     tx: Sender<usize>,
-    handle: JoinHandle<Result<(Session, String, u64)>>,
+    handle: JoinHandle<Result<Merged>>,
+}
+
+/// The merged file's name in the temp dir: one per run, created with no-clobber.
+fn merged_name(run: &str) -> String {
+    format!("merged.{run}.tmp")
 }
 
 impl Feeder {
+    /// Starts the merge on its own channel of `session`. `run` names this run's merged
+    /// file, which is created here and must not exist.
     pub fn start(
-        session: Session,
+        session: &Session,
         dir: &str,
         upload_id: &str,
+        run: &str,
         parts: usize,
         size: u64,
     ) -> Result<(Feeder, Sender<usize>)> {
-        let tmp = format!("{}/.relayup-{upload_id}", dir.trim_end_matches('/'));
-        // Names come from us (`<n>.part`), one per line, in index order.
+        let tmp = format!("{}/{}", dir.trim_end_matches('/'), temp_name(upload_id));
+        let merged = sh(&merged_name(run));
+        // Names come from us (`<n>.part`), one per line, in index order. `set -C`
+        // creates the merged file only if no other writer has that name.
         let script = format!(
             "cd -- {} || exit 1\n\
-             while IFS= read -r n; do cat -- \"$n\" || exit 1; done | tee merged.tmp | md5sum\n\
-             wc -c < merged.tmp\n",
+             set -C; : > {merged} || exit 1; set +C\n\
+             echo ready\n\
+             while IFS= read -r n; do cat -- \"$n\" || exit 1; done | tee {merged} | md5sum | sed 's/^/md5 /'\n\
+             printf 'stat %s\\n' \"$(stat -c '%i %s %Y' -- {merged})\"\n",
             sh(&tmp)
         );
-        let mut ch = session
-            .channel_session()
-            .context("opening the merge channel")?;
-        ch.exec(&format!("sh -c {}", sh(&script)))
+        let mut ch = ssh::start_script(session, &script, true).context("starting the merge")?;
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut ch), &mut first)
             .context("starting the merge")?;
+        if first.trim_end() != "ready" {
+            bail!("the merge on the server did not start: {}", first.trim());
+        }
+        let session = session.clone();
         let (tx, rx): (Sender<usize>, Receiver<usize>) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || -> Result<(Session, String, u64)> {
+        let handle = std::thread::spawn(move || -> Result<Merged> {
             let mut ready = BTreeSet::new();
             let mut next = 0usize;
             // Stop as soon as every part is in: the senders may outlive the transfer.
@@ -257,31 +510,34 @@ impl Feeder {
             ch.send_eof()?;
             // The server still has to append the parts that came last: allow for a slow disk.
             let secs = (size / (20 << 20)).max(120);
+            let before = session.timeout();
             session.set_timeout((secs * 1000).min(u32::MAX as u64) as u32);
             let mut out = String::new();
-            let mut err = String::new();
-            ch.read_to_string(&mut out)
-                .context("reading the merge result")?;
-            ch.stderr().read_to_string(&mut err).ok();
+            let read = ch.read_to_string(&mut out);
+            session.set_timeout(before);
+            read.context("reading the merge result")?;
             ch.wait_close().ok();
-            let mut lines = out.lines();
-            let md5 = lines
-                .next()
+            let md5 = out
+                .lines()
+                .find_map(|l| l.strip_prefix("md5 "))
                 .and_then(|l| l.split_whitespace().next())
                 .unwrap_or_default()
                 .to_string();
-            let merged_size: u64 = lines
-                .next()
-                .and_then(|l| l.trim().parse().ok())
-                .unwrap_or(u64::MAX);
-            if md5.len() != 32 {
-                bail!("merge on the server failed: {}", err.trim());
+            let stat = out
+                .lines()
+                .find_map(|l| l.strip_prefix("stat "))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let other: Vec<&str> = out
+                .lines()
+                .filter(|l| !l.starts_with("md5 ") && !l.starts_with("stat "))
+                .collect();
+            let merged_size = stat.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+            match merged_size {
+                Some(size) if md5.len() == 32 && other.is_empty() => Ok(Merged { md5, size, stat }),
+                _ => Err(anyhow::Error::new(MergeFailed(other.join(" ")))),
             }
-            if !err.trim().is_empty() {
-                bail!("merge on the server failed: {}", err.trim());
-            }
-            session.set_timeout(ssh::io_timeout().as_millis() as u32);
-            Ok((session, md5, merged_size))
         });
         Ok((
             Feeder {
@@ -292,9 +548,9 @@ impl Feeder {
         ))
     }
 
-    /// Waits for the last parts to be appended; returns the session, the server's MD5
-    /// and size of the merged file.
-    pub fn finish(self) -> Result<(Session, String, u64)> {
+    /// Waits for the last parts to be appended; returns the server's MD5 and size of
+    /// the merged file.
+    pub fn finish(self) -> Result<Merged> {
         drop(self.tx);
         self.handle
             .join()
@@ -302,37 +558,73 @@ impl Feeder {
     }
 }
 
-/// Moves the verified file into place and removes the temp dir. The removal runs in
-/// the background on the server: freeing a file's worth of parts took ~0.4 s of a
-/// 13 s send in the lab, and the parts are of no use once the file is in place. The
-/// dir is renamed first, so a new send of the same file never meets it.
+/// The merge ran but could not read every part (a part missing or unreadable on the
+/// server): like a corrupt part, found by listing the parts and sent again.
+#[derive(Debug)]
+pub struct MergeFailed(pub String);
+
+impl std::fmt::Display for MergeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the merge on the server failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for MergeFailed {}
+
+/// Moves the verified file into place and removes the temp dir. Right before the
+/// rename the merged file must still be the one the merge wrote (same inode, size and
+/// mtime), and the destination, if there, a regular file: the rename never goes into a
+/// directory or through a symlink (`mv -T`), and without `--overwrite` it never
+/// replaces anything (`ln`, which fails on an existing name). The temp dir's removal
+/// runs in the background on the server: freeing a file's worth of parts took ~0.4 s
+/// of a 13 s send in the lab. The dir is renamed first, so a new send of the same file
+/// never meets it.
 pub fn commit(
     session: &Session,
     dir: &str,
     upload_id: &str,
+    run: &str,
+    merged: &Merged,
     dest: &str,
     overwrite: bool,
 ) -> Result<()> {
-    let tmp = format!(".relayup-{upload_id}");
+    let tmp = temp_name(upload_id);
     let script = format!(
         "cd -- {dir} || exit 1\n\
-         if [ -e {dest} ] && [ {ow} != 1 ]; then exit 12; fi\n\
-         mv -f -- {merged} {dest} || exit 1\n\
+         m={merged}\n\
+         [ \"$(stat -c '%i %s %Y' -- \"$m\")\" = {stat} ] || exit {changed}\n\
+         {dest_checks}\n\
+         if [ {ow} = 1 ]; then mv -f -T -- \"$m\" {dest} || exit 1\n\
+         elif ln -T -- \"$m\" {dest} 2>/dev/null; then rm -f -- \"$m\"\n\
+         elif [ -e {dest} ] || [ -L {dest} ]; then exit {exists}\n\
+         else mv -T -- \"$m\" {dest} || exit 1; fi\n\
          trash={tmp}.done.$$\n\
-         mv -- {tmp} \"$trash\" && {{ rm -rf -- \"$trash\" </dev/null >/dev/null 2>&1 & }}\n",
+         mv -- {tmp} \"$trash\" && {{ rm -rf -- \"$trash\" </dev/null >/dev/null 2>&1 & }}",
         dir = sh(dir),
         dest = sh(dest),
         ow = u8::from(overwrite),
-        merged = sh(&format!("{tmp}/merged.tmp")),
+        merged = sh(&format!("{tmp}/{}", merged_name(run))),
+        stat = sh(&merged.stat),
+        changed = status::CHANGED,
+        exists = status::EXISTS,
+        dest_checks = dest_type_checks(&sh(dest)),
         tmp = sh(&tmp),
     );
     let out = ssh::run(session, &script)?;
+    let place = format!("{}/{dest}", dir.trim_end_matches('/'));
     match out.status {
         0 => Ok(()),
-        12 => Err(anyhow!(
-            "{dir}/{dest} appeared on the server during the send; pass --overwrite to replace it"
+        status::EXISTS => Err(anyhow!(
+            "{place} appeared on the server during the send; pass --overwrite to replace it"
         ))
-        .context(crate::error::Code::Usage),
+        .context(Code::Usage),
+        status::DEST_SYMLINK | status::DEST_DIR | status::DEST_SPECIAL => {
+            Err(anyhow!("{}", dest_type_message(out.status, &place))).context(Code::Usage)
+        }
+        status::CHANGED => Err(anyhow!(
+            "the merged file changed on the server after it was hashed (another writer?); nothing was renamed into place"
+        ))
+        .context(Code::Verify),
         s => bail!(
             "moving the merged file into place failed (exit {s}): {}",
             out.stderr.trim()

@@ -32,6 +32,8 @@ pub struct PeerLink {
     pub staging: String,
     /// relayup version the peer runs.
     pub version: String,
+    /// Free bytes in the staging directory, as the relay saw them at its start.
+    pub staging_free: Option<u64>,
     /// The relay's last lines of stderr, for error messages.
     diag: VecDeque<String>,
     /// Staged files the relay has not yet removed (by part index), removed by `close`
@@ -64,17 +66,19 @@ impl PeerLink {
             sftp,
             staging: String::new(),
             version: String::new(),
+            staging_free: None,
             diag: VecDeque::new(),
             staged: Vec::new(),
         })
     }
 
     /// Hands the relay the server and waits until it has logged in there.
-    pub fn hello(&mut self, upload_id: &str, server: ServerSpec) -> Result<()> {
+    pub fn hello(&mut self, upload_id: &str, run: &str, server: ServerSpec) -> Result<()> {
         let link = self;
         link.send(&Request::Hello {
             protocol: PROTOCOL,
             upload_id: upload_id.to_string(),
+            run: run.to_string(),
             host: link.peer.login.name.clone(),
             server: Box::new(server),
             staging: link.peer.staging.clone(),
@@ -84,6 +88,7 @@ impl PeerLink {
                 version,
                 protocol,
                 staging,
+                staging_free,
             } => {
                 if protocol != PROTOCOL {
                     bail!(
@@ -93,6 +98,7 @@ impl PeerLink {
                 }
                 link.version = version;
                 link.staging = staging;
+                link.staging_free = staging_free;
                 Ok(())
             }
             Event::Error { message, .. } => Err(anyhow!("{message}")),
@@ -146,8 +152,8 @@ impl PeerLink {
     }
 
     /// Copies the part's byte range to the peer's staging dir over SFTP.
-    fn stage(&mut self, source: &Path, part: &Part, upload_id: &str) -> Result<String> {
-        let name = format!("{upload_id}-{}", part.file_name());
+    fn stage(&mut self, source: &Path, part: &Part, prefix: &str) -> Result<String> {
+        let name = format!("{prefix}-{}", part.file_name());
         let mut file =
             File::open(source).with_context(|| format!("opening {}", source.display()))?;
         file.seek(SeekFrom::Start(part.offset))?;
@@ -196,27 +202,6 @@ impl PeerLink {
         })
     }
 
-    /// Free bytes in the peer's staging directory (`df -Pk`).
-    pub fn staging_free(&self) -> Result<u64> {
-        let out = ssh::run(
-            &self.session,
-            &format!("df -Pk -- {}", quote::sh(&self.staging)),
-        )?;
-        out.stdout
-            .lines()
-            .nth(1)
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .ok_or_else(|| {
-                anyhow!(
-                    "cannot read the free space of {}: {}",
-                    self.staging,
-                    out.stderr.trim()
-                )
-            })
-    }
-
     /// The relay is done with part `index` (uploaded, or failed and deleted).
     fn unstaged(&mut self, index: usize) {
         self.staged.retain(|(i, _)| *i != index);
@@ -262,7 +247,8 @@ struct InFlight {
 pub struct Job<'a> {
     pub host: usize,
     pub source: &'a Path,
-    pub upload_id: &'a str,
+    /// Staged names start with this (`<upload id>-<run id>`).
+    pub stage_prefix: &'a str,
     pub sched: &'a Scheduler,
     pub progress: &'a Progress,
     /// Receives the index of every part that is complete on the server.
@@ -318,7 +304,7 @@ pub fn drive(
                         .host_state(job.host, &format!("staging part {}", part.index));
                     let t = Instant::now();
                     let staged = link
-                        .stage(job.source, &part, job.upload_id)
+                        .stage(job.source, &part, job.stage_prefix)
                         .and_then(|name| Ok((name, job.hashes.part(part.index)?)));
                     let (name, xxh3) = match staged {
                         Ok(v) => v,

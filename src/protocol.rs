@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use crate::secret::Secret;
 
 /// Bumped whenever a message changes shape; client and relay must agree.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// Longest line either side accepts; anything longer is an error, not an allocation.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -43,6 +43,9 @@ pub enum Request {
     Hello {
         protocol: u32,
         upload_id: String,
+        /// This run's own id: in every name the relay writes (staged parts and
+        /// temporary upload names), so two runs of one send never share a file.
+        run: String,
         /// The client's name for this peer (tags its temporary upload names).
         host: String,
         server: Box<ServerSpec>,
@@ -70,6 +73,9 @@ pub enum Event {
         protocol: u32,
         /// Absolute staging directory, created with mode 0700.
         staging: String,
+        /// Free bytes there, if the relay could tell.
+        #[serde(default)]
+        staging_free: Option<u64>,
     },
     Progress {
         index: usize,
@@ -142,6 +148,7 @@ mod tests {
         let hello = Request::Hello {
             protocol: PROTOCOL,
             upload_id: "abc".into(),
+            run: "r1".into(),
             host: "alice".into(),
             server: Box::new(ServerSpec {
                 scheme: "ftp".into(),
@@ -181,6 +188,7 @@ mod tests {
                 version: "1".into(),
                 protocol: 1,
                 staging: "/s".into(),
+                staging_free: Some(7),
             },
             Event::Progress { index: 1, bytes: 5 },
             Event::PartDone {

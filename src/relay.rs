@@ -6,7 +6,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -55,6 +55,7 @@ pub fn run() -> Result<()> {
     let Request::Hello {
         protocol: theirs,
         upload_id,
+        run,
         host,
         server,
         staging,
@@ -70,8 +71,10 @@ pub fn run() -> Result<()> {
         out.error(None, &err);
         return Err(err);
     }
-    if !upload_id.chars().all(|c| c.is_ascii_alphanumeric()) || upload_id.is_empty() {
-        bail!("bad upload id");
+    for id in [&upload_id, &run] {
+        if !id.chars().all(|c| c.is_ascii_alphanumeric()) || id.is_empty() || id.len() > 64 {
+            bail!("bad upload or run id {id:?}");
+        }
     }
     if !valid_file_name(&host) {
         bail!("bad host name {host:?}");
@@ -92,7 +95,8 @@ pub fn run() -> Result<()> {
         }
         None => ServerTrust::Exact(String::new()),
     };
-    let mut uploader = match Server::connect(&server, &upload_id, &host, trust, None) {
+    let tag = format!("{host}.{run}");
+    let mut uploader = match Server::connect(&server, &upload_id, &tag, trust, None) {
         Ok((u, _)) => u,
         Err(e) => {
             let e = e.context("this peer cannot log in to the server");
@@ -104,6 +108,7 @@ pub fn run() -> Result<()> {
         version: env!("CARGO_PKG_VERSION").into(),
         protocol: PROTOCOL,
         staging: staging.display().to_string(),
+        staging_free: free_space(&staging),
     });
 
     // Three stages, so part k+1 is verified while part k uploads:
@@ -207,7 +212,7 @@ pub fn run() -> Result<()> {
         let _ = std::fs::remove_file(path);
     }
     let sweep = || {
-        let prefix = format!("{upload_id}-");
+        let prefix = format!("{upload_id}-{run}-");
         if let Ok(entries) = std::fs::read_dir(&staging) {
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with(&prefix) {
@@ -239,17 +244,58 @@ fn valid_file_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
 }
 
-/// Creates the staging directory (mode 0700) and returns its absolute path.
+/// Returns the staging directory's absolute path. A missing one is created with mode
+/// 0700. One that is there already is used only if it is this account's and nobody
+/// else can write into it, and it is never chmod-ed: a directory relayup did not
+/// create is not relayup's to change.
 fn staging_dir(requested: Option<&str>) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     let dir = match requested {
         Some(s) => crate::config::expand(s)?,
         None => crate::config::home()?.join(".cache").join("relayup"),
     };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create staging dir {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot chmod 700 staging dir {}", dir.display()))?;
+    match std::fs::metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create staging dir {}", dir.display()))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("cannot create staging dir {}", dir.display()))?;
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("staging dir {}", dir.display()));
+        }
+        Ok(meta) => {
+            let me = unsafe { libc::getuid() };
+            if !meta.is_dir() {
+                bail!("staging dir {} is not a directory", dir.display());
+            }
+            if meta.uid() != me || meta.mode() & 0o022 != 0 {
+                bail!(
+                    "staging dir {} belongs to uid {} with mode {:o}; relayup stages only in a directory of this account that others cannot write: \
+                     point `staging` at one, or remove it so that relayup creates it (mode 0700)",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                );
+            }
+        }
+    }
     std::fs::canonicalize(&dir).with_context(|| format!("staging dir {}", dir.display()))
+}
+
+/// Free bytes available to this user in `dir`.
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 fn file_checksum(path: &Path, size: u64) -> Result<String> {

@@ -19,7 +19,8 @@ use crate::error::{with_code, Code};
 use crate::hashes::{md5_of, md5_range, Hashes};
 use crate::interrupt;
 use crate::journal::Journal;
-use crate::merge::{self, Feeder, Prepared};
+use crate::lock::{self, LocalLock};
+use crate::merge::{self, Feeder, MergeFailed, Prepared};
 use crate::peer::{self, PeerLink};
 use crate::plan::{Plan, Strategy};
 use crate::progress::{self, Mode, Progress};
@@ -99,6 +100,13 @@ fn run_plan_md5s(plan: &Plan, source: &Path) -> Result<Vec<(u64, String)>> {
         .collect()
 }
 
+/// The names of one run: the upload id (the same for every run of a send, so a re-run
+/// finds its temp dir) and the run's own id (in every name the run writes).
+pub struct Ids {
+    pub upload: String,
+    pub run: String,
+}
+
 /// What a peer needs once the transfer starts.
 #[derive(Clone)]
 struct Go {
@@ -106,6 +114,9 @@ struct Go {
     progress: Arc<Progress>,
     merged: Sender<usize>,
     hashes: Arc<Hashes>,
+    /// Staging space a peer needs: two of the plan's largest parts (one uploading,
+    /// the next staged).
+    staging_need: u64,
 }
 
 /// How a host's part of the send ended.
@@ -199,7 +210,7 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
     {
         // Once: the resume path finds every good part on the server and sends the rest.
         eprintln!(
-            "relayup: {n} part(s) were corrupt on the server at the merge; sending them again"
+            "relayup: {n} part(s) were missing or corrupt on the server at the merge; sending them again"
         );
         result = send(&args);
     }
@@ -249,6 +260,7 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
         resolve(args).map_err(|e| with_code(e, Code::Usage))?;
     let mut hosts = vec!["local".to_string()];
     hosts.extend(settings.peers.iter().map(|p| p.login.name.clone()));
+    let id = upload_id(&source, &st, &dest, &settings);
     if args.dry_run {
         let plan = Plan::new(st.size, hosts.len(), strategy, part_size);
         print!("{}", plan.describe(&hosts));
@@ -256,9 +268,20 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
             "destination: {}/{dest} on {}://{}:{}",
             settings.server.dir, settings.server.scheme, settings.server.host, settings.server.port
         );
+        println!(
+            "upload id: {id} (temp dir {})",
+            crate::transport::temp_dir(&settings.server.dir, &id)
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    let id = upload_id(&source, &st, &dest, &settings);
+    // One run of this send at a time on this machine; the server lock (pre-flight)
+    // covers runs elsewhere.
+    let _lock = LocalLock::acquire(&id).map_err(|e| with_code(e, Code::Busy))?;
+    let ids = Ids {
+        upload: id.clone(),
+        run: lock::new_run_id(),
+    };
+    let id = &ids;
     let mode = Mode::choose(args.json, args.no_progress);
     if settings.server.scheme == "ftp" {
         eprintln!("relayup: warning: ftp:// sends the password and the data in clear text; prefer ftps:// or sftp://");
@@ -282,13 +305,13 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
             .enumerate()
             .map(|(i, p)| {
                 let ready = ready_tx.clone();
-                let (hello, go, settings, source, id) = (&hello, &go, &settings, &source, &id);
+                let (hello, go, settings, source) = (&hello, &go, &settings, &source);
                 s.spawn(move || peer_thread(i + 1, p, settings, source, id, hello, go, ready))
             })
             .collect();
         drop(ready_tx);
         let lead = lead(
-            args, &settings, &source, st, &dest, strategy, part_size, &id, mode, &hello, &go,
+            args, &settings, &source, st, &dest, strategy, part_size, id, mode, &hello, &go,
             ready_rx,
         );
         // However the lead ended, nobody may wait for it any more.
@@ -310,7 +333,7 @@ fn send(args: &SendArgs) -> Result<ExitCode> {
             &source,
             st,
             &dest,
-            &id,
+            id,
             mode,
             args.overwrite,
         )
@@ -325,6 +348,10 @@ struct Run {
     progress: Arc<Progress>,
     feeder: Feeder,
     hasher: std::thread::JoinHandle<Result<String>>,
+    /// The merge login, for the checks and the rename at the end.
+    session: ssh2::Session,
+    /// This run's lock on the server's temp dir, held to the end of the run.
+    _server_lock: merge::ServerLock,
 }
 
 /// Pre-flight of the merge and this machine's login, the plan, and this machine's
@@ -338,19 +365,20 @@ fn lead(
     dest: &str,
     strategy: Strategy,
     part_size: Option<u64>,
-    id: &str,
+    ids: &Ids,
     mode: Mode,
     hello: &Latch<Option<ServerSpec>>,
     go: &Latch<Option<Go>>,
     ready: mpsc::Receiver<(usize, bool)>,
 ) -> Result<Run> {
+    let id = ids.upload.as_str();
     let (prepared, local) = std::thread::scope(|s| {
-        let m = s.spawn(|| merge::prepare(settings, dest, id, args.overwrite));
+        let m = s.spawn(|| prepare(settings, dest, id, args.overwrite));
         let l = s.spawn(|| {
             Server::connect(
                 &settings.server,
                 id,
-                "local",
+                &format!("local.{}", ids.run),
                 ServerTrust::KnownHosts(settings.known_hosts.clone()),
                 settings.merge.login.identity.as_deref(),
             )
@@ -362,8 +390,8 @@ fn lead(
         Ok::<_, anyhow::Error>((m.context("merge login")?, l))
     })
     .map_err(|e| with_code(e, Code::Connect))?;
-    let (merge_session, existing) = match prepared {
-        Prepared::Ready(session, existing) => (session, existing),
+    let ready_server = match prepared {
+        Prepared::Ready(r) => r,
         Prepared::Exists(session, their_md5) => {
             merge::remove_if_empty(&session, &settings.merge.dir, id);
             // Not an error if it is this very file: `send` turns AlreadyThere into success.
@@ -404,7 +432,9 @@ fn lead(
     Journal::new(id, source, dest, &settings.path, &plan)
         .save()
         .map_err(|e| with_code(e, Code::Transfer))?;
-    let done = resumable(&plan, &existing, source).map_err(|e| with_code(e, Code::Transfer))?;
+    check_server_space(settings, st.size, &ready_server)?;
+    let done =
+        resumable(&plan, &ready_server.parts, source).map_err(|e| with_code(e, Code::Transfer))?;
     let resumed_bytes: u64 = plan
         .parts
         .iter()
@@ -426,9 +456,10 @@ fn lead(
     let progress = Progress::start(mode, st.size - resumed_bytes, &names, start);
     let sched = Arc::new(Scheduler::new(&plan, names.len(), &live, &done));
     let (feeder, merged) = Feeder::start(
-        merge_session,
+        &ready_server.session,
         &settings.merge.dir,
         id,
+        &ids.run,
         plan.parts.len(),
         st.size,
     )
@@ -444,6 +475,7 @@ fn lead(
         progress: progress.clone(),
         merged: merged.clone(),
         hashes: hashes.clone(),
+        staging_need: 2 * plan.parts.iter().map(|p| p.len).max().unwrap_or(0),
     }));
     let result = local_worker(local, &sched, &progress, &merged, source, &hashes);
     Ok(Run {
@@ -457,7 +489,62 @@ fn lead(
         progress,
         feeder,
         hasher,
+        session: ready_server.session,
+        _server_lock: ready_server.lock,
     })
+}
+
+/// The merge pre-flight; a lock on the server left by a run of this machine that is
+/// dead (its connection still lingers there) is taken over, once.
+fn prepare(settings: &Settings, dest: &str, id: &str, overwrite: bool) -> Result<Prepared> {
+    match merge::prepare(settings, dest, id, overwrite) {
+        Err(e) => match e.downcast_ref::<merge::Busy>() {
+            Some(busy) if busy.0.as_ref().is_some_and(|o| o.is_dead_here()) => {
+                merge::take_over(settings, id, busy)
+                    .context("taking over the lock of a dead run on the server")?;
+                merge::prepare(settings, dest, id, overwrite).map_err(busy_code)
+            }
+            _ => Err(busy_code(e)),
+        },
+        ok => ok,
+    }
+}
+
+/// A lock held by another run exits 6.
+fn busy_code(e: anyhow::Error) -> anyhow::Error {
+    if e.is::<merge::Busy>() {
+        with_code(e, Code::Busy)
+    } else {
+        e
+    }
+}
+
+/// The merge needs the remaining parts and the merged file side by side on the
+/// server: fail now, not at the end, when they cannot fit.
+fn check_server_space(settings: &Settings, size: u64, ready: &merge::Ready) -> Result<()> {
+    let Some(free) = ready.free else {
+        eprintln!(
+            "relayup: warning: could not read the free space in {} on the server (df); not checked",
+            settings.merge.dir
+        );
+        return Ok(());
+    };
+    let there: u64 = ready.parts.iter().map(|p| p.size).sum();
+    let need = size.saturating_sub(there) + size;
+    if free < need {
+        return Err(with_code(
+            anyhow!(
+                "{}: {} has {} free, this send needs {} there (the parts and the merged file side by side); \
+                 free space on the server or choose another directory",
+                settings.merge.login.describe(),
+                settings.merge.dir,
+                crate::size::human(free),
+                crate::size::human(need)
+            ),
+            Code::Transfer,
+        ));
+    }
+    Ok(())
 }
 
 /// One peer, from login to its last part.
@@ -467,7 +554,7 @@ fn peer_thread(
     p: &crate::config::Peer,
     settings: &Settings,
     source: &Path,
-    id: &str,
+    ids: &Ids,
     hello: &Latch<Option<ServerSpec>>,
     go: &Latch<Option<Go>>,
     ready: mpsc::Sender<(usize, bool)>,
@@ -478,7 +565,7 @@ fn peer_thread(
             link.close();
             return Err(anyhow!("the send stopped before this peer started"));
         };
-        link.hello(id, server)?;
+        link.hello(&ids.upload, &ids.run, server)?;
         Ok(link)
     });
     if let Err(e) = &opened {
@@ -499,6 +586,20 @@ fn peer_thread(
             left_out: true,
         };
     };
+    let opened = opened.and_then(|link| match link.staging_free {
+        Some(free) if free < go.staging_need => {
+            let e = anyhow!(
+                "staging dir {} has {} free, this send stages up to {} there at once (two parts); \
+                 free space there or point the peer's `staging` elsewhere",
+                link.staging,
+                crate::size::human(free),
+                crate::size::human(go.staging_need)
+            );
+            link.close();
+            Err(e)
+        }
+        _ => Ok(link),
+    });
     let mut link = match opened {
         Ok(link) => link,
         Err(e) => {
@@ -520,7 +621,7 @@ fn peer_thread(
     let job = peer::Job {
         host,
         source,
-        upload_id: id,
+        stage_prefix: &format!("{}-{}", ids.upload, ids.run),
         sched: &go.sched,
         progress: &go.progress,
         merged: &go.merged,
@@ -557,16 +658,20 @@ fn finish(
     source: &Path,
     st: Stamp,
     dest: &str,
-    id: &str,
+    ids: &Ids,
     mode: Mode,
     overwrite: bool,
 ) -> Result<ExitCode> {
+    let id = ids.upload.as_str();
+    // The server lock is released when this returns, after the rename.
     let Run {
         plan,
         sched,
         progress,
         feeder,
         hasher,
+        session,
+        _server_lock: _held,
         ..
     } = run;
     if !sched.all_done() {
@@ -591,8 +696,22 @@ fn finish(
         ));
     }
     let transfer_end = Instant::now();
-    let (session, server_md5, server_size) =
-        feeder.finish().map_err(|e| with_code(e, Code::Transfer))?;
+    let merged = match feeder.finish() {
+        Ok(m) => m,
+        Err(e) if e.is::<MergeFailed>() => {
+            // A part missing or unreadable at the merge: the same path as a corrupt one.
+            progress.stop();
+            let expected: Vec<(u64, String)> = run_plan_md5s(&plan, source)?;
+            let bad =
+                merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected).unwrap_or(0);
+            if bad > 0 {
+                return Err(anyhow::Error::new(CorruptParts(bad)));
+            }
+            return Err(with_code(e, Code::Transfer));
+        }
+        Err(e) => return Err(with_code(e, Code::Transfer)),
+    };
+    let (server_md5, server_size) = (merged.md5.clone(), merged.size);
     progress.merged(&server_md5, transfer_end.elapsed().as_secs_f64());
     let source_md5 = hasher
         .join()
@@ -627,8 +746,16 @@ fn finish(
             Code::Verify,
         ));
     }
-    merge::commit(&session, &settings.merge.dir, id, dest, overwrite)
-        .map_err(|e| with_code(e, Code::Transfer))?;
+    merge::commit(
+        &session,
+        &settings.merge.dir,
+        id,
+        &ids.run,
+        &merged,
+        dest,
+        overwrite,
+    )
+    .map_err(|e| with_code(e, Code::Transfer))?;
     Journal::remove(id);
     for h in ends.iter().filter(|h| !h.left_out) {
         if let Err(e) = &h.result {

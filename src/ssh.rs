@@ -398,14 +398,13 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs a fixed command through `sh -c` (whatever the login shell is) and waits for it.
-/// `script` must quote every path with [`crate::quote::sh`].
+/// Runs a fixed script under `/bin/sh` and waits for it. The script goes to the shell's
+/// stdin, not into the command line: the login shell (tcsh, fish, …) only ever parses
+/// `/bin/sh -s`, so an account whose shell is not POSIX works too. `script` must quote
+/// every path with [`crate::quote::sh`].
 pub fn run(session: &Session, script: &str) -> Result<Output> {
-    let mut ch = session
-        .channel_session()
-        .context("opening an SSH channel")?;
-    ch.exec(&format!("sh -c {}", crate::quote::sh(script)))
-        .context("starting a remote command")?;
+    let mut ch = start_script(session, script, false)?;
+    ch.send_eof().context("starting a remote command")?;
     // Read stderr merged after stdout: both are small for the commands we run.
     let mut stdout = String::new();
     let mut stderr = String::new();
@@ -421,6 +420,26 @@ pub fn run(session: &Session, script: &str) -> Result<Output> {
         stdout,
         stderr,
     })
+}
+
+/// Starts `script` under `/bin/sh -s`, written to its stdin as one `{ … }` group, and
+/// returns the channel with stdin still open. A script that reads stdin itself must
+/// first print a line of its own and the caller must wait for it before writing
+/// anything: `sh` may read ahead on a pipe, but only what has been written. With
+/// `merge_stderr`, stderr arrives in the same stream as stdout.
+pub fn start_script(session: &Session, script: &str, merge_stderr: bool) -> Result<ssh2::Channel> {
+    use std::io::Write;
+    let mut ch = session
+        .channel_session()
+        .context("opening an SSH channel")?;
+    if merge_stderr {
+        ch.handle_extended_data(ssh2::ExtendedData::Merge)
+            .context("merging a remote command's stderr")?;
+    }
+    ch.exec("/bin/sh -s").context("starting a remote command")?;
+    ch.write_all(format!("{{\n{script}\n}}\nexit $?\n").as_bytes())
+        .context("starting a remote command")?;
+    Ok(ch)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use crate::config;
 use crate::error::{with_code, Code};
 use crate::journal::Journal;
+use crate::lock::LocalLock;
 use crate::merge;
 use crate::quote;
 use crate::ssh::{self, Trust};
@@ -60,7 +61,7 @@ pub fn clean(ids: &[String], config_override: Option<&Path>) -> Result<ExitCode>
             .context(Code::Usage);
         }
     }
-    let mut failed = 0;
+    let mut failed = None;
     for j in &all {
         match clean_one(j, config_override) {
             Ok(()) => {
@@ -73,17 +74,23 @@ pub fn clean(ids: &[String], config_override: Option<&Path>) -> Result<ExitCode>
                 );
             }
             Err(e) => {
-                failed += 1;
+                let code = e.downcast_ref::<Code>().copied().unwrap_or(Code::Connect);
+                failed = Some(failed.map_or(code, |c: Code| c.max(code)));
+                let msg: Vec<String> = e
+                    .chain()
+                    .map(|c| c.to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 eprintln!(
                     "relayup: error: cleaning {}: {}",
                     j.id,
-                    format!("{e:#}").replace('\n', " ")
+                    msg.join(": ").replace('\n', " ")
                 );
             }
         }
     }
-    if failed > 0 {
-        return Ok(ExitCode::from(Code::Connect.exit_code()));
+    if let Some(code) = failed {
+        return Ok(ExitCode::from(code.exit_code()));
     }
     if all.is_empty() {
         eprintln!("relayup: no unfinished sends");
@@ -92,6 +99,10 @@ pub fn clean(ids: &[String], config_override: Option<&Path>) -> Result<ExitCode>
 }
 
 fn clean_one(j: &Journal, config_override: Option<&Path>) -> Result<()> {
+    // A send that is still running owns its temp data: never pull it from under it.
+    if let Some(busy) = LocalLock::held(&j.id) {
+        return Err(anyhow!("{busy}; not cleaned")).context(Code::Busy);
+    }
     let settings = config::load(config_override.unwrap_or(&j.config))
         .map_err(|e| with_code(e, Code::Usage))?;
     let session = ssh::connect(
@@ -99,7 +110,12 @@ fn clean_one(j: &Journal, config_override: Option<&Path>) -> Result<()> {
         Trust::KnownHosts(&settings.known_hosts),
         None,
     )?;
-    merge::remove_temp(&session, &settings.merge.dir, &j.id)?;
+    merge::remove_temp(&session, &settings.merge.dir, &j.id).map_err(|e| {
+        match e.downcast_ref::<merge::Busy>() {
+            Some(busy) => anyhow!("{busy}; not cleaned").context(Code::Busy),
+            None => e,
+        }
+    })?;
     // Relays remove what they staged when they exit; this catches a peer that crashed.
     for peer in &settings.peers {
         let staging = peer

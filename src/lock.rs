@@ -1,0 +1,252 @@
+//! One run of a send at a time. Two runs of the same send (a double start, a CI retry
+//! while the first is still going) would share the server's temp dir and the peers'
+//! staging names, so each run takes two locks before it writes anything: a file lock
+//! next to its journal entry on this machine, and a `flock` on the server held by the
+//! merge login for the whole run (see `merge::prepare`). Both are released by the
+//! kernel when the run dies, however it dies. A run that finds either lock taken
+//! stops at once with [`Busy`] (exit 6) and names the other run.
+
+use anyhow::{Context, Result};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::time::{Duration, SystemTime};
+
+/// Who holds a lock: written into the lock by its holder, shown to the next run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub host: String,
+    pub pid: u32,
+    /// Seconds since the epoch when the run started.
+    pub since: u64,
+}
+
+impl Owner {
+    /// This process.
+    pub fn me() -> Owner {
+        Owner {
+            host: hostname(),
+            pid: std::process::id(),
+            since: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    /// `host pid since`, the form kept in lock files. Host names hold no spaces.
+    pub fn to_line(&self) -> String {
+        format!("{} {} {}", self.host, self.pid, self.since)
+    }
+
+    /// The inverse of [`Owner::to_line`]; `None` for anything else (a lock file is
+    /// read back from disk and is not trusted).
+    pub fn parse(line: &str) -> Option<Owner> {
+        let mut f = line.split_whitespace();
+        let host = f.next()?;
+        let pid = f.next()?.parse().ok()?;
+        let since = f.next()?.parse().ok()?;
+        let host_ok = host.len() <= 255
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+        host_ok.then(|| Owner {
+            host: host.to_string(),
+            pid,
+            since,
+        })
+    }
+
+    /// Whether this owner is a process of this machine that no longer runs.
+    pub fn is_dead_here(&self) -> bool {
+        if self.host != hostname() || self.pid == 0 {
+            return false;
+        }
+        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
+            return false;
+        };
+        // Signal 0 checks existence only; EPERM means it exists under another user.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        !alive
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(self.since);
+        write!(
+            f,
+            "on {} since {}; pid {}",
+            self.host,
+            humantime::format_rfc3339_seconds(since),
+            self.pid
+        )
+    }
+}
+
+/// Another run of the same send holds the lock. Carries the whole message.
+#[derive(Debug)]
+pub struct Busy(pub String);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// The message for a lock held by `owner` (or by an unknown holder).
+pub fn busy(owner: Option<&Owner>, what: &str) -> Busy {
+    Busy(match owner {
+        Some(o) => format!(
+            "another send of this file is running {o} ({what}); wait for it to finish, then run this command again"
+        ),
+        None => format!(
+            "another send of this file is running ({what}); wait for it to finish, then run this command again"
+        ),
+    })
+}
+
+/// This machine's lock on one upload id, held until dropped.
+#[derive(Debug)]
+pub struct LocalLock {
+    _file: File,
+}
+
+impl LocalLock {
+    /// Takes the lock for `upload_id` next to the journal, or fails with [`Busy`].
+    /// The file is never removed: removing a lock file while another process has it
+    /// open lets two runs each lock a different file.
+    pub fn acquire(upload_id: &str) -> Result<LocalLock> {
+        let dir = crate::journal::dir()?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        let path = dir.join(format!("{upload_id}.lock"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let owner = Owner::parse(text.trim());
+                let what = format!("lock {}", path.display());
+                return Err(busy(owner.as_ref(), &what).into());
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", Owner::me().to_line())?;
+        Ok(LocalLock { _file: file })
+    }
+
+    /// Whether some process holds the lock for `upload_id` now (`relayup clean`).
+    pub fn held(upload_id: &str) -> Option<Busy> {
+        match LocalLock::acquire(upload_id) {
+            Err(e) => e.downcast::<Busy>().ok(),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// Whether `id` has the shape of an upload id (16 lowercase hex digits). Ids read back
+/// from the journal or given to `relayup clean` are checked before they reach a path
+/// or a remote command.
+pub fn valid_upload_id(id: &str) -> bool {
+    id.len() == 16 && id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+}
+
+/// A name for one run, different for every run: it goes into every name a run writes
+/// (merged file, temporary upload names, staged parts), so two runs never write the
+/// same file even where no lock can reach (a relay cut off from its client).
+pub fn new_run_id() -> String {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    h.update(std::process::id().to_le_bytes());
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(now.as_nanos().to_le_bytes());
+    h.update(hostname().as_bytes());
+    format!("{:x}", h.finalize())[..8].to_string()
+}
+
+/// This machine's host name (`localhost` if it has none).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).to_string();
+    if ok && !name.is_empty() && Owner::parse(&format!("{name} 0 0")).is_some() {
+        name
+    } else {
+        "localhost".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_lines_round_trip_and_junk_is_refused() {
+        let o = Owner {
+            host: "build-7.example".into(),
+            pid: 4242,
+            since: 1_795_000_000,
+        };
+        assert_eq!(Owner::parse(&o.to_line()), Some(o.clone()));
+        let shown = o.to_string();
+        assert!(
+            shown.starts_with("on build-7.example since 2026-"),
+            "{shown}"
+        );
+        assert!(shown.ends_with("; pid 4242"), "{shown}");
+        for bad in ["", "h", "h x 1", "h 1 x", "h;rm 1 1", "h$(x) 1 1"] {
+            assert_eq!(Owner::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upload_ids_are_checked() {
+        assert!(valid_upload_id("0123456789abcdef"));
+        for bad in [
+            "",
+            "0123456789abcde",
+            "0123456789ABCDEF",
+            "../../../etc/x",
+            "0123456789abcdeg",
+        ] {
+            assert!(!valid_upload_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn run_ids_differ() {
+        let a = new_run_id();
+        std::thread::sleep(Duration::from_millis(1));
+        let b = new_run_id();
+        assert_ne!(a, b);
+        assert!(a.len() == 8 && a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_foreign_host_is_never_called_dead() {
+        let me = Owner::me();
+        assert!(!me.is_dead_here());
+        let other = Owner {
+            host: "not-this-host-x".into(),
+            ..me
+        };
+        assert!(!other.is_dead_here());
+    }
+}
