@@ -282,8 +282,8 @@ pub fn take_over(settings: &Settings, upload_id: &str, busy: &Busy) -> Result<()
     let script = format!(
         "cd -- {dir} || exit 1\n\
          [ \"$(cat {tmp}/owner 2>/dev/null)\" = {line} ] || exit 0\n\
-         kill -TERM -- -{group} 2>/dev/null\n\
-         sleep 1",
+         kill -15 -{group} 2>/dev/null\n\
+         i=0; while [ $i -lt 50 ]; do flock -n {tmp}/lock true && exit 0; sleep 0.1; i=$((i + 1)); done",
         dir = sh(&m.dir),
         line = sh(&format!("{} {group}", owner.to_line())),
     );

@@ -387,7 +387,7 @@ fn lead(
         let l = l
             .join()
             .map_err(|_| anyhow!("server pre-flight panicked"))?;
-        Ok::<_, anyhow::Error>((m.context("merge login")?, l))
+        Ok::<_, anyhow::Error>((m?, l))
     })
     .map_err(|e| with_code(e, Code::Connect))?;
     let ready_server = match prepared {
@@ -429,10 +429,10 @@ fn lead(
     let plan = Journal::load(id)
         .and_then(|j| j.plan(st.size))
         .unwrap_or_else(|| Plan::new(st.size, live.len(), strategy, part_size));
+    check_server_space(settings, st.size, &ready_server)?;
     Journal::new(id, source, dest, &settings.path, &plan)
         .save()
         .map_err(|e| with_code(e, Code::Transfer))?;
-    check_server_space(settings, st.size, &ready_server)?;
     let done =
         resumable(&plan, &ready_server.parts, source).map_err(|e| with_code(e, Code::Transfer))?;
     let resumed_bytes: u64 = plan

@@ -1,7 +1,7 @@
 //! Fault injection: each test ends with the server's file equal to the source, or a
 //! clean failure with nothing under the destination name.
 
-use crate::harness::{md5_file, pkill, text, uid_of, TestEnv, PEER_USERS, SERVER_USER};
+use crate::harness::{md5_file, text, uid_of, TestEnv, PEER_USERS, SERVER_USER};
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -164,7 +164,7 @@ fn a_peer_relay_killed_mid_part_hands_its_parts_to_others() {
     let file = env.random_file("f", 32 * PART + 9);
     let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
     run.wait_parts(1, Some("p1"));
-    pkill("-KILL", PEER_USERS[0], "relayup relay");
+    env.signal_relays("-KILL", PEER_USERS[0]);
     let (status, events, stderr) = run.finish(Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("p1 dropped"), "{stderr}");
@@ -181,9 +181,7 @@ fn a_peer_sshd_killed_mid_send_hands_its_parts_to_others() {
     let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
     run.wait_parts(1, Some("p2"));
     // The daemon and its per-connection processes: the peer's SSH side is gone.
-    let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", &format!("sshd: {}", PEER_USERS[1])])
-        .status();
+    env.kill_sessions_of_sshd(env.peer_ports[1]);
     let (status, _events, stderr) = run.finish(Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("p2 dropped"), "{stderr}");
@@ -201,9 +199,9 @@ fn a_stalled_peer_is_dropped_after_the_stall_timeout() {
         &["--bwlimit", "2MiB", "--stall-timeout", "2"],
     ));
     run.wait_parts(1, Some("p1"));
-    pkill("-STOP", PEER_USERS[0], "relayup relay");
+    env.signal_relays("-STOP", PEER_USERS[0]);
     let (status, _events, stderr) = run.finish(Duration::from_secs(120));
-    pkill("-KILL", PEER_USERS[0], "relayup relay");
+    env.signal_relays("-KILL", PEER_USERS[0]);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("p1 dropped"), "{stderr}");
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));

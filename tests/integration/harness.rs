@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub const SERVER_USER: &str = "relayup-t-srv";
 pub const PEER_USERS: [&str; 3] = ["relayup-t-p1", "relayup-t-p2", "relayup-t-p3"];
 pub const SERVER_PASSWORD: &str = "relayup-test-Pw-7c1e";
+/// An account whose login shell is tcsh (as server account and as peer).
+pub const CSH_USER: &str = "relayup-t-csh";
 
 fn sh(cmd: &str) -> Output {
     Command::new("sh")
@@ -72,7 +74,13 @@ fn setup_machine() {
             // logins to a locked account; '*' means no password but not locked.
             assert!(sh(&format!("usermod -p '*' {user}")).status.success());
         }
-        let out = sh(&format!("echo '{SERVER_USER}:{SERVER_PASSWORD}' | chpasswd"));
+        if !sh(&format!("id -u {CSH_USER}")).status.success() {
+            let out = sh(&format!("useradd -m -s \"$(command -v tcsh)\" {CSH_USER}"));
+            assert!(out.status.success(), "useradd {CSH_USER} (is tcsh installed?): {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let out = sh(&format!(
+            "echo '{SERVER_USER}:{SERVER_PASSWORD}' | chpasswd && echo '{CSH_USER}:{SERVER_PASSWORD}' | chpasswd"
+        ));
         assert!(out.status.success(), "chpasswd: {}", String::from_utf8_lossy(&out.stderr));
         fs::create_dir_all("/run/sshd").unwrap();
         fs::create_dir_all("/var/run/vsftpd/empty").unwrap();
@@ -119,6 +127,19 @@ fn spawn(cmd: &mut Command) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn daemon")
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -170,18 +191,6 @@ impl TestEnv {
         fs::copy(env!("CARGO_BIN_EXE_relayup"), public.join("relayup")).unwrap();
         chmod(&public.join("relayup"), 0o755);
 
-        let keygen = |path: &Path| {
-            let out = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ssh-keygen: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         keygen(&private.join("id_ed25519"));
         fs::copy(
             private.join("id_ed25519.pub"),
@@ -200,49 +209,12 @@ impl TestEnv {
             srv,
             private: private.clone(),
         };
-        let mut known_hosts = String::new();
-        let mut start_sshd = |name: &str, user: &str, password: bool| -> u16 {
-            let port = free_port();
-            let key = private.join(format!("host_{name}"));
-            keygen(&key);
-            let pubkey = fs::read_to_string(key.with_extension("pub")).unwrap();
-            let mut fields = pubkey.split_whitespace();
-            known_hosts.push_str(&format!(
-                "[127.0.0.1]:{port} {} {}\n",
-                fields.next().unwrap(),
-                fields.next().unwrap()
-            ));
-            let cfg = private.join(format!("sshd_{name}.conf"));
-            fs::write(
-                &cfg,
-                format!(
-                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile none\n\
-                     AuthorizedKeysFile {auth}\nStrictModes no\nUsePAM no\n\
-                     PasswordAuthentication {pw}\nKbdInteractiveAuthentication no\n\
-                     AllowUsers {user}\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n",
-                    key = key.display(),
-                    auth = public.join("authorized_keys").display(),
-                    pw = if password { "yes" } else { "no" },
-                ),
-            )
-            .unwrap();
-            let mut child = spawn(
-                Command::new("/usr/sbin/sshd")
-                    .arg("-D")
-                    .arg("-e")
-                    .arg("-f")
-                    .arg(&cfg),
-            );
-            wait_port(port, &mut child, &format!("sshd for {name}"));
-            env.children.push(child);
-            port
-        };
-        env.server_ssh_port = start_sshd("server", SERVER_USER, true);
+        fs::write(private.join("known_hosts"), "").unwrap();
+        env.server_ssh_port = env.add_sshd("server", SERVER_USER, true);
         for (i, user) in PEER_USERS.iter().take(peers).enumerate() {
-            let port = start_sshd(&format!("p{}", i + 1), user, false);
+            let port = env.add_sshd(&format!("p{}", i + 1), user, false);
             env.peer_ports.push(port);
         }
-        fs::write(private.join("known_hosts"), known_hosts).unwrap();
 
         // A self-signed certificate for 127.0.0.1: vsftpd offers TLS (ftps://) without
         // requiring it, so the same server serves ftp:// tests too.
@@ -291,6 +263,86 @@ impl TestEnv {
         chmod(&pass, 0o600);
         env.write_config("peers.toml", "ftp", &[]);
         env
+    }
+
+    /// Starts one more sshd on a free loopback port that lets only `user` in (with the
+    /// test key; with the password too if `password`), adds its host key to the
+    /// config's known_hosts, and returns its port.
+    pub fn add_sshd(&mut self, name: &str, user: &str, password: bool) -> u16 {
+        let private = &self.private;
+        let port = free_port();
+        let key = private.join(format!("host_{name}"));
+        keygen(&key);
+        let pubkey = fs::read_to_string(key.with_extension("pub")).unwrap();
+        let mut fields = pubkey.split_whitespace();
+        let mut kh = fs::OpenOptions::new()
+            .append(true)
+            .open(private.join("known_hosts"))
+            .unwrap();
+        writeln!(
+            kh,
+            "[127.0.0.1]:{port} {} {}",
+            fields.next().unwrap(),
+            fields.next().unwrap()
+        )
+        .unwrap();
+        let cfg = private.join(format!("sshd_{name}.conf"));
+        fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile none\n\
+                 AuthorizedKeysFile {auth}\nStrictModes no\nUsePAM no\n\
+                 PasswordAuthentication {pw}\nKbdInteractiveAuthentication no\n\
+                 AllowUsers {user}\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n",
+                key = key.display(),
+                auth = self.root.join("pub/authorized_keys").display(),
+                pw = if password { "yes" } else { "no" },
+            ),
+        )
+        .unwrap();
+        let mut child = spawn(
+            Command::new("/usr/sbin/sshd")
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&cfg),
+        );
+        wait_port(port, &mut child, &format!("sshd for {name}"));
+        self.children.push(child);
+        port
+    }
+
+    /// Sends `signal` to this test's relays run by peer user `user` (the relay binary's
+    /// path is this test's own, so no other test's processes match).
+    pub fn signal_relays(&self, signal: &str, user: &str) {
+        let pattern = format!("{}/pub/relayup relay", self.root.display());
+        let _ = Command::new("pkill")
+            .args([signal, "-u", user, "-f", &pattern])
+            .status();
+    }
+
+    /// Kills every process started through the sshd listening on `port` (its
+    /// connections, their shells and relays), leaving that sshd itself and every
+    /// other test's processes alone.
+    pub fn kill_sessions_of_sshd(&self, port: u16) {
+        let daemon = self
+            .children
+            .iter()
+            .find(|c| self.sshd_port(c.id()) == Some(port))
+            .map(|c| c.id())
+            .expect("an sshd of this test on that port");
+        for pid in descendants(daemon) {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// The port of this test's sshd with process id `pid`, from its config file.
+    fn sshd_port(&self, pid: u32) -> Option<u16> {
+        let cmd = fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        let cfg = cmd.split('\0').find(|a| a.ends_with(".conf"))?;
+        let text = fs::read_to_string(cfg).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("Port ")?.trim().parse().ok())
     }
 
     /// Writes a config; `broken` lists extra peers as (name, toml lines) for failure tests.
@@ -418,11 +470,50 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        // The servers' per-connection processes too: a vsftpd session or an sshd
+        // session outlives its daemon otherwise.
         for c in &mut self.children {
+            let family = descendants(c.id());
             let _ = c.kill();
             let _ = c.wait();
+            for pid in family {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
         }
     }
+}
+
+/// Every process whose chain of parents leads to `root` (not `root` itself).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+            continue;
+        };
+        if let Some(ppid) = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 pub fn md5_file(path: &Path) -> String {
@@ -449,12 +540,18 @@ pub struct Running {
 
 impl TestEnv {
     pub fn spawn_send(&self, args: &[&str]) -> Running {
+        self.spawn_send_with_state(args, &self.root.join("state"))
+    }
+
+    /// Like [`TestEnv::spawn_send`], with its own journal and lock directory: as if
+    /// started on another machine, or by another account.
+    pub fn spawn_send_with_state(&self, args: &[&str], state: &Path) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relayup"))
             .arg("send")
             .args(args)
             .arg("--json")
             .env_remove("RELAYUP_CONFIG")
-            .env("XDG_STATE_HOME", self.root.join("state"))
+            .env("XDG_STATE_HOME", state)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -525,11 +622,4 @@ impl Running {
         let events = self.events.try_iter().collect();
         (status, events, stderr)
     }
-}
-
-/// Sends a signal to every process of `user` whose command line contains `pattern`.
-pub fn pkill(signal: &str, user: &str, pattern: &str) {
-    let _ = Command::new("pkill")
-        .args([signal, "-u", user, "-f", pattern])
-        .status();
 }

@@ -3,5 +3,6 @@
 mod faults;
 mod habits;
 mod harness;
+mod integrity;
 mod security;
 mod send;
