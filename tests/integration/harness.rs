@@ -533,3 +533,59 @@ pub fn pkill(signal: &str, user: &str, pattern: &str) {
         .args([signal, "-u", user, "-f", pattern])
         .status();
 }
+
+impl TestEnv {
+    /// Starts one more peer (the next user of [`PEER_USERS`]) whose sshd holds one host
+    /// key of each type in `key_types` (`ed25519`, `rsa`, `ecdsa`), and returns their
+    /// public keys as `type base64`, in that order. No known_hosts file learns them:
+    /// the test writes what it needs.
+    pub fn add_peer_with_host_keys(&mut self, key_types: &[&str]) -> Vec<String> {
+        let n = self.peer_ports.len() + 1;
+        let user = PEER_USERS[n - 1];
+        let port = free_port();
+        let mut host_keys = String::new();
+        let mut public = Vec::new();
+        for kind in key_types {
+            let key = self.private.join(format!("host_p{n}_{kind}"));
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", kind, "-N", "", "-f"])
+                .arg(&key)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ssh-keygen: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let line = fs::read_to_string(key.with_extension("pub")).unwrap();
+            public.push(
+                line.split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+            host_keys.push_str(&format!("HostKey {}\n", key.display()));
+        }
+        let cfg = self.private.join(format!("sshd_p{n}.conf"));
+        fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\n{host_keys}PidFile none\n\
+                 AuthorizedKeysFile {auth}\nStrictModes no\nUsePAM no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 AllowUsers {user}\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n",
+                auth = self.root.join("pub/authorized_keys").display(),
+            ),
+        )
+        .unwrap();
+        let mut child = spawn(
+            Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&cfg),
+        );
+        wait_port(port, &mut child, &format!("sshd for p{n}"));
+        self.children.push(child);
+        self.peer_ports.push(port);
+        public
+    }
+}

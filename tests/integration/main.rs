@@ -3,5 +3,6 @@
 mod faults;
 mod habits;
 mod harness;
+mod hostkeys;
 mod security;
 mod send;
