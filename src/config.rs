@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::protocol::ServerSpec;
 use crate::secret::Secret;
@@ -127,9 +128,9 @@ pub struct Settings {
     /// The user's known_hosts file SSH host keys are checked against (with the system's
     /// and what `host_key_files` says for a host).
     pub known_hosts: PathBuf,
-    /// What `~/.ssh/config` says about each SSH host's keys (HostKeyAlias,
-    /// UserKnownHostsFile, GlobalKnownHostsFile); handed to [`crate::ssh`] by [`load`].
-    pub host_key_files: Vec<crate::ssh::HostKeyFiles>,
+    /// What `~/.ssh/config` says about each SSH login's host keys (HostKeyAlias,
+    /// UserKnownHostsFile, GlobalKnownHostsFile); made the run's rules by [`load`].
+    pub host_key_files: Vec<HostKeyFiles>,
     /// The LAN peers, in config order.
     pub peers: Vec<Peer>,
 }
@@ -151,6 +152,43 @@ impl Settings {
         self.peers.retain(|p| names.contains(&p.login.name));
         Ok(())
     }
+}
+
+/// Where one SSH login's host keys are looked up, as `~/.ssh/config` says for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostKeyFiles {
+    /// The login these rules are for: its name (a peer's, or `server`), host and port.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// `HostKeyAlias`: the name its keys are filed under instead of `[host]:port`.
+    pub alias: Option<String>,
+    /// `UserKnownHostsFile`, only when peers.toml names no `[ssh] known_hosts`; the
+    /// first file gets keys accepted with `--accept-new-host-keys`.
+    pub user_files: Option<Vec<PathBuf>>,
+    /// `GlobalKnownHostsFile`; `None`: OpenSSH's default, `/etc/ssh/ssh_known_hosts`.
+    pub global_files: Option<Vec<PathBuf>>,
+}
+
+/// The run's [`HostKeyFiles`]: every SSH connection is made from a [`Login`], while
+/// the rules come from the config it was resolved from.
+static HOST_KEY_FILES: Mutex<Vec<HostKeyFiles>> = Mutex::new(Vec::new());
+
+/// Makes `rules` the ones every SSH connection of this run follows.
+pub fn use_host_key_files(rules: Vec<HostKeyFiles>) {
+    *HOST_KEY_FILES.lock().unwrap_or_else(|e| e.into_inner()) = rules;
+}
+
+/// The rules for `login`; the first for a login wins (the merge login's, when an
+/// `sftp://` server is the same host). None: the defaults, for a login the config did
+/// not make.
+pub fn host_key_files(login: &Login) -> HostKeyFiles {
+    let rules = HOST_KEY_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    rules
+        .iter()
+        .find(|r| r.name == login.name && r.host == login.host && r.port == login.port)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Which config file to read: `--config`, else `$RELAYUP_CONFIG`, else
@@ -194,7 +232,7 @@ pub fn load(path: &Path) -> Result<Settings> {
         )
     })?;
     let settings = parse(&text, path)?;
-    crate::ssh::use_host_key_files(settings.host_key_files.clone());
+    use_host_key_files(settings.host_key_files.clone());
     Ok(settings)
 }
 
@@ -447,11 +485,21 @@ fn host_key_rules(
     merge: &Merge,
     peers: &[Peer],
     ssh: Option<&ssh2_config::SshConfig>,
-) -> Result<Vec<crate::ssh::HostKeyFiles>> {
+) -> Result<Vec<HostKeyFiles>> {
     let given = raw.ssh.known_hosts.is_some();
-    let mut rules = vec![host_key_files(&raw.merge.host, &merge.login, ssh, given)?];
+    let mut rules = vec![ssh_config_host_keys(
+        &raw.merge.host,
+        &merge.login,
+        ssh,
+        given,
+    )?];
     for (raw_peer, peer) in raw.peers.iter().zip(peers) {
-        rules.push(host_key_files(&raw_peer.host, &peer.login, ssh, given)?);
+        rules.push(ssh_config_host_keys(
+            &raw_peer.host,
+            &peer.login,
+            ssh,
+            given,
+        )?);
     }
     if server.scheme == "sftp" {
         let (host, port, user) = (server.host.clone(), server.port, server.user.clone());
@@ -462,7 +510,7 @@ fn host_key_rules(
             user,
             identity: None,
         };
-        rules.push(host_key_files(&server.host, &sftp, ssh, given)?);
+        rules.push(ssh_config_host_keys(&server.host, &sftp, ssh, given)?);
     }
     Ok(rules)
 }
@@ -471,13 +519,13 @@ fn host_key_rules(
 /// as peers.toml writes it, which is what `Host` patterns match): `HostKeyAlias`,
 /// `GlobalKnownHostsFile`, and `UserKnownHostsFile` unless `[ssh] known_hosts` (or
 /// its environment variable) names the file: peers.toml wins.
-fn host_key_files(
+fn ssh_config_host_keys(
     alias: &str,
     login: &Login,
     ssh: Option<&ssh2_config::SshConfig>,
     known_hosts_given: bool,
-) -> Result<crate::ssh::HostKeyFiles> {
-    let mut files = crate::ssh::HostKeyFiles {
+) -> Result<HostKeyFiles> {
+    let mut files = HostKeyFiles {
         name: login.name.clone(),
         host: login.host.clone(),
         port: login.port,

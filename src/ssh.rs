@@ -10,7 +10,6 @@ use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::config::{home, Login};
@@ -114,34 +113,8 @@ fn algorithms_for(key_type: &str) -> Vec<String> {
     }
 }
 
-/// Where a host's keys are looked up, as `~/.ssh/config` says for it (set once per
-/// run by [`use_host_key_files`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostKeyFiles {
-    /// The login these rules are for: its name (a peer's, or `server`), host and port.
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    /// `HostKeyAlias`: the name its keys are filed under instead of `[host]:port`.
-    pub alias: Option<String>,
-    /// `UserKnownHostsFile`, only when peers.toml names no `[ssh] known_hosts`; the
-    /// first file gets keys accepted with `--accept-new-host-keys`.
-    pub user_files: Option<Vec<PathBuf>>,
-    /// `GlobalKnownHostsFile`; `None`: [`GLOBAL_KNOWN_HOSTS`].
-    pub global_files: Option<Vec<PathBuf>>,
-}
-
 /// The system-wide known_hosts files OpenSSH reads when the ssh config names none.
 pub const GLOBAL_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
-
-static HOST_KEY_FILES: Mutex<Vec<HostKeyFiles>> = Mutex::new(Vec::new());
-
-/// Remembers, for the whole run, what the ssh config says about each host's keys;
-/// every connection of one of these logins follows it. The first rule for a login
-/// wins (the merge login's, when an `sftp://` server is the same host).
-pub fn use_host_key_files(rules: Vec<HostKeyFiles>) {
-    *HOST_KEY_FILES.lock().unwrap_or_else(|e| e.into_inner()) = rules;
-}
 
 /// Where one login's host key is looked up and, when new and accepted, filed.
 struct HostKeyLookup {
@@ -157,12 +130,7 @@ impl HostKeyLookup {
     /// `file` is the known_hosts file relayup was given (`[ssh] known_hosts` or its
     /// default); the ssh config's rules for this host replace what they name.
     fn new(login: &Login, file: &Path) -> HostKeyLookup {
-        let rules = HOST_KEY_FILES.lock().unwrap_or_else(|e| e.into_inner());
-        let rule = rules
-            .iter()
-            .find(|r| r.name == login.name && r.host == login.host && r.port == login.port)
-            .cloned()
-            .unwrap_or_default();
+        let rule = crate::config::host_key_files(login);
         HostKeyLookup {
             name: rule
                 .alias
@@ -508,6 +476,7 @@ pub fn run(session: &Session, script: &str) -> Result<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{use_host_key_files, HostKeyFiles};
 
     fn lookup(name: &str, user: &Path, global: &Path) -> HostKeyLookup {
         HostKeyLookup {
