@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::protocol::ServerSpec;
 use crate::secret::Secret;
@@ -124,8 +125,12 @@ pub struct Settings {
     pub server: ServerSpec,
     /// The SSH login on the server used to merge and verify.
     pub merge: Merge,
-    /// known_hosts file every SSH host key is checked against.
+    /// The user's known_hosts file SSH host keys are checked against (with the system's
+    /// and what `host_key_files` says for a host).
     pub known_hosts: PathBuf,
+    /// What `~/.ssh/config` says about each SSH login's host keys (HostKeyAlias,
+    /// UserKnownHostsFile, GlobalKnownHostsFile); made the run's rules by [`load`].
+    pub host_key_files: Vec<HostKeyFiles>,
     /// The LAN peers, in config order.
     pub peers: Vec<Peer>,
 }
@@ -147,6 +152,43 @@ impl Settings {
         self.peers.retain(|p| names.contains(&p.login.name));
         Ok(())
     }
+}
+
+/// Where one SSH login's host keys are looked up, as `~/.ssh/config` says for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostKeyFiles {
+    /// The login these rules are for: its name (a peer's, or `server`), host and port.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// `HostKeyAlias`: the name its keys are filed under instead of `[host]:port`.
+    pub alias: Option<String>,
+    /// `UserKnownHostsFile`, only when peers.toml names no `[ssh] known_hosts`; the
+    /// first file gets keys accepted with `--accept-new-host-keys`.
+    pub user_files: Option<Vec<PathBuf>>,
+    /// `GlobalKnownHostsFile`; `None`: OpenSSH's default, `/etc/ssh/ssh_known_hosts`.
+    pub global_files: Option<Vec<PathBuf>>,
+}
+
+/// The run's [`HostKeyFiles`]: every SSH connection is made from a [`Login`], while
+/// the rules come from the config it was resolved from.
+static HOST_KEY_FILES: Mutex<Vec<HostKeyFiles>> = Mutex::new(Vec::new());
+
+/// Makes `rules` the ones every SSH connection of this run follows.
+pub fn use_host_key_files(rules: Vec<HostKeyFiles>) {
+    *HOST_KEY_FILES.lock().unwrap_or_else(|e| e.into_inner()) = rules;
+}
+
+/// The rules for `login`; the first for a login wins (the merge login's, when an
+/// `sftp://` server is the same host). None: the defaults, for a login the config did
+/// not make.
+pub fn host_key_files(login: &Login) -> HostKeyFiles {
+    let rules = HOST_KEY_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    rules
+        .iter()
+        .find(|r| r.name == login.name && r.host == login.host && r.port == login.port)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Which config file to read: `--config`, else `$RELAYUP_CONFIG`, else
@@ -189,7 +231,9 @@ pub fn load(path: &Path) -> Result<Settings> {
             path.display()
         )
     })?;
-    parse(&text, path)
+    let settings = parse(&text, path)?;
+    use_host_key_files(settings.host_key_files.clone());
+    Ok(settings)
 }
 
 /// Parses config text; `path` is only used in messages and for permission checks.
@@ -290,11 +334,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         });
     }
 
+    let host_key_files = host_key_rules(&raw, &server, &merge, &peers, ssh_config.as_ref())
+        .with_context(|| {
+            let file = raw.ssh.config.as_deref().unwrap_or("~/.ssh/config");
+            format!("{}: ssh config {file}", path.display())
+        })?;
     Ok(Settings {
         path: path.to_path_buf(),
         server,
         merge,
         known_hosts,
+        host_key_files,
         peers,
     })
 }
@@ -373,8 +423,12 @@ fn load_ssh_config(file: Option<&str>) -> Result<Option<ssh2_config::SshConfig>>
         return Ok(None);
     };
     let mut reader = std::io::BufReader::new(f);
+    // ssh2-config keeps the keys it does not interpret itself (UserKnownHostsFile,
+    // GlobalKnownHostsFile, HostKeyAlias) only when asked to.
+    let rules = ssh2_config::ParseRule::ALLOW_UNKNOWN_FIELDS
+        | ssh2_config::ParseRule::ALLOW_UNSUPPORTED_FIELDS;
     ssh2_config::SshConfig::default()
-        .parse(&mut reader, ssh2_config::ParseRule::ALLOW_UNKNOWN_FIELDS)
+        .parse(&mut reader, rules)
         .map(Some)
         .map_err(|e| anyhow!("ssh config {}: {e}", path.display()))
 }
@@ -420,6 +474,123 @@ fn resolve_login(
             None => ssh_identity.or_else(|| default_identity.cloned()),
         },
     })
+}
+
+/// Where each SSH login's host keys are, as the ssh config says for it: the merge
+/// login, the peers (in the order of `peers`), and an `sftp://` server (its URL's host
+/// is looked up as `sftp host` would).
+fn host_key_rules(
+    raw: &RawConfig,
+    server: &ServerSpec,
+    merge: &Merge,
+    peers: &[Peer],
+    ssh: Option<&ssh2_config::SshConfig>,
+) -> Result<Vec<HostKeyFiles>> {
+    let given = raw.ssh.known_hosts.is_some();
+    let mut rules = vec![ssh_config_host_keys(
+        &raw.merge.host,
+        &merge.login,
+        ssh,
+        given,
+    )?];
+    for (raw_peer, peer) in raw.peers.iter().zip(peers) {
+        rules.push(ssh_config_host_keys(
+            &raw_peer.host,
+            &peer.login,
+            ssh,
+            given,
+        )?);
+    }
+    if server.scheme == "sftp" {
+        let (host, port, user) = (server.host.clone(), server.port, server.user.clone());
+        let sftp = Login {
+            name: "server".into(),
+            host,
+            port,
+            user,
+            identity: None,
+        };
+        rules.push(ssh_config_host_keys(&server.host, &sftp, ssh, given)?);
+    }
+    Ok(rules)
+}
+
+/// What the ssh config says about the keys of the host reached as `alias` (the name
+/// as peers.toml writes it, which is what `Host` patterns match): `HostKeyAlias`,
+/// `GlobalKnownHostsFile`, and `UserKnownHostsFile` unless `[ssh] known_hosts` (or
+/// its environment variable) names the file: peers.toml wins.
+fn ssh_config_host_keys(
+    alias: &str,
+    login: &Login,
+    ssh: Option<&ssh2_config::SshConfig>,
+    known_hosts_given: bool,
+) -> Result<HostKeyFiles> {
+    let mut files = HostKeyFiles {
+        name: login.name.clone(),
+        host: login.host.clone(),
+        port: login.port,
+        ..Default::default()
+    };
+    let Some(ssh) = ssh else {
+        return Ok(files);
+    };
+    let params = ssh.query(alias);
+    // ssh2-config files these under the key's lower-case name.
+    let value = |key: &str| {
+        params
+            .unsupported_fields
+            .get(&key.to_ascii_lowercase())
+            .filter(|v| !v.is_empty())
+    };
+    let paths = |key: &str| -> Result<Option<Vec<PathBuf>>> {
+        let Some(args) = value(key) else {
+            return Ok(None);
+        };
+        if args.len() == 1 && args[0].eq_ignore_ascii_case("none") {
+            return Ok(Some(Vec::new()));
+        }
+        args.iter()
+            .map(|a| {
+                ssh_tokens(a, login)
+                    .and_then(|a| expand(&a))
+                    .with_context(|| format!("{key} {a}"))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    };
+    files.alias = value("HostKeyAlias").map(|v| v[0].clone());
+    files.global_files = paths("GlobalKnownHostsFile")?;
+    if !known_hosts_given {
+        files.user_files = paths("UserKnownHostsFile")?;
+    }
+    Ok(files)
+}
+
+/// The `%` tokens ssh allows in known_hosts file names: `%d` home, `%u` local user,
+/// `%h` host, `%p` port, `%r` remote user, `%%`. Others are refused by name rather
+/// than read as a literal file name that ssh would never use.
+fn ssh_tokens(value: &str, login: &Login) -> Result<String> {
+    let mut out = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some('d') => out.push_str(&home()?.to_string_lossy()),
+            Some('u') => out.push_str(&current_user().unwrap_or_default()),
+            Some('h') => out.push_str(&login.host),
+            Some('p') => out.push_str(&login.port.to_string()),
+            Some('r') => out.push_str(&login.user),
+            other => bail!(
+                "the token %{} is not supported in known_hosts file names (use %d, %u, %h, %p, %r or %%)",
+                other.map(String::from).unwrap_or_default()
+            ),
+        }
+    }
+    Ok(out)
 }
 
 /// The local user name, as ssh uses by default: `$USER`, else the password database.
@@ -710,6 +881,71 @@ dir = "/srv/up"
         assert!(
             format!("{:#}", parse(&missing, Path::new("t.toml")).unwrap_err())
                 .contains("/nonexistent/ssh_config")
+        );
+    }
+
+    #[test]
+    fn ssh_config_says_where_host_keys_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("ssh_config");
+        std::fs::write(
+            &cfg,
+            "Host alice-pc\n  HostName 10.1.2.3\n  Port 2200\n  HostKeyAlias alice-keys\n\
+             \x20 UserKnownHostsFile ~/kh1 /abs/kh2\n  GlobalKnownHostsFile none\n\
+             Host *\n  UserKnownHostsFile /x/%h-%p-%r%%\n  GlobalKnownHostsFile /etc/site_known_hosts\n",
+        )
+        .unwrap();
+        let text = format!(
+            "{MIN}[ssh]\nconfig = \"{}\"\n[[peer]]\nname = \"alice\"\nhost = \"alice-pc\"\nuser = \"a\"\n\
+             [[peer]]\nname = \"bob\"\nhost = \"bob-pc\"\nuser = \"b\"\n",
+            cfg.display()
+        );
+        let s = parse(&text, Path::new("t.toml")).unwrap();
+        let rule = |host: &str| {
+            s.host_key_files
+                .iter()
+                .find(|r| r.host == host)
+                .unwrap_or_else(|| panic!("no rule for {host}: {:?}", s.host_key_files))
+                .clone()
+        };
+        let alice = rule("10.1.2.3");
+        assert_eq!(
+            (alice.port, alice.alias.as_deref()),
+            (2200, Some("alice-keys"))
+        );
+        assert_eq!(
+            alice.user_files,
+            Some(vec![home().unwrap().join("kh1"), PathBuf::from("/abs/kh2")])
+        );
+        assert_eq!(alice.global_files, Some(vec![]), "none: no global file");
+        let bob = rule("bob-pc");
+        assert_eq!(bob.alias, None);
+        assert_eq!(bob.user_files, Some(vec![PathBuf::from("/x/bob-pc-22-b%")]));
+        assert_eq!(
+            bob.global_files,
+            Some(vec![PathBuf::from("/etc/site_known_hosts")])
+        );
+        assert!(
+            s.host_key_files.iter().any(|r| r.host == "srv.example"),
+            "the merge login and the sftp:// server have rules too"
+        );
+
+        // [ssh] known_hosts in peers.toml wins over UserKnownHostsFile, not over the rest.
+        let given = text.replace("[ssh]\n", "[ssh]\nknown_hosts = \"/k\"\n");
+        let s = parse(&given, Path::new("t.toml")).unwrap();
+        let alice = s.host_key_files.iter().find(|r| r.port == 2200).unwrap();
+        assert_eq!(alice.user_files, None);
+        assert_eq!(alice.alias.as_deref(), Some("alice-keys"));
+        assert_eq!(s.known_hosts, PathBuf::from("/k"));
+
+        std::fs::write(&cfg, "Host *\n  UserKnownHostsFile /x/%C\n").unwrap();
+        let err = format!("{:#}", parse(&text, Path::new("t.toml")).unwrap_err());
+        assert!(
+            err.contains(&format!(
+                "t.toml: ssh config {}: UserKnownHostsFile /x/%C: the token %C",
+                cfg.display()
+            )),
+            "{err}"
         );
     }
 

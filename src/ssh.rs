@@ -1,9 +1,11 @@
 //! SSH sessions: connect with timeouts, check the host key against known_hosts, log in,
 //! run fixed remote commands. Every other module gets its sessions from here.
 
+mod known_hosts;
+
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
-use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Session};
+use ssh2::{HashType, HostKeyType, MethodType, Session};
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use crate::config::{home, Login};
 use crate::secret::Secret;
+use known_hosts::Verdict;
 
 /// How long to wait for a TCP connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,7 +73,7 @@ pub fn connect(login: &Login, trust: Trust<'_>, password: Option<&Secret>) -> Re
     session.set_tcp_stream(stream);
     session.set_timeout(io_timeout().as_millis() as u32);
     let prefs = match &trust {
-        Trust::KnownHosts(file) => known_key_types(file, &login.host, login.port),
+        Trust::KnownHosts(file) => known_key_types(&HostKeyLookup::new(login, file)),
         Trust::Exact(line) => line
             .split_whitespace()
             .next()
@@ -110,32 +113,58 @@ fn algorithms_for(key_type: &str) -> Vec<String> {
     }
 }
 
-/// Key types known_hosts holds for `host` (plain entries only: hashed names cannot be
-/// matched without the hash, and libssh2 still checks them).
-fn known_key_types(file: &Path, host: &str, port: u16) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(file) else {
-        return Vec::new();
-    };
-    let want = if port == 22 {
-        host.to_string()
-    } else {
-        format!("[{host}]:{port}")
-    };
-    let mut types = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
-            continue;
-        }
-        let mut fields = line.split_whitespace();
-        let (Some(hosts), Some(kind)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if hosts.split(',').any(|h| h == want) && !types.iter().any(|t| t == kind) {
-            types.push(kind.to_string());
+/// The system-wide known_hosts files OpenSSH reads when the ssh config names none.
+pub const GLOBAL_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
+
+/// Where one login's host key is looked up and, when new and accepted, filed.
+struct HostKeyLookup {
+    /// The name in known_hosts: the HostKeyAlias, else `host` or `[host]:port`.
+    name: String,
+    /// Read first; the first one gets accepted keys.
+    user_files: Vec<PathBuf>,
+    /// Read after the user files; never written.
+    global_files: Vec<PathBuf>,
+}
+
+impl HostKeyLookup {
+    /// `file` is the known_hosts file relayup was given (`[ssh] known_hosts` or its
+    /// default); the ssh config's rules for this host replace what they name.
+    fn new(login: &Login, file: &Path) -> HostKeyLookup {
+        let rule = crate::config::host_key_files(login);
+        HostKeyLookup {
+            name: rule
+                .alias
+                .unwrap_or_else(|| known_hosts::host_name(&login.host, login.port)),
+            user_files: rule.user_files.unwrap_or_else(|| vec![file.to_path_buf()]),
+            global_files: rule
+                .global_files
+                .unwrap_or_else(|| GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from).collect()),
         }
     }
-    types
+
+    fn entries(&self) -> Vec<known_hosts::Entry> {
+        let files: Vec<PathBuf> = self
+            .user_files
+            .iter()
+            .chain(&self.global_files)
+            .cloned()
+            .collect();
+        known_hosts::entries_for(&files, &self.name)
+    }
+
+    /// The user's known_hosts, as named in messages.
+    fn user_file(&self) -> String {
+        match self.user_files.first() {
+            Some(f) => f.display().to_string(),
+            None => "~/.ssh/known_hosts".into(),
+        }
+    }
+}
+
+/// Key types known for a host, in the user's and the system's known_hosts (plain and
+/// hashed names alike): the host-key algorithms to ask for.
+fn known_key_types(lookup: &HostKeyLookup) -> Vec<String> {
+    known_hosts::key_types(&lookup.entries())
 }
 
 fn key_type_name(t: HostKeyType) -> &'static str {
@@ -180,65 +209,86 @@ fn check_host_key(session: &Session, login: &Login, trust: &Trust<'_>) -> Result
         .ok_or_else(|| anyhow!("{what}: server sent no host key"))?;
     let kind = key_type_name(kind);
     let fp = fingerprint(session);
-    match trust {
+    let file = match trust {
         Trust::Exact(expected) => {
             if host_key_line(session)? != expected.trim() {
                 bail!("{what}: host key {kind} {fp} is not the one the sending machine trusts; refusing to connect");
             }
+            return Ok(());
+        }
+        Trust::KnownHosts(file) => file,
+    };
+    let lookup = HostKeyLookup::new(login, file);
+    let entries = lookup.entries();
+    let name = &lookup.name;
+    let problem = |message: String| Err(HostKeyProblem(message).into());
+    match known_hosts::verdict(&entries, kind, key) {
+        Verdict::Known => Ok(()),
+        Verdict::Revoked(e) => problem(format!(
+            "{what}: host key {kind} {fp} is marked @revoked for {name} in {}; refusing to connect",
+            e.place()
+        )),
+        Verdict::Changed(e) => problem(format!(
+            "{what}: HOST KEY CHANGED (now {kind} {fp}, known {} in {}), which may mean someone is intercepting \
+             the connection; if the change is expected, remove the old key with: ssh-keygen -R '{name}' -f {}",
+            e.key_type,
+            e.place(),
+            e.file.display()
+        )),
+        // The algorithms asked for are the known types, so a server offering another
+        // one has none of them any more (or relayup cannot use them): not a changed
+        // key, but nothing to accept silently either.
+        Verdict::OtherTypes(types) => problem(format!(
+            "{what}: host key {kind} {fp} is not known; known_hosts holds only {} for {name}, which the server \
+             did not offer; if that fingerprint is right, add it with: {} >> {}",
+            types.join(", "),
+            keyscan(login, kind, name),
+            lookup.user_file()
+        )),
+        Verdict::Unknown if ACCEPT_NEW.load(Ordering::Relaxed) => {
+            let Some(user_file) = lookup.user_files.first() else {
+                return problem(format!(
+                    "{what}: host key {kind} {fp} is not known, and UserKnownHostsFile is none, so it cannot be added"
+                ));
+            };
+            add_known_host(user_file, name, &host_key_line(session)?)?;
+            eprintln!(
+                "relayup: added {what}'s host key {kind} {fp} to {}",
+                user_file.display()
+            );
             Ok(())
         }
-        Trust::KnownHosts(file) => {
-            let mut known = session.known_hosts().context("loading known_hosts")?;
-            if file.exists() {
-                known
-                    .read_file(file, KnownHostFileKind::OpenSSH)
-                    .with_context(|| format!("cannot parse known_hosts file {}", file.display()))?;
-            }
-            let scan = if login.port == 22 {
-                format!("ssh-keyscan -t {kind} {}", login.host)
-            } else {
-                format!("ssh-keyscan -t {kind} -p {} {}", login.port, login.host)
-            };
-            let name = if login.port == 22 {
-                login.host.clone()
-            } else {
-                format!("[{}]:{}", login.host, login.port)
-            };
-            match known.check_port(&login.host, login.port, key) {
-                CheckResult::Match => Ok(()),
-                CheckResult::NotFound if ACCEPT_NEW.load(Ordering::Relaxed) => {
-                    add_known_host(file, &name, &host_key_line(session)?)?;
-                    eprintln!("relayup: added {what}'s host key {kind} {fp} to {}", file.display());
-                    Ok(())
-                }
-                CheckResult::NotFound => Err(anyhow!(
-                    "{what}: host key is not known ({kind} {fp}); if that fingerprint is right, add it with \
-                     --accept-new-host-keys, or: {scan} >> {}",
-                    file.display()
-                ))
-                .context(HostKeyProblem),
-                CheckResult::Mismatch => Err(anyhow!(
-                    "{what}: HOST KEY CHANGED (now {kind} {fp}), which may mean someone is intercepting the connection; \
-                     if the change is expected, remove the old key with: ssh-keygen -R '{name}' -f {}",
-                    file.display()
-                ))
-                .context(HostKeyProblem),
-                CheckResult::Failure => bail!("{what}: cannot check the host key against {}", file.display()),
-            }
-        }
+        Verdict::Unknown => problem(format!(
+            "{what}: host key is not known ({kind} {fp}); if that fingerprint is right, add it with \
+             --accept-new-host-keys, or: {} >> {}",
+            keyscan(login, kind, name),
+            lookup.user_file()
+        )),
     }
 }
 
-/// Marks an error as a host key problem: the whole send stops (exit 3), whichever
-/// host it is, before any byte goes there.
-#[derive(Debug, Clone, Copy)]
-pub struct HostKeyProblem;
-
-impl std::fmt::Display for HostKeyProblem {
-    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        Ok(())
+/// The command that prints the host's key as a known_hosts line filed under `name`.
+fn keyscan(login: &Login, kind: &str, name: &str) -> String {
+    let port = if login.port == 22 {
+        String::new()
+    } else {
+        format!("-p {} ", login.port)
+    };
+    let scan = format!("ssh-keyscan -t {kind} {port}{}", login.host);
+    if *name == known_hosts::host_name(&login.host, login.port) {
+        scan
+    } else {
+        // A HostKeyAlias: ssh-keyscan writes the host's own name.
+        format!("{scan} | sed 's/^[^ ]*/{name}/'")
     }
 }
+
+/// A host key that is unknown, changed or revoked: the whole send stops (exit 3),
+/// whichever host it is, before any byte goes there. The message is the error's own,
+/// so a printed chain holds no empty link.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HostKeyProblem(String);
 
 static ACCEPT_NEW: AtomicBool = AtomicBool::new(false);
 
@@ -445,6 +495,15 @@ pub fn start_script(session: &Session, script: &str, merge_stderr: bool) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{use_host_key_files, HostKeyFiles};
+
+    fn lookup(name: &str, user: &Path, global: &Path) -> HostKeyLookup {
+        HostKeyLookup {
+            name: name.into(),
+            user_files: vec![user.to_path_buf()],
+            global_files: vec![global.to_path_buf()],
+        }
+    }
 
     #[test]
     fn finds_known_key_types() {
@@ -455,16 +514,97 @@ mod tests {
             "# comment\nalpha ssh-ed25519 AAAA\n[alpha]:2222 ecdsa-sha2-nistp256 BBBB\nbeta,alpha ssh-rsa CCCC\n@revoked alpha ssh-dss DDDD\n",
         )
         .unwrap();
+        let none = dir.path().join("missing");
         assert_eq!(
-            known_key_types(&f, "alpha", 22),
+            known_key_types(&lookup("alpha", &f, &none)),
             vec!["ssh-ed25519", "ssh-rsa"]
         );
         assert_eq!(
-            known_key_types(&f, "alpha", 2222),
+            known_key_types(&lookup("[alpha]:2222", &f, &none)),
             vec!["ecdsa-sha2-nistp256"]
         );
-        assert!(known_key_types(&f, "gamma", 22).is_empty());
-        assert!(known_key_types(&dir.path().join("missing"), "alpha", 22).is_empty());
+        assert!(known_key_types(&lookup("gamma", &f, &none)).is_empty());
+        assert!(known_key_types(&lookup("alpha", &none, &none)).is_empty());
         assert_eq!(algorithms_for("ssh-rsa").len(), 3);
+    }
+
+    /// The case Debian's default known_hosts makes: the host's only entry is a hashed
+    /// RSA one, and it must pin RSA, or the server offers ed25519 and it reads as changed.
+    #[test]
+    fn hashed_entry_pins_its_key_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("known_hosts");
+        // `[10.0.0.7]:2222` hashed as `ssh-keygen -H` does: HMAC-SHA1 keyed with the salt.
+        let salt = [7u8; 20];
+        let name = "[10.0.0.7]:2222";
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&salt).unwrap();
+        mac.update(name.as_bytes());
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let field = format!(
+            "|1|{}|{}",
+            b64.encode(salt),
+            b64.encode(mac.finalize().into_bytes())
+        );
+        std::fs::write(&user, format!("{field} ssh-rsa AAAA\n")).unwrap();
+        let none = dir.path().join("missing");
+        assert_eq!(
+            known_key_types(&lookup(name, &user, &none)),
+            vec!["ssh-rsa"]
+        );
+        assert!(known_key_types(&lookup("[10.0.0.7]:2223", &user, &none)).is_empty());
+        // The same from the global file, and under an alias.
+        let global = dir.path().join("ssh_known_hosts");
+        std::fs::write(&global, "[10.0.0.7]:2222,build-box ssh-ed25519 AAAA\n").unwrap();
+        assert_eq!(
+            known_key_types(&lookup(name, &user, &global)),
+            vec!["ssh-rsa", "ssh-ed25519"]
+        );
+        assert_eq!(
+            known_key_types(&lookup("build-box", &none, &global)),
+            vec!["ssh-ed25519"]
+        );
+    }
+
+    #[test]
+    fn lookup_follows_the_ssh_config_rule_for_the_host() {
+        let login = |port| Login {
+            name: "p".into(),
+            host: "10.9.9.9".into(),
+            port,
+            user: "u".into(),
+            identity: None,
+        };
+        use_host_key_files(vec![HostKeyFiles {
+            name: "p".into(),
+            host: "10.9.9.9".into(),
+            port: 2200,
+            alias: Some("box".into()),
+            user_files: Some(vec!["/u1".into(), "/u2".into()]),
+            global_files: Some(vec![]),
+        }]);
+        let given = Path::new("/given");
+        let l = HostKeyLookup::new(&login(2200), given);
+        assert_eq!(l.name, "box");
+        assert_eq!(l.user_files, [PathBuf::from("/u1"), PathBuf::from("/u2")]);
+        assert!(l.global_files.is_empty());
+        let other = HostKeyLookup::new(&login(22), given);
+        assert_eq!(other.name, "10.9.9.9");
+        assert_eq!(other.user_files, [given.to_path_buf()]);
+        assert_eq!(other.global_files.len(), GLOBAL_KNOWN_HOSTS.len());
+        let mut another_peer = login(2200);
+        another_peer.name = "q".into();
+        assert_eq!(
+            HostKeyLookup::new(&another_peer, given).name,
+            "[10.9.9.9]:2200"
+        );
+        use_host_key_files(Vec::new());
+    }
+
+    #[test]
+    fn host_key_problem_prints_its_message_only() {
+        let e: anyhow::Error = HostKeyProblem("p1: HOST KEY CHANGED".into()).into();
+        assert_eq!(format!("{e:#}"), "p1: HOST KEY CHANGED");
+        assert!(e.downcast_ref::<HostKeyProblem>().is_some());
     }
 }

@@ -129,9 +129,9 @@ fn spawn(cmd: &mut Command) -> Child {
         .expect("spawn daemon")
 }
 
-fn keygen(path: &Path) {
+fn keygen(path: &Path, kind: &str) {
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .args(["-q", "-t", kind, "-N", "", "-f"])
         .arg(path)
         .output()
         .unwrap();
@@ -191,7 +191,7 @@ impl TestEnv {
         fs::copy(env!("CARGO_BIN_EXE_relayup"), public.join("relayup")).unwrap();
         chmod(&public.join("relayup"), 0o755);
 
-        keygen(&private.join("id_ed25519"));
+        keygen(&private.join("id_ed25519"), "ed25519");
         fs::copy(
             private.join("id_ed25519.pub"),
             public.join("authorized_keys"),
@@ -269,32 +269,48 @@ impl TestEnv {
     /// test key; with the password too if `password`), adds its host key to the
     /// config's known_hosts, and returns its port.
     pub fn add_sshd(&mut self, name: &str, user: &str, password: bool) -> u16 {
-        let private = &self.private;
-        let port = free_port();
-        let key = private.join(format!("host_{name}"));
-        keygen(&key);
-        let pubkey = fs::read_to_string(key.with_extension("pub")).unwrap();
-        let mut fields = pubkey.split_whitespace();
+        let (port, public) = self.start_sshd(name, user, password, &["ed25519"]);
         let mut kh = fs::OpenOptions::new()
             .append(true)
-            .open(private.join("known_hosts"))
+            .open(self.private.join("known_hosts"))
             .unwrap();
-        writeln!(
-            kh,
-            "[127.0.0.1]:{port} {} {}",
-            fields.next().unwrap(),
-            fields.next().unwrap()
-        )
-        .unwrap();
-        let cfg = private.join(format!("sshd_{name}.conf"));
+        writeln!(kh, "[127.0.0.1]:{port} {}", public[0]).unwrap();
+        port
+    }
+
+    /// Starts an sshd on a free loopback port with one host key of each of
+    /// `key_types`, letting only `user` in; returns the port and the public keys
+    /// (`type base64`).
+    fn start_sshd(
+        &mut self,
+        name: &str,
+        user: &str,
+        password: bool,
+        key_types: &[&str],
+    ) -> (u16, Vec<String>) {
+        let port = free_port();
+        let mut host_keys = String::new();
+        let mut public = Vec::new();
+        for kind in key_types {
+            let key = self.private.join(format!("host_{name}_{kind}"));
+            keygen(&key, kind);
+            let line = fs::read_to_string(key.with_extension("pub")).unwrap();
+            public.push(
+                line.split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+            host_keys.push_str(&format!("HostKey {}\n", key.display()));
+        }
+        let cfg = self.private.join(format!("sshd_{name}.conf"));
         fs::write(
             &cfg,
             format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile none\n\
+                "Port {port}\nListenAddress 127.0.0.1\n{host_keys}PidFile none\n\
                  AuthorizedKeysFile {auth}\nStrictModes no\nUsePAM no\n\
                  PasswordAuthentication {pw}\nKbdInteractiveAuthentication no\n\
                  AllowUsers {user}\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n",
-                key = key.display(),
                 auth = self.root.join("pub/authorized_keys").display(),
                 pw = if password { "yes" } else { "no" },
             ),
@@ -302,14 +318,12 @@ impl TestEnv {
         .unwrap();
         let mut child = spawn(
             Command::new("/usr/sbin/sshd")
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
+                .args(["-D", "-e", "-f"])
                 .arg(&cfg),
         );
         wait_port(port, &mut child, &format!("sshd for {name}"));
         self.children.push(child);
-        port
+        (port, public)
     }
 
     /// Sends `signal` to this test's relays run by peer user `user` (the relay binary's
@@ -621,5 +635,18 @@ impl Running {
         let stderr = self.stderr.join().unwrap();
         let events = self.events.try_iter().collect();
         (status, events, stderr)
+    }
+}
+
+impl TestEnv {
+    /// Starts one more peer (the next user of [`PEER_USERS`]) whose sshd holds one host
+    /// key of each type in `key_types` (`ed25519`, `rsa`, `ecdsa`), and returns their
+    /// public keys as `type base64`, in that order. No known_hosts file learns them:
+    /// the test writes what it needs.
+    pub fn add_peer_with_host_keys(&mut self, key_types: &[&str]) -> Vec<String> {
+        let n = self.peer_ports.len() + 1;
+        let (port, public) = self.start_sshd(&format!("p{n}"), PEER_USERS[n - 1], false, key_types);
+        self.peer_ports.push(port);
+        public
     }
 }

@@ -3,6 +3,7 @@
 mod faults;
 mod habits;
 mod harness;
+mod hostkeys;
 mod integrity;
 mod security;
 mod send;
