@@ -151,6 +151,8 @@ pub struct TestEnv {
     pub root: PathBuf,
     _tmp: tempfile::TempDir,
     children: Vec<Child>,
+    /// (port, pid) of each sshd in `children`.
+    sshds: Vec<(u16, u32)>,
     pub ftp_port: u16,
     pub server_ssh_port: u16,
     pub peer_ports: Vec<u16>,
@@ -203,6 +205,7 @@ impl TestEnv {
             root: root.clone(),
             _tmp: tmp,
             children: Vec::new(),
+            sshds: Vec::new(),
             ftp_port: free_port(),
             server_ssh_port: 0,
             peer_ports: Vec::new(),
@@ -322,6 +325,7 @@ impl TestEnv {
                 .arg(&cfg),
         );
         wait_port(port, &mut child, &format!("sshd for {name}"));
+        self.sshds.push((port, child.id()));
         self.children.push(child);
         (port, public)
     }
@@ -340,23 +344,14 @@ impl TestEnv {
     /// other test's processes alone.
     pub fn kill_sessions_of_sshd(&self, port: u16) {
         let daemon = self
-            .children
+            .sshds
             .iter()
-            .find(|c| self.sshd_port(c.id()) == Some(port))
-            .map(|c| c.id())
+            .find(|(p, _)| *p == port)
+            .map(|(_, pid)| *pid)
             .expect("an sshd of this test on that port");
         for pid in descendants(daemon) {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-    }
-
-    /// The port of this test's sshd with process id `pid`, from its config file.
-    fn sshd_port(&self, pid: u32) -> Option<u16> {
-        let cmd = fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
-        let cfg = cmd.split('\0').find(|a| a.ends_with(".conf"))?;
-        let text = fs::read_to_string(cfg).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("Port ")?.trim().parse().ok())
     }
 
     /// Writes a config; `broken` lists extra peers as (name, toml lines) for failure tests.
@@ -494,7 +489,27 @@ impl Drop for TestEnv {
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
+        // Whatever else still names this test's directory (a server session whose
+        // daemon was gone first, a relay of this test's binary): this test started it.
+        for pid in processes_naming(&self.root) {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     }
+}
+
+/// Processes (other than this one) whose command line contains `path`.
+fn processes_naming(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
 }
 
 /// Every process whose chain of parents leads to `root` (not `root` itself).
