@@ -14,7 +14,7 @@ pub enum Code {
     Transfer,
     /// The server's MD5 does not match the source's (5).
     Verify,
-    /// Interrupted by Ctrl-C or SIGTERM (130).
+    /// Interrupted by a signal: 128 + its number (130 for Ctrl-C, 143 for SIGTERM).
     Interrupted,
 }
 
@@ -25,7 +25,7 @@ impl Code {
             Code::Connect => 3,
             Code::Transfer => 4,
             Code::Verify => 5,
-            Code::Interrupted => 130,
+            Code::Interrupted => crate::interrupt::exit_code(),
         }
     }
 }
