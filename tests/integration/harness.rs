@@ -363,8 +363,8 @@ impl TestEnv {
         path
     }
 
-    /// Runs relayup with `args`.
-    pub fn relayup(&self, args: &[&str]) -> Output {
+    /// Runs relayup with `args` (which need not be UTF-8).
+    pub fn relayup<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_relayup"))
             .args(args)
             .env_remove("RELAYUP_CONFIG")
@@ -448,7 +448,7 @@ pub struct Running {
 }
 
 impl TestEnv {
-    pub fn spawn_send(&self, args: &[&str]) -> Running {
+    pub fn spawn_send<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relayup"))
             .arg("send")
             .args(args)
