@@ -390,8 +390,20 @@ fn a_remote_command_killed_by_a_signal_is_a_failure_naming_it() {
         p1["problem"]
             .as_str()
             .unwrap_or_default()
-            .contains("killed by signal SIGKILL"),
+            .contains("a remote command was killed by signal SIGKILL"),
         "{}",
         text(&out)
     );
+
+    // A send starts the relay directly: the peer is left out, with the signal named.
+    let file = env.random_file("f", PART);
+    let out = env.send(&file, &config, &["--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("peer p1 left out: relay was killed by signal SIGKILL"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
 }
