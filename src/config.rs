@@ -660,6 +660,15 @@ fn server_spec(raw: &RawServer) -> Result<ServerSpec> {
             let path = expand(f)?;
             let pem = std::fs::read_to_string(&path)
                 .with_context(|| format!("ca_file {}: cannot read it", path.display()))?;
+            // It travels to every relay in one bounded protocol message.
+            if pem.len() > crate::protocol::MAX_CA_FILE {
+                bail!(
+                    "ca_file {} is {} bytes, more than the {} relayup accepts; keep only the CA certificates the server needs",
+                    path.display(),
+                    pem.len(),
+                    crate::protocol::MAX_CA_FILE
+                );
+            }
             if !pem.contains("-----BEGIN CERTIFICATE-----") {
                 bail!("ca_file {} holds no PEM certificate", path.display());
             }

@@ -16,7 +16,7 @@ pub enum Code {
     Verify,
     /// Another run of the same send holds its lock (6).
     Busy,
-    /// Interrupted by Ctrl-C or SIGTERM (130).
+    /// Interrupted by a signal: 128 + its number (130 for Ctrl-C, 143 for SIGTERM).
     Interrupted,
 }
 
@@ -28,7 +28,7 @@ impl Code {
             Code::Transfer => 4,
             Code::Verify => 5,
             Code::Busy => 6,
-            Code::Interrupted => 130,
+            Code::Interrupted => crate::interrupt::exit_code(),
         }
     }
 }

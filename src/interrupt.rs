@@ -1,37 +1,61 @@
-//! Ctrl-C and SIGTERM: stop within a moment. The handler only sets a flag; a watcher
-//! thread then shuts down every network connection relayup opened, which wakes every
-//! blocked libssh2 or FTP call at once. Relays see their connection drop, which closes
-//! their stdin: they remove what they staged and exit.
+//! Ctrl-C and SIGTERM: stop within a moment. The signal handlers (signal-hook) only set
+//! flags; a thread woken by the signal then shuts down every network connection relayup
+//! opened, which wakes every blocked libssh2 or FTP call at once. Relays see their
+//! connection drop, which closes their stdin: they remove what they staged and exit.
+//! A second signal while that clean-up runs ends the process at once, in the handler
+//! itself, so nothing that hangs can hold it.
 
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set by the first signal: from then on the next one exits at once.
+static ARMED: AtomicBool = AtomicBool::new(false);
+/// The number of the signal that stopped the send; 0 if none did.
+static SIGNAL: AtomicUsize = AtomicUsize::new(0);
 static SOCKETS: Mutex<Vec<TcpStream>> = Mutex::new(Vec::new());
 /// Why the send was stopped, if not by a signal.
 static REASON: Mutex<Option<String>> = Mutex::new(None);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 /// Installs the handlers (the sending side only; a relay just follows its stdin).
 pub fn install() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    std::thread::spawn(|| loop {
-        std::thread::sleep(Duration::from_millis(50));
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            for s in SOCKETS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = register() {
+            // Without handlers Ctrl-C still stops relayup (the default action); only
+            // the clean-up and the resume hint are lost.
+            eprintln!("relayup: warning: cannot install signal handlers: {e}");
         }
     });
+}
+
+fn register() -> std::io::Result<()> {
+    use signal_hook::flag;
+    for sig in [SIGINT, SIGTERM] {
+        // signal-hook runs a signal's actions in the order they were registered: the
+        // exit must come before the action that arms it, or the first signal would exit.
+        flag::register_conditional_shutdown(sig, 128 + sig, &ARMED)?;
+        flag::register(sig, &ARMED)?;
+        flag::register_usize(sig, &SIGNAL, sig as usize)?;
+        flag::register(sig, &INTERRUPTED)?;
+    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            cut_all();
+        }
+    });
+    Ok(())
+}
+
+/// Shuts down every watched connection (blocked calls on them fail at once).
+fn cut_all() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    for s in SOCKETS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// Remembers a connection so an interrupt can cut it. The duplicate kept here holds
@@ -40,18 +64,26 @@ pub fn install() {
 /// data connection, whose close is the end-of-file.
 pub fn watch(stream: &TcpStream) {
     if let Ok(dup) = stream.try_clone() {
-        SOCKETS.lock().unwrap_or_else(|e| e.into_inner()).push(dup);
+        let mut all = SOCKETS.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock that `cut_all` takes: a connection opened just after
+        // the interrupt is cut too.
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            let _ = dup.shutdown(std::net::Shutdown::Both);
+        }
+        all.push(dup);
     }
 }
 
 /// Stops the whole send as an interrupt would, for `reason` (a host key problem on
 /// one peer stops everything).
 pub fn stop(reason: String) {
-    let mut r = REASON.lock().unwrap_or_else(|e| e.into_inner());
-    if r.is_none() && !INTERRUPTED.load(Ordering::SeqCst) {
-        *r = Some(reason);
+    {
+        let mut r = REASON.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() && !INTERRUPTED.load(Ordering::SeqCst) {
+            *r = Some(reason);
+        }
     }
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    cut_all();
 }
 
 /// The reason given to [`stop`]; `None` if a signal stopped the send.
@@ -66,4 +98,13 @@ pub fn flag() -> &'static AtomicBool {
 
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The exit code for a send stopped by a signal: 128 + its number, as a shell reports
+/// a process killed by it (130 for Ctrl-C, 143 for SIGTERM).
+pub fn exit_code() -> u8 {
+    match SIGNAL.load(Ordering::SeqCst) {
+        0 => 128 + SIGINT as u8,
+        sig => 128u8.saturating_add(sig as u8),
+    }
 }

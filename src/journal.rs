@@ -2,6 +2,10 @@
 //! `~/.local/state/relayup/`): enough to resume with the same parts and to clean up.
 //! The server is trusted over the journal: a part counts as sent only if the server
 //! has it with the right size and MD5.
+//!
+//! Paths are kept exactly, even when they are not UTF-8 (a Unix file name is bytes):
+//! a UTF-8 path is a JSON string as it always was, any other is `{"base64": "…"}`
+//! of its bytes, so journals written either way read back the same.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -12,8 +16,10 @@ use crate::plan::{Part, Plan, Strategy};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Journal {
     pub id: String,
+    #[serde(with = "exact_path")]
     pub source: PathBuf,
     pub dest: String,
+    #[serde(with = "exact_path")]
     pub config: PathBuf,
     /// Seconds since the epoch when the send first started.
     pub started: u64,
@@ -24,6 +30,43 @@ pub struct Journal {
     /// With `equal`: each part's share.
     #[serde(default)]
     pub owners: Vec<usize>,
+}
+
+/// A path as JSON without loss: a string when it is UTF-8, else its bytes in base64.
+mod exact_path {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Bytes { base64: String },
+    }
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        match path.to_str() {
+            Some(text) => Repr::Text(text.to_string()),
+            None => Repr::Bytes {
+                base64: B64.encode(path.as_os_str().as_bytes()),
+            },
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::Text(text) => PathBuf::from(text),
+            Repr::Bytes { base64 } => PathBuf::from(OsString::from_vec(
+                B64.decode(base64).map_err(serde::de::Error::custom)?,
+            )),
+        })
+    }
 }
 
 pub fn dir() -> Result<PathBuf> {
@@ -138,5 +181,30 @@ mod tests {
         let mut gap = j.clone();
         gap.parts[1].0 += 1;
         assert!(gap.plan(100).is_none());
+    }
+
+    #[test]
+    fn paths_that_are_not_utf8_round_trip_and_old_journals_still_read() {
+        use std::os::unix::ffi::OsStrExt;
+        let plan = Plan::new(10, 1, Strategy::Adaptive, None);
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/caf\xe9 \xff.bin"));
+        let j = Journal::new("abc", odd, "ok.bin", Path::new("/c.toml"), &plan);
+        let text = serde_json::to_string(&j).unwrap();
+        assert!(text.contains("\"source\":{\"base64\":"), "{text}");
+        assert!(text.contains("\"config\":\"/c.toml\""), "{text}");
+        let back: Journal = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.source, odd);
+        assert_eq!(back.config, Path::new("/c.toml"));
+
+        // As journals have always been written: plain strings.
+        let old = r#"{"id":"abc","source":"/home/u/big.iso","dest":"big.iso",
+            "config":"/home/u/.config/relayup/peers.toml","started":1,"size":10,
+            "equal":false,"parts":[[0,10]]}"#;
+        let j: Journal = serde_json::from_str(old).unwrap();
+        assert_eq!(j.source, Path::new("/home/u/big.iso"));
+        assert!(j.plan(10).is_some());
+        assert!(serde_json::to_string(&j)
+            .unwrap()
+            .contains("\"source\":\"/home/u/big.iso\""));
     }
 }

@@ -123,6 +123,7 @@ impl PeerLink {
             let Some(line) = line else {
                 let _ = self.channel.wait_close();
                 let status = self.channel.exit_status().unwrap_or(-1);
+                let signal = ssh::exit_signal(&self.channel);
                 let diag: Vec<_> = self.diag.iter().cloned().collect();
                 let hint = if status == 127 {
                     format!(
@@ -133,7 +134,12 @@ impl PeerLink {
                     String::new()
                 };
                 bail!(
-                    "relay exited (status {status}){}{hint}",
+                    "relay {}{}{hint}",
+                    match signal {
+                        // Its exit status reads 0 then: never report that as an exit.
+                        Some(sig) => format!("was killed by signal {sig}"),
+                        None => format!("exited (status {status})"),
+                    },
                     if diag.is_empty() {
                         String::new()
                     } else {

@@ -13,6 +13,18 @@ pub const PROTOCOL: u32 = 3;
 /// Longest line either side accepts; anything longer is an error, not an allocation.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// Longest `hello` line: it carries `server.ca_file`, which may be a whole system CA
+/// bundle (about 200 KiB on Debian). [`MAX_CA_FILE`] of PEM fits with room to spare
+/// for JSON escaping (one `\n` per 64-character line) and the other fields.
+pub const MAX_HELLO_LINE: usize = 2 * MAX_CA_FILE;
+
+/// Largest `server.ca_file` relayup accepts (the config check refuses a larger one).
+pub const MAX_CA_FILE: usize = 1024 * 1024;
+
+/// How every `hello` line starts (serde writes the tag first): only such a line may
+/// grow past [`MAX_LINE`].
+const HELLO_PREFIX: &[u8] = b"{\"type\":\"hello\"";
+
 /// Where and how a host uploads to the server. Sent to relays in `hello`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,7 +104,8 @@ pub enum Event {
     },
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes; `Ok(None)` at end of input.
+/// Reads one line of at most [`MAX_LINE`] bytes, or [`MAX_HELLO_LINE`] for a `hello`;
+/// `Ok(None)` at end of input.
 pub fn read_line<R: BufRead>(reader: &mut R) -> Result<Option<String>> {
     let mut buf = Vec::new();
     let n = Read::take(&mut *reader, MAX_LINE as u64 + 1)
@@ -101,9 +114,16 @@ pub fn read_line<R: BufRead>(reader: &mut R) -> Result<Option<String>> {
     if n == 0 {
         return Ok(None);
     }
+    let mut max = MAX_LINE;
+    if buf.last() != Some(&b'\n') && buf.len() > MAX_LINE && buf.starts_with(HELLO_PREFIX) {
+        max = MAX_HELLO_LINE;
+        Read::take(&mut *reader, (MAX_HELLO_LINE - buf.len()) as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .context("reading a protocol line")?;
+    }
     if buf.last() != Some(&b'\n') {
-        if buf.len() > MAX_LINE {
-            bail!("protocol line longer than {MAX_LINE} bytes");
+        if buf.len() > max {
+            bail!("protocol line longer than {max} bytes");
         }
         bail!("protocol line cut off before its end");
     }
@@ -247,5 +267,56 @@ mod tests {
         assert!(read_line(&mut cut).is_err());
         let mut bin = Cursor::new(b"\xff\xfe\n".to_vec());
         assert!(read_line(&mut bin).is_err());
+    }
+
+    fn hello_with_ca(pem: String) -> Request {
+        Request::Hello {
+            protocol: PROTOCOL,
+            upload_id: "abc".into(),
+            run: "r1".into(),
+            host: "alice".into(),
+            server: Box::new(ServerSpec {
+                scheme: "ftps".into(),
+                host: "h".into(),
+                port: 21,
+                dir: "/up".into(),
+                user: "u".into(),
+                password: Some(Secret::new("pw")),
+                host_key: None,
+                bwlimit: None,
+                ca_pem: Some(pem),
+            }),
+            staging: None,
+        }
+    }
+
+    #[test]
+    fn a_hello_carries_a_ca_bundle_of_the_largest_size_accepted() {
+        // PEM as a CA bundle is: 64-character lines.
+        let line = format!("{}\n", "A".repeat(64));
+        let pem = line.repeat(MAX_CA_FILE / line.len());
+        let hello = hello_with_ca(pem);
+        let text = to_line(&hello);
+        assert!(text.len() > MAX_LINE && text.len() <= MAX_HELLO_LINE);
+        let mut input = Cursor::new(format!("{text}{}", to_line(&Request::Bye)).into_bytes());
+        let got = read_line(&mut input).unwrap().unwrap();
+        assert_eq!(parse_request(&got).unwrap(), hello);
+        assert_eq!(
+            read_line(&mut input).unwrap().as_deref(),
+            Some("{\"type\":\"bye\"}")
+        );
+
+        // Still bounded: a longer hello, and any other long line, are refused.
+        let mut huge =
+            Cursor::new(to_line(&hello_with_ca("A".repeat(MAX_HELLO_LINE))).into_bytes());
+        assert!(format!("{:#}", read_line(&mut huge).unwrap_err()).contains("longer than"));
+        let mut event = Cursor::new(
+            to_line(&Event::Error {
+                index: None,
+                message: "A".repeat(MAX_LINE),
+            })
+            .into_bytes(),
+        );
+        assert!(read_line(&mut event).is_err());
     }
 }

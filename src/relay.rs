@@ -46,6 +46,8 @@ struct Job {
 }
 
 pub fn run() -> Result<()> {
+    // Before the password arrives: no core dump or same-user ptrace can show it.
+    crate::secret::no_core_dumps();
     let out = Out(Arc::new(Mutex::new(std::io::stdout())));
     let mut input = BufReader::new(std::io::stdin().lock());
     let hello = match protocol::read_line(&mut input)? {

@@ -1,7 +1,10 @@
 //! A password that cannot be printed by accident: `Debug` and `Display` show
-//! `(redacted)`. The only way to the text is [`Secret::expose`].
+//! `(redacted)`. The only way to the text is [`Secret::expose`]. Its memory is
+//! overwritten with zeros when it is dropped (zeroize, which the optimizer cannot
+//! remove), and a process that holds one for long can turn core dumps off.
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
 
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -15,6 +18,30 @@ impl Secret {
     /// The secret itself, for the one call that needs it (a login).
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Secret {
+    /// Overwrites the whole allocation with zeros, spare capacity included.
+    fn wipe(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+/// No core dump of this process, and no ptrace or /proc reading of its memory by its
+/// own user (Linux: `PR_SET_DUMPABLE` 0): for a relay, which holds the server password
+/// for the whole send on a colleague's machine.
+pub fn no_core_dumps() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
 }
 
@@ -40,5 +67,17 @@ mod tests {
         assert_eq!(format!("{s:?} {s}"), "(redacted) (redacted)");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some((redacted))");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn wiped_to_zeros() {
+        let mut s = Secret::new(String::with_capacity(32) + "hunter2");
+        let (ptr, cap) = (s.0.as_ptr(), s.0.capacity());
+        s.wipe();
+        // SAFETY: wiping keeps the allocation (it is freed with `s`, below) and writes
+        // every byte of it, so all `cap` bytes are initialized.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, cap) };
+        assert!(bytes.iter().all(|&b| b == 0), "{bytes:?}");
+        assert_eq!(s.expose(), "");
     }
 }

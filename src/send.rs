@@ -238,17 +238,18 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
     }
 }
 
-/// The command line that was run, quoted for a shell.
+/// The command line that was run, quoted for a POSIX shell; arguments need not be UTF-8.
 fn resume_command() -> String {
-    std::env::args()
-        .map(|a| {
-            if a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c))
+    std::env::args_os()
+        .map(|a| match a.to_str() {
+            Some(s)
+                if !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c)) =>
             {
-                a
-            } else {
-                crate::quote::sh(&a)
+                s.to_string()
             }
+            _ => crate::quote::sh_os(&a),
         })
         .collect::<Vec<_>>()
         .join(" ")

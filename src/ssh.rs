@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use ssh2::{HashType, HostKeyType, MethodType, Session};
 use std::io::Read;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -44,10 +44,9 @@ pub enum Trust<'a> {
 
 /// Opens a TCP connection with a timeout, trying every address the name resolves to.
 pub fn tcp(host: &str, port: u16, what: &str) -> Result<TcpStream> {
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .with_context(|| format!("{what}: cannot resolve {host}"))?
-        .collect();
+    let addrs = resolve(host, port, what, CONNECT_TIMEOUT, |h, p| {
+        (h.as_str(), p).to_socket_addrs().map(|a| a.collect())
+    })?;
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
@@ -63,6 +62,36 @@ pub fn tcp(host: &str, port: u16, what: &str) -> Result<TcpStream> {
         Some(e) => anyhow!(e).context(format!("{what}: cannot connect to {host}:{port}")),
         None => anyhow!("{what}: {host} resolves to no address"),
     })
+}
+
+/// Resolves `host` with `lookup`, giving up after `limit`: the system resolver can
+/// block for much longer than any connect timeout (a DNS server that does not answer).
+/// A lookup that times out keeps its thread until the resolver returns; it is detached.
+fn resolve(
+    host: &str,
+    port: u16,
+    what: &str,
+    limit: Duration,
+    lookup: impl FnOnce(String, u16) -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+) -> Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send(lookup(name, port));
+        })
+        .with_context(|| format!("{what}: cannot resolve {host}"))?;
+    match rx.recv_timeout(limit) {
+        Ok(result) => result.with_context(|| format!("{what}: cannot resolve {host}")),
+        Err(_) => bail!(
+            "{what}: resolving {host} took longer than {} s; check the name and the DNS server, or use an IP address",
+            limit.as_secs()
+        ),
+    }
 }
 
 /// Connects, verifies the host key, and logs in as `login.user`.
@@ -465,6 +494,16 @@ pub fn run(session: &Session, script: &str) -> Result<Output> {
     let status = ch
         .exit_status()
         .context("reading a remote command's exit status")?;
+    // A command killed by a signal has no exit status, which libssh2 reports as 0.
+    if let Some(sig) = exit_signal(&ch) {
+        bail!(
+            "a remote command was killed by signal {sig}{}",
+            match stderr.trim() {
+                "" => String::new(),
+                e => format!(": {e}"),
+            }
+        );
+    }
     Ok(Output {
         status,
         stdout,
@@ -492,6 +531,16 @@ pub fn start_script(session: &Session, script: &str, merge_stderr: bool) -> Resu
     Ok(ch)
 }
 
+/// The signal that killed a finished remote command (`SIGKILL`, ...), if one did.
+/// Read after `wait_close`, as the exit status.
+pub fn exit_signal(ch: &ssh2::Channel) -> Option<String> {
+    ch.exit_signal()
+        .ok()
+        .and_then(|s| s.exit_signal)
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("SIG{}", s.trim_start_matches("SIG")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +552,50 @@ mod tests {
             user_files: vec![user.to_path_buf()],
             global_files: vec![global.to_path_buf()],
         }
+    }
+
+    #[test]
+    fn resolving_is_bounded_and_its_error_names_the_host() {
+        let slow = |_: String, _: u16| {
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(Vec::new())
+        };
+        let start = std::time::Instant::now();
+        let err = resolve(
+            "slow.example",
+            22,
+            "peer p1",
+            Duration::from_millis(200),
+            slow,
+        )
+        .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let msg = format!("{err:#}");
+        assert!(
+            msg.starts_with("peer p1: resolving slow.example took longer than"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+
+        let failing = |_: String, _: u16| Err(std::io::Error::other("no such host"));
+        let err = resolve(
+            "nope.example",
+            22,
+            "peer p1",
+            Duration::from_secs(5),
+            failing,
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "peer p1: cannot resolve nope.example: no such host"
+        );
+
+        let never = |_: String, _: u16| -> std::io::Result<Vec<SocketAddr>> {
+            panic!("an IP address needs no lookup")
+        };
+        let addrs = resolve("127.0.0.1", 2222, "x", Duration::from_secs(1), never).unwrap();
+        assert_eq!(addrs, vec!["127.0.0.1:2222".parse().unwrap()]);
     }
 
     #[test]

@@ -20,7 +20,10 @@ pub fn status(as_json: bool) -> Result<ExitCode> {
         for j in &all {
             println!(
                 "{}",
-                json!({"id": j.id, "source": j.source, "dest": j.dest, "config": j.config,
+                // Paths as text, lossily: a name that is not UTF-8 shows U+FFFD for
+                // its odd bytes (the journal itself keeps them exactly).
+                json!({"id": j.id, "source": j.source.to_string_lossy(), "dest": j.dest,
+                    "config": j.config.to_string_lossy(),
                     "started": j.started, "bytes": j.size, "parts": j.parts.len()})
             );
         }

@@ -424,8 +424,8 @@ impl TestEnv {
         path
     }
 
-    /// Runs relayup with `args`.
-    pub fn relayup(&self, args: &[&str]) -> Output {
+    /// Runs relayup with `args` (which need not be UTF-8).
+    pub fn relayup<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_relayup"))
             .args(args)
             .env_remove("RELAYUP_CONFIG")
@@ -568,13 +568,17 @@ pub struct Running {
 }
 
 impl TestEnv {
-    pub fn spawn_send(&self, args: &[&str]) -> Running {
+    pub fn spawn_send<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Running {
         self.spawn_send_with_state(args, &self.root.join("state"))
     }
 
     /// Like [`TestEnv::spawn_send`], with its own journal and lock directory: as if
     /// started on another machine, or by another account.
-    pub fn spawn_send_with_state(&self, args: &[&str], state: &Path) -> Running {
+    pub fn spawn_send_with_state<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: &[S],
+        state: &Path,
+    ) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relayup"))
             .arg("send")
             .args(args)

@@ -2,6 +2,7 @@
 
 mod faults;
 mod habits;
+mod hardening;
 mod harness;
 mod hostkeys;
 mod integrity;
