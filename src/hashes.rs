@@ -120,6 +120,29 @@ fn hex128(v: u128) -> String {
 }
 
 /// XXH3-128 of everything `r` yields, as 32 hex digits: a part's checksum.
+/// A reader that hashes what passes through it with XXH3-128, as [`checksum_of`]
+/// would: the checksum of the bytes that were actually read (and sent on).
+pub struct ChecksumReader<R> {
+    pub inner: R,
+    pub sum: Arc<Mutex<Xxh3>>,
+}
+
+impl<R: Read> Read for ChecksumReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sum
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The hex form of a [`ChecksumReader`]'s sum so far.
+pub fn checksum_hex(sum: &Mutex<Xxh3>) -> String {
+    hex128(sum.lock().unwrap_or_else(|e| e.into_inner()).digest128())
+}
+
 pub fn checksum_of(r: &mut dyn Read) -> Result<String> {
     let mut h = Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];

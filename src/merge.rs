@@ -317,13 +317,13 @@ const LIST_PARTS: &str = "for f in *.part; do\n\
 
 /// After a whole-file mismatch: removes every part whose size or MD5 on the server is
 /// not what `expected` (index -> (size, md5)) says, so a re-run sends exactly those.
-/// Returns how many were removed.
+/// Returns the indexes of the parts removed.
 pub fn remove_bad_parts(
     session: &Session,
     dir: &str,
     upload_id: &str,
     expected: &[(u64, String)],
-) -> Result<usize> {
+) -> Result<Vec<usize>> {
     let tmp = sh(&format!(
         "{}/.relayup-{upload_id}",
         dir.trim_end_matches('/')
@@ -344,12 +344,10 @@ pub fn remove_bad_parts(
         })
         .map(|p| p.index)
         .collect();
-    let bad: Vec<String> = (0..expected.len())
-        .filter(|i| !good.contains(i))
-        .map(|i| sh(&format!("{i}.part")))
-        .collect();
+    let bad: Vec<usize> = (0..expected.len()).filter(|i| !good.contains(i)).collect();
     if !bad.is_empty() {
-        let script = format!("cd -- {tmp} && rm -f -- {} merged.*.tmp", bad.join(" "));
+        let names: Vec<String> = bad.iter().map(|i| sh(&format!("{i}.part"))).collect();
+        let script = format!("cd -- {tmp} && rm -f -- {} merged.*.tmp", names.join(" "));
         let out = ssh::run(session, &script)?;
         if out.status != 0 {
             bail!(
@@ -358,7 +356,7 @@ pub fn remove_bad_parts(
             );
         }
     }
-    Ok(bad.len())
+    Ok(bad)
 }
 
 /// Parses `part <n>.part <size> <md5>` lines; anything else is ignored.

@@ -22,6 +22,9 @@ use crate::transport::Cancellable;
 /// A part fails this many times on one peer before the peer is dropped.
 const MAX_PART_FAILURES: usize = 3;
 
+/// Lines that are not events (a relay's diagnostics) tolerated in a row.
+const MAX_OTHER_LINES: usize = 1000;
+
 pub struct PeerLink {
     pub peer: Peer,
     session: Session,
@@ -36,6 +39,8 @@ pub struct PeerLink {
     pub staging_free: Option<u64>,
     /// The relay's last lines of stderr, for error messages.
     diag: VecDeque<String>,
+    /// When the last request went to the relay (see [`PeerLink::keepalive`]).
+    last_sent: Instant,
     /// Staged files the relay has not yet removed (by part index), removed by `close`
     /// if the relay could not.
     staged: Vec<(usize, String)>,
@@ -67,6 +72,7 @@ impl PeerLink {
             staging: String::new(),
             version: String::new(),
             staging_free: None,
+            last_sent: Instant::now(),
             diag: VecDeque::new(),
             staged: Vec::new(),
         })
@@ -82,6 +88,7 @@ impl PeerLink {
             host: link.peer.login.name.clone(),
             server: Box::new(server),
             staging: link.peer.staging.clone(),
+            stall_timeout: ssh::io_timeout().as_secs(),
         })?;
         match link.next_event()? {
             Event::Ready {
@@ -110,14 +117,25 @@ impl PeerLink {
     // No flush(): on an ssh2 channel it discards unread *incoming* data
     // (libssh2_channel_flush_ex), and write_all has already sent everything.
     fn send(&mut self, req: &Request) -> Result<()> {
+        self.last_sent = Instant::now();
         self.channel
             .write_all(protocol::to_line(req).as_bytes())
             .with_context(|| format!("{}: the relay stopped reading", link_name(&self.peer)))
     }
 
+    /// Pings the relay if nothing was sent to it for [`protocol::PING_EVERY`]: a relay
+    /// that hears nothing for its idle limit gives up on this client.
+    pub fn keepalive(&mut self) -> Result<()> {
+        if self.last_sent.elapsed() >= protocol::PING_EVERY {
+            self.send(&Request::Ping)?;
+        }
+        Ok(())
+    }
+
     /// The next event from the relay; its non-JSON output is kept for error messages.
+    /// A relay that sends nothing but other lines is not believed forever.
     pub fn next_event(&mut self) -> Result<Event> {
-        loop {
+        for _ in 0..MAX_OTHER_LINES {
             let line = protocol::read_line(&mut self.events)
                 .with_context(|| format!("{}: reading relay events", link_name(&self.peer)))?;
             let Some(line) = line else {
@@ -153,8 +171,13 @@ impl PeerLink {
             if self.diag.len() == 5 {
                 self.diag.pop_front();
             }
-            self.diag.push_back(line);
+            self.diag.push_back(line.chars().take(200).collect());
         }
+        bail!(
+            "{}: the relay sent {MAX_OTHER_LINES} lines in a row that are not events (last: {})",
+            link_name(&self.peer),
+            self.diag.back().map(String::as_str).unwrap_or_default()
+        )
     }
 
     /// Copies the part's byte range to the peer's staging dir over SFTP.
@@ -223,8 +246,13 @@ impl PeerLink {
         if self.channel.send_eof().is_err() {
             return;
         }
+        // Bounded: a relay that never stops talking must not hold the client here.
         let mut rest = Vec::new();
-        if self.events.read_to_end(&mut rest).is_err() {
+        if (&mut self.events)
+            .take(1 << 20)
+            .read_to_end(&mut rest)
+            .is_err()
+        {
             return;
         }
         let _ = self.channel.wait_close();
@@ -282,7 +310,25 @@ pub fn drive(
         Err((e, inflight.iter().map(|f| f.part).collect()))
     };
 
+    // When a byte last moved (or the relay last had nothing to do): a relay that keeps
+    // talking without moving a byte is stalled all the same.
+    let mut last_move = Instant::now();
     loop {
+        if let Err(e) = link.keepalive() {
+            return fail(e, &inflight);
+        }
+        if inflight.is_empty() {
+            last_move = Instant::now();
+        } else if last_move.elapsed() > ssh::io_timeout() {
+            return fail(
+                anyhow!(
+                    "{}: no byte moved for {} s (--stall-timeout)",
+                    link_name(&link.peer),
+                    ssh::io_timeout().as_secs()
+                ),
+                &inflight,
+            );
+        }
         // Stage the next part while the relay uploads the current one, just early
         // enough that its uplink never waits, and no earlier (a part taken too early
         // is a part a faster host could have sent).
@@ -326,6 +372,7 @@ pub fn drive(
                         }
                     };
                     stage_secs = t.elapsed().as_secs_f64();
+                    last_move = Instant::now();
                     let sent = link.request_upload(part.index, &name, part.len, &xxh3);
                     inflight.push_back(InFlight {
                         part,
@@ -365,6 +412,11 @@ pub fn drive(
         match ev {
             Event::Progress { index, bytes } => {
                 if let Some(f) = inflight.iter_mut().find(|f| f.part.index == index) {
+                    // A relay's count is a claim: never more than the part.
+                    let bytes = bytes.min(f.part.len);
+                    if bytes > f.bytes {
+                        last_move = now;
+                    }
                     uploaded += bytes.saturating_sub(f.bytes);
                     upload_secs += dt;
                     f.bytes = bytes;
@@ -391,6 +443,7 @@ pub fn drive(
                 }
                 uploaded += bytes.saturating_sub(f.bytes);
                 upload_secs += dt;
+                last_move = now;
                 let began = f.sent.max(last_done);
                 last_done = Instant::now();
                 job.sched

@@ -8,7 +8,21 @@ use std::io::{BufRead, Read};
 use crate::secret::Secret;
 
 /// Bumped whenever a message changes shape; client and relay must agree.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
+
+fn default_stall() -> u64 {
+    30
+}
+
+/// How often the client pings each relay while it has nothing else to say.
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a relay waits for a word from its client before it gives up on it: the
+/// client may be blocked for up to `stall_timeout` reading the relay's events, so
+/// allow that plus half a minute (60 s with the default 30 s).
+pub fn relay_idle_limit(stall_timeout: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(stall_timeout.max(1) + 30)
+}
 
 /// Longest line either side accepts; anything longer is an error, not an allocation.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -63,7 +77,14 @@ pub enum Request {
         server: Box<ServerSpec>,
         /// Staging directory on the peer; `None` = `~/.cache/relayup`.
         staging: Option<String>,
+        /// `--stall-timeout` in seconds: the relay's network calls to the server give
+        /// up after that long without a byte moving, as the client's do.
+        #[serde(default = "default_stall")]
+        stall_timeout: u64,
     },
+    /// Nothing to do: the client is there. A relay that hears nothing from its client
+    /// for [`relay_idle_limit`] stops (see `relay::run`).
+    Ping,
     /// Upload the staged file `file` (a name inside the staging dir) as part `index`.
     Upload {
         index: usize,
@@ -182,6 +203,7 @@ mod tests {
                 ca_pem: None,
             }),
             staging: None,
+            stall_timeout: 30,
         };
         let line = to_line(&hello);
         assert!(line.ends_with('\n'));
@@ -287,6 +309,7 @@ mod tests {
                 ca_pem: Some(pem),
             }),
             staging: None,
+            stall_timeout: 30,
         }
     }
 

@@ -49,7 +49,7 @@ pub fn run() -> Result<()> {
     // Before the password arrives: no core dump or same-user ptrace can show it.
     crate::secret::no_core_dumps();
     let out = Out(Arc::new(Mutex::new(std::io::stdout())));
-    let mut input = BufReader::new(std::io::stdin().lock());
+    let mut input = BufReader::new(std::io::stdin());
     let hello = match protocol::read_line(&mut input)? {
         Some(line) => protocol::parse_request(&line)?,
         None => return Ok(()),
@@ -61,10 +61,12 @@ pub fn run() -> Result<()> {
         host,
         server,
         staging,
+        stall_timeout,
     } = hello
     else {
         bail!("the first request must be hello");
     };
+    crate::ssh::set_io_timeout(Duration::from_secs(stall_timeout));
     if theirs != PROTOCOL {
         let err = anyhow!(
             "relayup {} on this peer speaks protocol {PROTOCOL}, the sender speaks {theirs}: run `relayup peers deploy` on the sending machine to install its relayup here",
@@ -173,9 +175,33 @@ pub fn run() -> Result<()> {
         })
     };
 
+    // Requests arrive through a thread, so that silence can be timed: a client that
+    // says nothing (not even a ping) for the idle limit is gone, even if the network
+    // never tells (a peer cut off keeps its half of the TCP connection for hours).
+    let idle = protocol::relay_idle_limit(stall_timeout);
+    let (line_tx, lines) = mpsc::sync_channel::<Result<Option<String>>>(16);
+    std::thread::spawn(move || loop {
+        let line = protocol::read_line(&mut input);
+        let end = !matches!(line, Ok(Some(_)));
+        if line_tx.send(line).is_err() || end {
+            break;
+        }
+    });
     // Ok(true): the client said bye.
     let result = (|| -> Result<bool> {
-        while let Some(line) = protocol::read_line(&mut input)? {
+        loop {
+            let line = match lines.recv_timeout(idle) {
+                Ok(line) => line?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(anyhow!(
+                        "no word from the client for {} s: it is gone",
+                        idle.as_secs()
+                    ))
+                    .context(ClientSilent)
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            };
+            let Some(line) = line else { break };
             match protocol::parse_request(&line)? {
                 Request::Upload {
                     index,
@@ -199,11 +225,29 @@ pub fn run() -> Result<()> {
                     });
                 }
                 Request::Hello { .. } => bail!("hello sent twice"),
+                Request::Ping => {}
                 Request::Bye => return Ok(true),
             }
         }
         Ok(false)
     })();
+    if result
+        .as_ref()
+        .is_err_and(|e| e.downcast_ref::<ClientSilent>().is_some())
+    {
+        // The client is unreachable: stop uploading, leave nothing staged, and exit
+        // without waiting for threads that may be blocked on the dead connection.
+        cancel.store(true, Ordering::Relaxed);
+        for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+        sweep_staging(&staging, &format!("{upload_id}-{run}-"));
+        eprintln!(
+            "relayup relay: no word from the client for {} s; stopped and removed what was staged",
+            idle.as_secs()
+        );
+        std::process::exit(3);
+    }
     // Stdin closed or broke: the client is finished (it says bye, with nothing in
     // flight) or gone. Either way stop now, and leave nothing staged behind.
     cancel.store(true, Ordering::Relaxed);
@@ -213,16 +257,8 @@ pub fn run() -> Result<()> {
     for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
         let _ = std::fs::remove_file(path);
     }
-    let sweep = || {
-        let prefix = format!("{upload_id}-{run}-");
-        if let Ok(entries) = std::fs::read_dir(&staging) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-    };
+    let prefix = format!("{upload_id}-{run}-");
+    let sweep = || sweep_staging(&staging, &prefix);
     sweep();
     if !matches!(result, Ok(true)) {
         // The client went away without a bye, perhaps while staging a part: the SFTP
@@ -234,6 +270,27 @@ pub fn run() -> Result<()> {
         }
     }
     result.map(|_| ())
+}
+
+/// Marks the error of a client that went silent for the idle limit.
+#[derive(Debug)]
+struct ClientSilent;
+
+impl std::fmt::Display for ClientSilent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("client silent")
+    }
+}
+
+/// Removes this run's staged files (names start with `prefix`).
+fn sweep_staging(staging: &Path, prefix: &str) {
+    if let Ok(entries) = std::fs::read_dir(staging) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Staged names are generated by the client (`<id>-<index>.part`): nothing else passes.
@@ -313,21 +370,26 @@ fn file_checksum(path: &Path, size: u64) -> Result<String> {
     crate::hashes::checksum_of(&mut f)
 }
 
-/// Uploads one staged part, whose checksum the verifier has just checked. (A part
-/// that changed after that check is caught at the merge, which finds bad parts by
-/// their own MD5 and sends them again: hashing it a second time here is not worth
-/// the CPU.)
+/// Uploads one staged part, whose checksum the verifier has just checked, and
+/// returns the checksum of the bytes that went to the server (hashed on their way
+/// there): what the client compares is what was uploaded, not what was asked for.
 fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Result<String> {
     let mut last = Instant::now();
     let index = job.index;
     let path = job.path.clone();
+    let sum = Arc::new(Mutex::new(xxhash_rust::xxh3::Xxh3::new()));
     server.put_part(
         &format!("{index}.part"),
         job.size,
         &mut || {
             let f = File::open(&path)
                 .with_context(|| format!("staged file {} is missing", path.display()))?;
-            Ok(Box::new(f) as Box<dyn Read>)
+            // Each attempt starts over: only the last one's bytes are on the server.
+            sum.lock().unwrap_or_else(|e| e.into_inner()).reset();
+            Ok(Box::new(crate::hashes::ChecksumReader {
+                inner: f,
+                sum: sum.clone(),
+            }) as Box<dyn Read>)
         },
         &mut |bytes| {
             if last.elapsed() >= PROGRESS_EVERY {
@@ -337,7 +399,7 @@ fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Res
         },
         cancel,
     )?;
-    Ok(job.xxh3.clone())
+    Ok(crate::hashes::checksum_hex(&sum))
 }
 
 #[cfg(test)]

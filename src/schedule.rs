@@ -30,6 +30,8 @@ struct State {
     in_flight: usize,
     done: usize,
     total: usize,
+    /// Which host reported each part done (by part index), in this run.
+    completed_by: Vec<Option<usize>>,
 }
 
 impl State {
@@ -107,6 +109,7 @@ impl Scheduler {
                     .filter(|p| done.contains(&p.index))
                     .count(),
                 total: plan.parts.len(),
+                completed_by: vec![None; plan.parts.len()],
             }),
             changed: Condvar::new(),
         }
@@ -170,7 +173,15 @@ impl Scheduler {
         }
         s.in_flight -= 1;
         s.done += 1;
+        if let Some(slot) = s.completed_by.get_mut(part.index) {
+            *slot = Some(host);
+        }
         self.changed.notify_all();
+    }
+
+    /// The host that reported part `index` done in this run, if one did.
+    pub fn completed_by(&self, index: usize) -> Option<usize> {
+        self.lock().completed_by.get(index).copied().flatten()
     }
 
     /// Puts parts a host took but did not finish back at the front of the queue.

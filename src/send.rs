@@ -75,18 +75,27 @@ impl std::fmt::Display for AlreadyThere {
 
 impl std::error::Error for AlreadyThere {}
 
-/// Parts that were corrupt on the server at the merge and have been removed there;
-/// `run` sends them again (once).
+/// Parts that were missing or corrupt on the server at the merge and have been
+/// removed there; `run` sends them again (once), without the peers that reported
+/// them done (a relay that lies, or whose uploads go bad, is not asked again).
 #[derive(Debug)]
-struct CorruptParts(usize);
+struct CorruptParts {
+    count: usize,
+    /// Peers that reported one of those parts done in this run.
+    suspects: Vec<String>,
+}
 
 impl std::fmt::Display for CorruptParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} part(s) were corrupt on the server at the merge",
-            self.0
-        )
+            "{} part(s) were missing or corrupt on the server at the merge",
+            self.count
+        )?;
+        if !self.suspects.is_empty() {
+            write!(f, " (reported done by {})", self.suspects.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -202,17 +211,21 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
     interrupt::install();
     crate::ssh::set_io_timeout(std::time::Duration::from_secs(args.stall_timeout));
     crate::ssh::set_accept_new(args.accept_new_host_keys);
-    let mut result = send(&args);
-    if let Some(CorruptParts(n)) = result
+    let mut result = send(&args, &[]);
+    if let Some(c) = result
         .as_ref()
         .err()
         .and_then(|e| e.downcast_ref::<CorruptParts>())
     {
         // Once: the resume path finds every good part on the server and sends the rest.
-        eprintln!(
-            "relayup: {n} part(s) were missing or corrupt on the server at the merge; sending them again"
-        );
-        result = send(&args);
+        let without = if c.suspects.is_empty() {
+            String::new()
+        } else {
+            format!(" without {}", c.suspects.join(", "))
+        };
+        eprintln!("relayup: {c}; sending them again{without}");
+        let suspects = c.suspects.clone();
+        result = send(&args, &suspects);
     }
     let result = result.map_err(|e| match e.downcast_ref::<CorruptParts>() {
         Some(c) => with_code(
@@ -255,10 +268,11 @@ fn resume_command() -> String {
         .join(" ")
 }
 
-fn send(args: &SendArgs) -> Result<ExitCode> {
+/// One run of the send, leaving out the peers named in `exclude`.
+fn send(args: &SendArgs, exclude: &[String]) -> Result<ExitCode> {
     // Stage 1: everything that can be wrong without the network. Exit 2.
     let (settings, source, st, dest, strategy, part_size) =
-        resolve(args).map_err(|e| with_code(e, Code::Usage))?;
+        resolve(args, exclude).map_err(|e| with_code(e, Code::Usage))?;
     let mut hosts = vec!["local".to_string()];
     hosts.extend(settings.peers.iter().map(|p| p.login.name.clone()));
     let id = upload_id(&source, &st, &dest, &settings);
@@ -703,10 +717,10 @@ fn finish(
             // A part missing or unreadable at the merge: the same path as a corrupt one.
             progress.stop();
             let expected: Vec<(u64, String)> = run_plan_md5s(&plan, source)?;
-            let bad =
-                merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected).unwrap_or(0);
-            if bad > 0 {
-                return Err(anyhow::Error::new(CorruptParts(bad)));
+            let bad = merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected)
+                .unwrap_or_default();
+            if !bad.is_empty() {
+                return Err(corrupt(&bad, &sched, &ends));
             }
             return Err(with_code(e, Code::Transfer));
         }
@@ -733,10 +747,10 @@ fn finish(
         // Every part was size-checked when it landed, so a part changed on the server
         // afterwards. Find the bad ones by their own MD5s; the re-run sends only those.
         let expected: Vec<(u64, String)> = run_plan_md5s(&plan, source)?;
-        let bad =
-            merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected).unwrap_or(0);
-        if bad > 0 {
-            return Err(anyhow::Error::new(CorruptParts(bad)));
+        let bad = merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected)
+            .unwrap_or_default();
+        if !bad.is_empty() {
+            return Err(corrupt(&bad, &sched, &ends));
         }
         return Err(with_code(
             anyhow!(
@@ -767,8 +781,28 @@ fn finish(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The [`CorruptParts`] error for the parts `bad`, naming the peers that reported
+/// them done.
+fn corrupt(bad: &[usize], sched: &Scheduler, ends: &[HostEnd]) -> anyhow::Error {
+    let mut suspects: Vec<String> = bad
+        .iter()
+        .filter_map(|&i| sched.completed_by(i))
+        .filter(|&h| h != 0)
+        .filter_map(|h| ends.get(h).map(|e| e.name.clone()))
+        .collect();
+    suspects.sort();
+    suspects.dedup();
+    anyhow::Error::new(CorruptParts {
+        count: bad.len(),
+        suspects,
+    })
+}
+
 #[allow(clippy::type_complexity)]
-fn resolve(args: &SendArgs) -> Result<(Settings, PathBuf, Stamp, String, Strategy, Option<u64>)> {
+fn resolve(
+    args: &SendArgs,
+    exclude: &[String],
+) -> Result<(Settings, PathBuf, Stamp, String, Strategy, Option<u64>)> {
     let path = config::config_path(args.config.as_deref())?;
     let settings = config::load(&path)?;
     let st = stamp(&args.file)?;
@@ -805,6 +839,7 @@ fn resolve(args: &SendArgs) -> Result<(Settings, PathBuf, Stamp, String, Strateg
     if let Some(names) = &args.peers {
         settings.keep_peers(names)?;
     }
+    settings.peers.retain(|p| !exclude.contains(&p.login.name));
     if let Some(rate) = &args.bwlimit {
         let v = parse_size(rate).context("--bwlimit")?;
         if v == 0 {

@@ -516,6 +516,110 @@ fn a_peer_cut_off_the_network_mid_send_hands_its_parts_to_others() {
     assert!(stderr.contains("cut dropped"), "{stderr}");
     assert_eq!(done_event(&events)["md5"], md5_file(&file).as_str());
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+
+    // The link stays down, so the peer never hears from this machine again: within its
+    // idle limit (--stall-timeout + 30 s) its relay stops and removes what it staged.
+    let relay_running = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &net.ns])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .any(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("relayup\0relay"))
+            })
+    };
+    wait_until(
+        "the cut-off peer's relay stops on its own",
+        Duration::from_secs(60),
+        || !relay_running(),
+    );
+    let staged: Vec<_> = fs::read_dir(env.root.join("stage/cut"))
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(staged.is_empty(), "left on the cut-off peer: {staged:?}");
+}
+
+/// A relay command that speaks the protocol but lies: `script` handles each request
+/// line in `$line` after a correct `ready`.
+fn lying_relay(env: &TestEnv, name: &str, on_request: &str) -> std::path::PathBuf {
+    let path = env.root.join("pub").join(name);
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n\
+             read -r hello\n\
+             p=$(printf %s \"$hello\" | sed 's/.*\"protocol\":\\([0-9]*\\).*/\\1/')\n\
+             printf '{{\"type\":\"ready\",\"version\":\"0\",\"protocol\":%s,\"staging\":\"/tmp\"}}\\n' \"$p\"\n\
+             while read -r line; do\n\
+               i=$(printf %s \"$line\" | sed -n 's/.*\"index\":\\([0-9]*\\).*/\\1/p')\n\
+               s=$(printf %s \"$line\" | sed -n 's/.*\"size\":\\([0-9]*\\).*/\\1/p')\n\
+               x=$(printf %s \"$line\" | sed -n 's/.*\"xxh3\":\"\\([0-9a-f]*\\)\".*/\\1/p')\n\
+               case $line in *'\"upload\"'*) {on_request};; *bye*) exit 0;; esac\n\
+             done\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn relays_that_lie_cannot_break_the_send() {
+    let env = TestEnv::new(3);
+    // p1 reports every part done at once and uploads nothing; p2 answers with
+    // endless garbage; p3 claims impossible byte counts.
+    let liar = lying_relay(
+        &env,
+        "liar",
+        r#"printf '{"type":"part_done","index":%s,"bytes":%s,"xxh3":"%s"}\n' "$i" "$s" "$x""#,
+    );
+    let garbage = lying_relay(&env, "garbage", "while :; do echo garbage; done");
+    let counts = lying_relay(
+        &env,
+        "counts",
+        r#"printf '{"type":"progress","index":%s,"bytes":18446744073709551615}\n' "$i"; printf '{"type":"part_done","index":%s,"bytes":%s1,"xxh3":"%s"}\n' "$i" "$s" "$x""#,
+    );
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let bin = env.root.join("pub/relayup").display().to_string();
+    let mut n = 0;
+    crate::harness::edit_file(&config, |t| {
+        t.lines()
+            .map(|l| {
+                if l.starts_with("relayup = ") {
+                    n += 1;
+                    let fake = [&liar, &garbage, &counts][n - 1];
+                    format!("relayup = \"{}\"\n", fake.display())
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect::<String>()
+            .replace(&bin, "unused")
+    });
+    let file = env.random_file("f", 8 * PART + 5);
+    let out = env.send(
+        &file,
+        &config,
+        &[
+            "--part-size",
+            "1MiB",
+            "--no-progress",
+            "--stall-timeout",
+            "10",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reported done by p1"), "{stderr}");
+    assert!(
+        stderr.contains("p2 dropped") && stderr.contains("not events"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("p3 dropped"), "{stderr}");
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
 }
 
 #[test]

@@ -125,7 +125,9 @@ fn a_source_name_that_is_not_utf8_is_sent_through_peers_interrupted_and_resumed(
     // The journal keeps the name exactly; status shows it (lossily).
     let journals: Vec<String> = fs::read_dir(env.root.join("state/relayup"))
         .unwrap()
-        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| fs::read_to_string(p).unwrap())
         .collect();
     assert!(
         journals.len() == 1 && journals[0].contains("\"base64\""),
