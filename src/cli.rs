@@ -120,6 +120,9 @@ pub struct SendArgs {
     /// Drop a host whose transfer moves no byte for this many seconds; its part goes to another host.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_timeout: u64,
+    /// When every host fails against the server (a server outage), keep retrying for this many seconds before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub retry_for: u64,
     /// Upload rate limit for each host, in bytes per second (e.g. 5MiB, 2MB), to leave room on a shared link.
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,

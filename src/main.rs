@@ -7,6 +7,7 @@ mod config;
 mod deploy;
 mod error;
 mod hashes;
+mod health;
 mod interrupt;
 mod journal;
 mod keys;

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::Peer;
+use crate::health::{Health, Verdict};
 use crate::plan::Part;
 use crate::progress::Progress;
 use crate::protocol::{self, Event, Request, ServerSpec, PROTOCOL};
@@ -289,6 +290,8 @@ pub struct Job<'a> {
     pub merged: &'a std::sync::mpsc::Sender<usize>,
     /// Every part's checksum, from one pass over the source.
     pub hashes: &'a crate::hashes::Hashes,
+    /// Whether a failing host fails alone or the server is away.
+    pub health: &'a Health,
 }
 
 /// Runs one peer until no part is left for it. On error, returns the parts it held
@@ -313,6 +316,10 @@ pub fn drive(
     // When a byte last moved (or the relay last had nothing to do): a relay that keeps
     // talking without moving a byte is stalled all the same.
     let mut last_move = Instant::now();
+    // When this peer's last upload to the server failed (no success since), and until
+    // when it pauses because the server seems away.
+    let mut failed: Option<Instant> = None;
+    let mut pause_until = Instant::now();
     loop {
         if let Err(e) = link.keepalive() {
             return fail(e, &inflight);
@@ -349,7 +356,19 @@ pub fn drive(
             }
             Some(_) => false,
         };
-        if want_next {
+        if want_next && Instant::now() < pause_until {
+            if inflight.is_empty() {
+                job.health.pause(
+                    pause_until
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(200)),
+                );
+                if job.health.is_up_since(failed) {
+                    pause_until = Instant::now();
+                }
+                continue;
+            }
+        } else if want_next {
             match job.sched.next(job.host) {
                 Next::Part(part) => {
                     job.progress
@@ -444,6 +463,8 @@ pub fn drive(
                 uploaded += bytes.saturating_sub(f.bytes);
                 upload_secs += dt;
                 last_move = now;
+                failed = None;
+                job.health.success(job.progress);
                 let began = f.sent.max(last_done);
                 last_done = Instant::now();
                 job.sched
@@ -458,6 +479,7 @@ pub fn drive(
             Event::Error {
                 index: Some(index),
                 message,
+                server,
             } => {
                 let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
                     return fail(
@@ -467,6 +489,31 @@ pub fn drive(
                 };
                 let f = inflight.remove(pos).expect("position is valid");
                 link.unstaged(index);
+                if server && !crate::interrupt::interrupted() {
+                    match job.health.failure(failed, job.progress) {
+                        Verdict::Retry(pause) => {
+                            // The server may be away: keep this peer, try again later.
+                            failed = Some(Instant::now());
+                            pause_until = Instant::now() + pause;
+                            last_move = Instant::now() + pause;
+                            job.progress.part_failed(index);
+                            job.progress.host_state(job.host, "waiting for the server");
+                            job.sched.give_back(&[f.part]);
+                            continue;
+                        }
+                        Verdict::GiveUp(away) => {
+                            inflight.push_back(f);
+                            return fail(
+                                anyhow!(
+                                    "{message}; the server has been unreachable for {} s (--retry-for)",
+                                    away.as_secs()
+                                ),
+                                &inflight,
+                            );
+                        }
+                        Verdict::Alone => {}
+                    }
+                }
                 let n = failures.entry(index).or_default();
                 *n += 1;
                 job.progress.part_failed(index);
@@ -486,6 +533,7 @@ pub fn drive(
             Event::Error {
                 index: None,
                 message,
+                ..
             } => return fail(anyhow!("{message}"), &inflight),
             Event::Ready { .. } => return fail(anyhow!("relay sent ready twice"), &inflight),
         }

@@ -234,6 +234,33 @@ impl Progress {
         }
     }
 
+    /// Every host fails against the server: said on stderr, and a
+    /// `server_unreachable` event (seconds since the outage began) with `--json`.
+    pub fn server_unreachable(&self, seconds: f64) {
+        self.outage_note(
+            json!({"type": "server_unreachable", "seconds": round2(seconds)}),
+            &format!("server unreachable for {seconds:.0} s; retrying"),
+        );
+    }
+
+    /// The server answers again after an announced outage (`server_back`).
+    pub fn server_back(&self, seconds: f64) {
+        self.outage_note(
+            json!({"type": "server_back", "seconds": round2(seconds)}),
+            &format!("server reachable again after {seconds:.0} s; going on at full speed"),
+        );
+    }
+
+    fn outage_note(&self, event: Value, msg: &str) {
+        if self.mode == Mode::Json {
+            emit_json(event);
+        }
+        match &self.bars {
+            Some(b) => b.total.suspend(|| eprintln!("relayup: {msg}")),
+            None => eprintln!("relayup: {msg}"),
+        }
+    }
+
     pub fn part_progress(&self, host: usize, index: usize, bytes: u64) {
         let mut s = self.lock();
         s.parts.insert(index, (host, bytes));

@@ -122,6 +122,11 @@ pub enum Event {
     Error {
         index: Option<usize>,
         message: String,
+        /// The upload to the server failed (after the relay's own retries), as
+        /// opposed to a problem on the peer: the client tells a server outage from
+        /// one host's trouble by these.
+        #[serde(default)]
+        server: bool,
     },
 }
 
@@ -241,6 +246,7 @@ mod tests {
             Event::Error {
                 index: None,
                 message: "boom".into(),
+                server: true,
             },
         ];
         for ev in evs {
@@ -337,6 +343,7 @@ mod tests {
             to_line(&Event::Error {
                 index: None,
                 message: "A".repeat(MAX_LINE),
+                server: false,
             })
             .into_bytes(),
         );

@@ -34,6 +34,16 @@ impl Out {
         self.send(&Event::Error {
             index,
             message: format!("{err:#}"),
+            server: false,
+        });
+    }
+
+    /// An upload to the server failed.
+    fn server_error(&self, index: usize, err: &anyhow::Error) {
+        self.send(&Event::Error {
+            index: Some(index),
+            message: format!("{err:#}"),
+            server: true,
         });
     }
 }
@@ -169,7 +179,7 @@ pub fn run() -> Result<()> {
                         bytes: job.size,
                         xxh3,
                     }),
-                    Err(e) => out.error(Some(job.index), &e),
+                    Err(e) => out.server_error(job.index, &e),
                 }
             }
         })

@@ -17,6 +17,7 @@ use crate::cli::{SendArgs, StrategyArg};
 use crate::config::{self, Settings};
 use crate::error::{with_code, Code};
 use crate::hashes::{md5_of, md5_range, Hashes};
+use crate::health::{Health, Verdict};
 use crate::interrupt;
 use crate::journal::Journal;
 use crate::lock::{self, LocalLock};
@@ -126,6 +127,8 @@ struct Go {
     /// Staging space a peer needs: two of the plan's largest parts (one uploading,
     /// the next staged).
     staging_need: u64,
+    /// Whether a failing host fails alone or the server is away.
+    health: Arc<Health>,
 }
 
 /// How a host's part of the send ended.
@@ -485,14 +488,16 @@ fn lead(
         let _ = merged.send(index);
     }
     let (hashes, hasher) = Hashes::spawn(source.to_path_buf(), plan.parts.clone());
+    let health = Arc::new(Health::new(std::time::Duration::from_secs(args.retry_for)));
     go.set(Some(Go {
         sched: sched.clone(),
         progress: progress.clone(),
         merged: merged.clone(),
         hashes: hashes.clone(),
         staging_need: 2 * plan.parts.iter().map(|p| p.len).max().unwrap_or(0),
+        health: health.clone(),
     }));
-    let result = local_worker(local, &sched, &progress, &merged, source, &hashes);
+    let result = local_worker(local, &sched, &progress, &merged, source, &hashes, &health);
     Ok(Run {
         plan,
         local: Some(HostEnd {
@@ -641,6 +646,7 @@ fn peer_thread(
         progress: &go.progress,
         merged: &go.merged,
         hashes: &go.hashes,
+        health: &go.health,
     };
     let result = peer::drive(&mut link, &job).map_err(|(e, parts)| {
         // Hand the parts back now: other hosts may be waiting for them.
@@ -858,7 +864,10 @@ fn local_worker(
     merged: &std::sync::mpsc::Sender<usize>,
     source: &Path,
     hashes: &Hashes,
+    health: &Health,
 ) -> Result<()> {
+    // When this machine last failed, if it has not succeeded since.
+    let mut failed: Option<Instant> = None;
     loop {
         let part = match sched.next(0) {
             Next::Part(p) => p,
@@ -889,9 +898,38 @@ fn local_worker(
             .and_then(|_| hashes.part(part.index));
         match result {
             Ok(sum) => {
+                failed = None;
+                health.success(progress);
                 sched.complete(&part, 0, started.elapsed().as_secs_f64());
                 progress.part_done(0, part.index, part.len, &sum);
                 let _ = merged.send(part.index);
+            }
+            Err(e) if !interrupt::interrupted() => {
+                progress.part_failed(part.index);
+                match health.failure(failed, progress) {
+                    Verdict::Retry(pause) => {
+                        // The server may be away: keep this host, try again later.
+                        failed = Some(Instant::now());
+                        sched.give_back(&[part]);
+                        progress.host_state(0, "waiting for the server");
+                        health.pause(pause);
+                        continue;
+                    }
+                    Verdict::GiveUp(away) => {
+                        sched.host_failed(0, &[part]);
+                        progress.host_state(0, "dropped");
+                        return Err(e.context(format!(
+                            "the server has been unreachable for {} s (--retry-for)",
+                            away.as_secs()
+                        )));
+                    }
+                    Verdict::Alone => {
+                        sched.host_failed(0, &[part]);
+                        progress.host_state(0, "dropped");
+                        progress.warn(&format!("local: {e:#}; its parts go to the peers"));
+                        return Err(e);
+                    }
+                }
             }
             Err(e) => {
                 progress.part_failed(part.index);

@@ -642,3 +642,37 @@ fn a_temp_dir_left_by_an_interrupted_background_removal_goes_with_the_next_send(
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
     env.assert_clean();
 }
+
+#[test]
+fn a_server_away_for_20_s_mid_send_keeps_every_host() {
+    let mut env = TestEnv::new(3);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("f", 40 * PART);
+    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "1MiB"]));
+    run.wait_parts(4, None);
+    env.stop_ftp();
+    std::thread::sleep(Duration::from_secs(20));
+    env.start_ftp();
+    let (status, events, stderr) = run.finish(Duration::from_secs(180));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("server unreachable for"), "{stderr}");
+    let back = events
+        .iter()
+        .position(|e| e["type"] == "server_back")
+        .unwrap_or_else(|| panic!("a server_back event: {events:?}"));
+    assert!(events[..back]
+        .iter()
+        .any(|e| e["type"] == "server_unreachable"));
+    // No host was dropped for the server's absence: each carried parts after it.
+    for host in ["local", "p1", "p2", "p3"] {
+        assert!(
+            events[back..]
+                .iter()
+                .any(|e| e["type"] == "part_done" && e["host"] == host),
+            "{host} uploaded after the outage: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("dropped"), "{stderr}");
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+    env.assert_clean();
+}

@@ -153,6 +153,8 @@ pub struct TestEnv {
     children: Vec<Child>,
     /// (port, pid) of each sshd in `children`.
     sshds: Vec<(u16, u32)>,
+    /// The vsftpd in `children`, while it runs.
+    ftp_pid: Option<u32>,
     pub ftp_port: u16,
     pub server_ssh_port: u16,
     pub peer_ports: Vec<u16>,
@@ -206,6 +208,7 @@ impl TestEnv {
             _tmp: tmp,
             children: Vec::new(),
             sshds: Vec::new(),
+            ftp_pid: None,
             ftp_port: free_port(),
             server_ssh_port: 0,
             peer_ports: Vec::new(),
@@ -257,9 +260,7 @@ impl TestEnv {
             ),
         )
         .unwrap();
-        let mut child = spawn(Command::new("/usr/sbin/vsftpd").arg(&vsftpd_conf));
-        wait_port(env.ftp_port, &mut child, "vsftpd");
-        env.children.push(child);
+        env.start_ftp();
 
         let pass = private.join("server.pass");
         fs::write(&pass, format!("{SERVER_PASSWORD}\n")).unwrap();
@@ -328,6 +329,28 @@ impl TestEnv {
         self.sshds.push((port, child.id()));
         self.children.push(child);
         (port, public)
+    }
+
+    /// Starts this test's vsftpd (again) on its port.
+    pub fn start_ftp(&mut self) {
+        let mut child =
+            spawn(Command::new("/usr/sbin/vsftpd").arg(self.private.join("vsftpd.conf")));
+        wait_port(self.ftp_port, &mut child, "vsftpd");
+        self.ftp_pid = Some(child.id());
+        self.children.push(child);
+    }
+
+    /// Stops this test's vsftpd and every session it serves: a server outage.
+    pub fn stop_ftp(&mut self) {
+        let pid = self.ftp_pid.take().expect("vsftpd runs");
+        let pos = self.children.iter().position(|c| c.id() == pid).unwrap();
+        let mut child = self.children.remove(pos);
+        let family = descendants(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        for p in family {
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
     }
 
     /// Sends `signal` to this test's relays run by peer user `user` (the relay binary's
