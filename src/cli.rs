@@ -120,9 +120,12 @@ pub struct SendArgs {
     /// Drop a host whose transfer moves no byte for this many seconds; its part goes to another host.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_timeout: u64,
-    /// Upload rate limit for each host, in bytes per second (e.g. 5MiB, 2MB), to leave room on a shared link.
+    /// Upload rate limit for each host (this machine and every peer), e.g. 5MiB (bytes per second: KiB, MiB, GiB, KB, MB, GB) or 40Mbit (bits per second, decimal: Kbit, Mbit, Gbit); a bare number is refused.
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,
+    /// Upload rate limit for all hosts together, in the units of --bwlimit: split equally among the hosts uploading at the time, re-split when one starts or stops; with --bwlimit too, each host gets the smaller of the two.
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit_total: Option<String>,
     /// Trust unknown SSH host keys on first use and add them to known_hosts (a changed key is never accepted).
     #[arg(long)]
     pub accept_new_host_keys: bool,
