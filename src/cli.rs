@@ -120,10 +120,10 @@ pub struct SendArgs {
     /// Drop a host whose transfer moves no byte for this many seconds; its part goes to another host.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub stall_timeout: u64,
-    /// Upload rate limit for each host (this machine and every peer), e.g. 5MiB (bytes per second: KiB, MiB, GiB, KB, MB, GB) or 40Mbit (bits per second, decimal: Kbit, Mbit, Gbit); a bare number is refused.
+    /// Cap each host's upload to the server (this machine and every peer), per second: 5MiB, 2MB (bytes: KiB, MiB, GiB, KB, MB, GB) or 40Mbit (bits, decimal: Kbit, Mbit, Gbit; 1 Mbit = 125000 bytes). A bare number is refused.
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,
-    /// Upload rate limit for all hosts together, in the units of --bwlimit: split equally among the hosts uploading at the time, re-split when one starts or stops; with --bwlimit too, each host gets the smaller of the two.
+    /// Cap all hosts' uploads together, in the units of --bwlimit (e.g. 100Mbit): split equally among the hosts uploading at the time, split again when one starts or stops. With --bwlimit too, each host gets the smaller of the two.
     #[arg(long, value_name = "RATE")]
     pub bwlimit_total: Option<String>,
     /// Trust unknown SSH host keys on first use and add them to known_hosts (a changed key is never accepted).

@@ -94,8 +94,9 @@ impl Pacer {
         let step = (rate / WRITES_PER_SEC as f64).clamp(1.0, super::CHUNK as f64);
         let bucket = (rate * BURST_SECS).max(step);
         self.tokens = match self.last {
-            // Starting (or a limit just set): a full bucket, so the first write goes at once.
-            None => bucket,
+            // Starting (or a limit just set): one write's worth, so the first write goes
+            // at once, but hosts starting together do not each add a bucket to the total.
+            None => step,
             Some(last) => {
                 let elapsed = now.saturating_duration_since(last).as_secs_f64();
                 (self.tokens + rate * elapsed).min(bucket)
@@ -248,14 +249,13 @@ mod tests {
     }
 
     #[test]
-    fn no_limit_sends_at_once_and_a_new_limit_starts_with_one_bucket() {
+    fn no_limit_sends_at_once_and_a_new_limit_starts_with_one_write() {
         let rate = Rate::new(None);
         let mut pacer = Pacer::new(rate.clone());
         let t = Instant::now();
         assert_eq!(pacer.grant(123, t), Grant::Send(123));
         rate.set(Some(1000));
-        // A full bucket (200 bytes) in 100-byte writes, then wait for the rate.
-        assert_eq!(pacer.grant(1 << 20, t), Grant::Send(100));
+        // One 100-byte write at once, then wait for the rate.
         assert_eq!(pacer.grant(1 << 20, t), Grant::Send(100));
         assert_eq!(
             pacer.grant(1 << 20, t),
@@ -276,7 +276,6 @@ mod tests {
     fn unsent_bytes_are_given_back() {
         let mut pacer = Pacer::new(Rate::new(Some(1000)));
         let t = Instant::now();
-        assert_eq!(pacer.grant(1 << 20, t), Grant::Send(100));
         assert_eq!(pacer.grant(1 << 20, t), Grant::Send(100));
         pacer.refund(60);
         assert_eq!(pacer.grant(50, t), Grant::Send(50));
