@@ -123,9 +123,12 @@ pub struct SendArgs {
     /// When every host fails against the server (a server outage), keep retrying for this many seconds before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86400))]
     pub retry_for: u64,
-    /// Upload rate limit for each host, in bytes per second (e.g. 5MiB, 2MB), to leave room on a shared link.
+    /// Cap each host's upload to the server (this machine and every peer), per second: 5MiB, 2MB (bytes: KiB, MiB, GiB, KB, MB, GB) or 40Mbit (bits, decimal: Kbit, Mbit, Gbit; 1 Mbit = 125000 bytes). A bare number is refused.
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,
+    /// Cap all hosts' uploads together, in the units of --bwlimit (e.g. 100Mbit): split equally among the hosts uploading at the time, split again when one starts or stops. With --bwlimit too, each host gets the smaller of the two.
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit_total: Option<String>,
     /// Trust unknown SSH host keys on first use and add them to known_hosts (a changed key is never accepted).
     #[arg(long)]
     pub accept_new_host_keys: bool,

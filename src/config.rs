@@ -133,6 +133,9 @@ pub struct Settings {
     pub host_key_files: Vec<HostKeyFiles>,
     /// The LAN peers, in config order.
     pub peers: Vec<Peer>,
+    /// Upload rate limit for all hosts together, bytes per second (`--bwlimit-total`);
+    /// the per-host one is `server.bwlimit`.
+    pub bwlimit_total: Option<u64>,
 }
 
 impl Settings {
@@ -346,6 +349,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         known_hosts,
         host_key_files,
         peers,
+        bwlimit_total: None,
     })
 }
 

@@ -45,6 +45,8 @@ pub struct PeerLink {
     /// Staged files the relay has not yet removed (by part index), removed by `close`
     /// if the relay could not.
     staged: Vec<(usize, String)>,
+    /// The upload rate limit the relay follows, bytes per second.
+    limit: Option<u64>,
 }
 
 impl PeerLink {
@@ -76,12 +78,14 @@ impl PeerLink {
             last_sent: Instant::now(),
             diag: VecDeque::new(),
             staged: Vec::new(),
+            limit: None,
         })
     }
 
     /// Hands the relay the server and waits until it has logged in there.
     pub fn hello(&mut self, upload_id: &str, run: &str, server: ServerSpec) -> Result<()> {
         let link = self;
+        link.limit = server.bwlimit;
         link.send(&Request::Hello {
             protocol: PROTOCOL,
             upload_id: upload_id.to_string(),
@@ -232,6 +236,19 @@ impl PeerLink {
         })
     }
 
+    /// Tells the relay its new upload rate limit if `rate` is one it does not have yet
+    /// (its share of `--bwlimit-total` changed); it applies from its next write on.
+    pub fn limit(&mut self, rate: Option<u64>) -> Result<()> {
+        match rate {
+            Some(bytes_per_sec) if rate != self.limit => {
+                self.send(&Request::Limit { bytes_per_sec })?;
+                self.limit = rate;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The relay is done with part `index` (uploaded, or failed and deleted).
     fn unstaged(&mut self, index: usize) {
         self.staged.retain(|(i, _)| *i != index);
@@ -335,6 +352,12 @@ pub fn drive(
                 ),
                 &inflight,
             );
+        }
+        // Every round: between events (every 250 ms while the relay uploads), so a new
+        // share reaches the relay mid-part, and before this peer takes a part, so the
+        // relay has the share it starts with before its upload request.
+        if let Err(e) = link.limit(job.sched.pace(job.host).get()) {
+            return fail(e, &inflight);
         }
         // Stage the next part while the relay uploads the current one, just early
         // enough that its uplink never waits, and no earlier (a part taken too early

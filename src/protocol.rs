@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use crate::secret::Secret;
 
 /// Bumped whenever a message changes shape; client and relay must agree.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 
 fn default_stall() -> u64 {
     30
@@ -55,7 +55,8 @@ pub struct ServerSpec {
     /// For `sftp://`: the server's host key (`type base64`) the client trusts; relays
     /// accept no other.
     pub host_key: Option<String>,
-    /// Upload rate limit per host, bytes per second (`--bwlimit`).
+    /// Upload rate limit per host, bytes per second (`--bwlimit`), until a `limit`
+    /// request says otherwise.
     #[serde(default)]
     pub bwlimit: Option<u64>,
     /// For `ftps://`: extra CA certificates (PEM) to trust besides the system's.
@@ -93,6 +94,9 @@ pub enum Request {
         /// XXH3-128 of the part, hex: the relay checks the staged copy against it.
         xxh3: String,
     },
+    /// From now on, upload at most this many bytes per second (at least 1), also in
+    /// the part being uploaded: this peer's share of `--bwlimit-total` changed.
+    Limit { bytes_per_sec: u64 },
     /// The client is done with this relay (nothing in flight); end of input follows.
     /// End of input *without* it means the client went away, perhaps mid-staging.
     Bye,
@@ -225,6 +229,14 @@ mod tests {
         };
         assert_eq!(parse_request(to_line(&up).trim_end()).unwrap(), up);
         assert_eq!(to_line(&Request::Bye), "{\"type\":\"bye\"}\n");
+        let limit = Request::Limit {
+            bytes_per_sec: 2_500_000,
+        };
+        assert_eq!(
+            to_line(&limit),
+            "{\"type\":\"limit\",\"bytes_per_sec\":2500000}\n"
+        );
+        assert_eq!(parse_request(to_line(&limit).trim_end()).unwrap(), limit);
         assert_eq!(parse_request("{\"type\":\"bye\"}").unwrap(), Request::Bye);
     }
 
@@ -267,6 +279,9 @@ mod tests {
             "{\"type\":\"upload\",\"index\":1}",
             "{\"type\":\"upload\",\"index\":-1,\"file\":\"a\",\"size\":1,\"xxh3\":\"\"}",
             "{\"type\":\"progress\",\"index\":1,\"bytes\":2,\"extra\":3}",
+            "{\"type\":\"limit\"}",
+            "{\"type\":\"limit\",\"bytes_per_sec\":-1}",
+            "{\"type\":\"limit\",\"bytes_per_sec\":\"5MiB\"}",
             "not json",
         ] {
             assert!(

@@ -125,6 +125,9 @@ pub fn run() -> Result<()> {
         staging_free: free_space(&staging),
     });
 
+    // The uploader paces by this; `limit` requests change it, also mid-part.
+    let rate = uploader.rate();
+
     // Three stages, so part k+1 is verified while part k uploads:
     // stdin reader (this thread) -> verifier -> uploader.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -233,6 +236,12 @@ pub fn run() -> Result<()> {
                         size,
                         xxh3,
                     });
+                }
+                Request::Limit { bytes_per_sec } => {
+                    if bytes_per_sec == 0 {
+                        bail!("a limit of 0 bytes per second");
+                    }
+                    rate.set(Some(bytes_per_sec));
                 }
                 Request::Hello { .. } => bail!("hello sent twice"),
                 Request::Ping => {}

@@ -1,11 +1,12 @@
 //! Who sends which part next. Hosts ask for work; parts of a host that fails go back
 //! to the front of the queue for the others.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::plan::{Part, Plan, Strategy};
+use crate::transport::Rate;
 
 /// What a host should do next.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,9 +33,59 @@ struct State {
     total: usize,
     /// Which host reported each part done (by part index), in this run.
     completed_by: Vec<Option<usize>>,
+    /// Which host holds each part in flight, by part index.
+    holders: HashMap<usize, usize>,
+    /// Hosts uploading now: from the first part they take until they hold none and
+    /// there is none for them (waiting at the end, finished, or failed).
+    uploading: Vec<bool>,
+    /// `--bwlimit` and `--bwlimit-total`, bytes per second.
+    per_host: Option<u64>,
+    total_limit: Option<u64>,
+    /// Each host's live rate limit, which its uploads follow.
+    paces: Vec<Rate>,
+}
+
+/// One uploading host's rate limit: `total` split equally among the `hosts` uploading
+/// now, and never above `per_host`. Equally, because the hosts' uplinks are separate
+/// and usually alike, the shared queue already gives a faster host more parts, and an
+/// equal split is what a user can predict; weighting by measured rates would feed back
+/// on itself, as a paced host measures exactly its share. (A host whose own uplink is
+/// below its share leaves the difference unused.)
+pub fn share(per_host: Option<u64>, total: Option<u64>, hosts: usize) -> Option<u64> {
+    let split = total.map(|t| (t / hosts.max(1) as u64).max(1));
+    match (per_host, split) {
+        (Some(mine), Some(split)) => Some(mine.min(split)),
+        (mine, split) => mine.or(split),
+    }
 }
 
 impl State {
+    /// Sets every host's rate to its share. A host that is not uploading gets the share
+    /// it will have once it starts, so it never starts above it.
+    fn reshare(&self) {
+        let busy = self.uploading.iter().filter(|u| **u).count();
+        for (host, pace) in self.paces.iter().enumerate() {
+            let hosts = busy + usize::from(!self.uploading[host]);
+            pace.set(share(self.per_host, self.total_limit, hosts));
+        }
+    }
+
+    /// Follows what `next` told `host`: a part makes it an uploading host; nothing,
+    /// while it holds nothing, ends that, and its share goes to the others.
+    fn follow(&mut self, host: usize, next: &Next) {
+        let uploading = match next {
+            Next::Part(p) => {
+                self.holders.insert(p.index, host);
+                true
+            }
+            _ => self.holders.values().any(|h| *h == host),
+        };
+        if self.uploading[host] != uploading {
+            self.uploading[host] = uploading;
+            self.reshare();
+        }
+    }
+
     /// End game: a host slower than the fastest live one leaves a part alone if the
     /// hosts together would clear the whole remaining queue before it could finish
     /// that one part (the last parts go to whoever finishes them first).
@@ -110,6 +161,12 @@ impl Scheduler {
                     .count(),
                 total: plan.parts.len(),
                 completed_by: vec![None; plan.parts.len()],
+                holders: HashMap::new(),
+                uploading: vec![false; hosts],
+                per_host: None,
+                total_limit: None,
+                // One rate each: a cloned `Rate` is the same rate.
+                paces: (0..hosts).map(|_| Rate::default()).collect(),
             }),
             changed: Condvar::new(),
         }
@@ -119,8 +176,28 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Upload limits in bytes per second: `per_host` for every host, `total` shared
+    /// among the hosts uploading at the time (see [`share`]).
+    pub fn limit(&self, per_host: Option<u64>, total: Option<u64>) {
+        let mut s = self.lock();
+        s.per_host = per_host;
+        s.total_limit = total;
+        s.reshare();
+    }
+
+    /// `host`'s live rate limit, kept at its share as hosts start and stop uploading.
+    pub fn pace(&self, host: usize) -> Rate {
+        self.lock().paces[host].clone()
+    }
+
     pub fn next(&self, host: usize) -> Next {
         let mut s = self.lock();
+        let next = Self::pick(&mut s, host);
+        s.follow(host, &next);
+        next
+    }
+
+    fn pick(s: &mut State, host: usize) -> Next {
         if !s.alive[host] || s.done == s.total {
             return Next::Finished;
         }
@@ -172,6 +249,7 @@ impl Scheduler {
             s.rates[host] = Some(s.rates[host].map_or(rate, |r| 0.5 * r + 0.5 * rate));
         }
         s.in_flight -= 1;
+        s.holders.remove(&part.index);
         s.done += 1;
         if let Some(slot) = s.completed_by.get_mut(part.index) {
             *slot = Some(host);
@@ -189,6 +267,7 @@ impl Scheduler {
         let mut s = self.lock();
         for p in parts.iter().rev() {
             s.in_flight -= 1;
+            s.holders.remove(&p.index);
             s.shared.push_front(*p);
         }
         self.changed.notify_all();
@@ -199,6 +278,10 @@ impl Scheduler {
         self.give_back(unfinished);
         let mut s = self.lock();
         s.alive[host] = false;
+        if s.uploading[host] {
+            s.uploading[host] = false;
+            s.reshare();
+        }
         let mine: Vec<Part> = s.reserved[host].drain(..).collect();
         for p in mine.into_iter().rev() {
             s.shared.push_front(p);
@@ -354,6 +437,91 @@ mod tests {
         assert_eq!(p.index, 1);
         s.complete(&p, 0, 1.0);
         assert!(s.all_done());
+    }
+
+    #[test]
+    fn shares_of_the_limits() {
+        let mib = 1 << 20;
+        for (per_host, total, hosts, want) in [
+            (None, None, 3, None),
+            (Some(5 * mib), None, 3, Some(5 * mib)),
+            (None, Some(9 * mib), 3, Some(3 * mib)),
+            (None, Some(9 * mib), 1, Some(9 * mib)),
+            (None, Some(9 * mib), 0, Some(9 * mib)),
+            (Some(2 * mib), Some(9 * mib), 3, Some(2 * mib)),
+            (Some(4 * mib), Some(9 * mib), 3, Some(3 * mib)),
+            (None, Some(10), 3, Some(3)),
+            (None, Some(2), 5, Some(1)),
+        ] {
+            assert_eq!(
+                share(per_host, total, hosts),
+                want,
+                "{per_host:?} {total:?} {hosts}"
+            );
+        }
+    }
+
+    fn rates(s: &Scheduler, hosts: usize) -> Vec<Option<u64>> {
+        (0..hosts).map(|h| s.pace(h).get()).collect()
+    }
+
+    #[test]
+    fn the_total_is_split_among_the_hosts_uploading_now() {
+        let s = Scheduler::new(
+            &plan(6, Strategy::Adaptive),
+            3,
+            &ALL[..3],
+            &Default::default(),
+        );
+        assert_eq!(rates(&s, 3), [None, None, None], "no limit until set");
+        s.limit(None, Some(900));
+        // Nobody uploads yet: whoever starts first may use it all.
+        assert_eq!(rates(&s, 3), [Some(900); 3]);
+        let pace0 = s.pace(0);
+        let Next::Part(a) = s.next(0) else { panic!() };
+        assert_eq!(rates(&s, 3), [Some(900), Some(450), Some(450)]);
+        let Next::Part(b) = s.next(1) else { panic!() };
+        assert_eq!(rates(&s, 3), [Some(450), Some(450), Some(300)]);
+        let Next::Part(c) = s.next(2) else { panic!() };
+        assert_eq!(rates(&s, 3), [Some(300); 3]);
+        assert_eq!(pace0.get(), Some(300), "a handle follows the share");
+        // Between finishing a part and taking the next, a host keeps its share.
+        s.complete(&a, 0, 1.0);
+        assert_eq!(rates(&s, 3), [Some(300); 3]);
+        let Next::Part(d) = s.next(0) else { panic!() };
+        // A host that drops out leaves its share to the others.
+        s.host_failed(2, &[c]);
+        assert_eq!(rates(&s, 3)[..2], [Some(450), Some(450)]);
+        // So does one that has nothing to do (parts in flight elsewhere may come back).
+        s.complete(&b, 1, 1.0);
+        let mut rest = vec![d];
+        while let Next::Part(p) = s.next(0) {
+            rest.push(p);
+        }
+        assert_eq!(s.next(1), Next::Wait);
+        assert_eq!(rates(&s, 3)[..2], [Some(900), Some(450)]);
+        for p in &rest {
+            s.complete(p, 0, 1.0);
+        }
+        assert_eq!(s.next(0), Next::Finished);
+        assert_eq!(rates(&s, 3)[..2], [Some(900), Some(900)]);
+    }
+
+    #[test]
+    fn each_host_gets_the_smaller_of_its_limit_and_its_share() {
+        let s = Scheduler::new(
+            &plan(4, Strategy::Adaptive),
+            2,
+            &ALL[..2],
+            &Default::default(),
+        );
+        s.limit(Some(600), Some(1000));
+        let Next::Part(_) = s.next(0) else { panic!() };
+        assert_eq!(rates(&s, 2), [Some(600), Some(500)]);
+        let Next::Part(_) = s.next(1) else { panic!() };
+        assert_eq!(rates(&s, 2), [Some(500), Some(500)]);
+        s.limit(Some(600), None);
+        assert_eq!(rates(&s, 2), [Some(600), Some(600)]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::plan::{Plan, Strategy};
 use crate::progress::{self, Mode, Progress};
 use crate::protocol::ServerSpec;
 use crate::schedule::{Next, Scheduler};
-use crate::size::parse_size;
+use crate::size::{parse_rate, parse_size};
 use crate::transport::{Server, ServerTrust};
 
 /// A value set once by one thread and waited for by others.
@@ -473,6 +473,7 @@ fn lead(
         "strategy": match plan.strategy { Strategy::Adaptive => "adaptive", Strategy::Equal => "equal" }});
     let progress = Progress::start(mode, st.size - resumed_bytes, &names, start);
     let sched = Arc::new(Scheduler::new(&plan, names.len(), &live, &done));
+    sched.limit(settings.server.bwlimit, settings.bwlimit_total);
     let (feeder, merged) = Feeder::start(
         &ready_server.session,
         &settings.merge.dir,
@@ -846,13 +847,13 @@ fn resolve(
         settings.keep_peers(names)?;
     }
     settings.peers.retain(|p| !exclude.contains(&p.login.name));
-    if let Some(rate) = &args.bwlimit {
-        let v = parse_size(rate).context("--bwlimit")?;
-        if v == 0 {
-            bail!("--bwlimit must be at least 1 byte per second");
-        }
-        settings.server.bwlimit = Some(v);
-    }
+    let rate = |flag: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| parse_rate(t).with_context(|| format!("{flag} {t}")))
+            .transpose()
+    };
+    settings.server.bwlimit = rate("--bwlimit", &args.bwlimit)?;
+    settings.bwlimit_total = rate("--bwlimit-total", &args.bwlimit_total)?;
     Ok((settings, args.file.clone(), st, dest, strategy, part_size))
 }
 
@@ -868,6 +869,7 @@ fn local_worker(
 ) -> Result<()> {
     // When this machine last failed, if it has not succeeded since.
     let mut failed: Option<Instant> = None;
+    server.pace_with(sched.pace(0));
     loop {
         let part = match sched.next(0) {
             Next::Part(p) => p,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use suppaftp::types::FileType;
 use suppaftp::{RustlsConnector, RustlsFtpStream};
 
-use super::{copy_exact, temp_dir, Uploader};
+use super::{copy_exact, temp_dir, Pacer, Uploader};
 use crate::protocol::ServerSpec;
 use crate::ssh::{io_timeout, tcp, CONNECT_TIMEOUT};
 
@@ -105,7 +105,7 @@ impl Uploader for Ftp {
         name: &str,
         src: &mut dyn Read,
         len: u64,
-        limit: Option<u64>,
+        pace: &mut Pacer,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
         if name.contains(['\r', '\n']) {
@@ -123,7 +123,7 @@ impl Uploader for Ftp {
             .stream
             .put_with_stream(name)
             .map_err(|e| anyhow!("{what}: STOR {name} refused: {e}"))?;
-        copy_exact(src, &mut data, len, limit, progress)
+        copy_exact(src, &mut data, len, Some(pace), progress)
             .with_context(|| format!("{what}: uploading {name}"))?;
         data.finish()
             .map_err(|e| anyhow!("{what}: upload of {name} not confirmed: {e}"))?;

@@ -2,6 +2,7 @@
 //! use the same code, so a part travels the same way whoever sends it.
 
 mod ftp;
+pub mod pace;
 pub mod sftp;
 
 use anyhow::Result;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::protocol::ServerSpec;
+pub use pace::{Pacer, Rate};
 
 /// Bytes per write to the server. Big writes matter: libssh2 pipelines only within one
 /// write call, and suppaftp's own copy uses 8 KiB.
@@ -23,14 +25,15 @@ pub fn temp_dir(dir: &str, upload_id: &str) -> String {
 
 /// An open, logged-in connection to the server.
 pub trait Uploader: Send {
-    /// Uploads `len` bytes from `src` as `name` inside the upload's temp dir, calling
-    /// `progress` with the running byte count, then checks the size the server reports.
+    /// Uploads `len` bytes from `src` as `name` inside the upload's temp dir, no faster
+    /// than `pace` allows, calling `progress` with the running byte count, then checks
+    /// the size the server reports.
     fn put(
         &mut self,
         name: &str,
         src: &mut dyn Read,
         len: u64,
-        limit: Option<u64>,
+        pace: &mut Pacer,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()>;
 
@@ -63,6 +66,9 @@ pub struct Server {
     trust: ServerTrust,
     identity: Option<PathBuf>,
     conn: Option<Box<dyn Uploader>>,
+    /// This host's pacing, kept across parts and reconnections: a new part or a retry
+    /// brings no fresh burst.
+    pace: Pacer,
 }
 
 impl Server {
@@ -87,9 +93,22 @@ impl Server {
                 trust,
                 identity: identity.map(Path::to_path_buf),
                 conn: Some(conn),
+                pace: Pacer::new(Rate::new(spec.bwlimit)),
             },
             key,
         ))
+    }
+
+    /// The live upload rate limit of this login (a relay sets it when its share of a
+    /// total limit changes).
+    pub fn rate(&self) -> Rate {
+        self.pace.rate()
+    }
+
+    /// Paces uploads by `rate` from now on instead of `server.bwlimit` (this machine
+    /// follows its share of the limits, which the scheduler keeps up to date).
+    pub fn pace_with(&mut self, rate: Rate) {
+        self.pace.follow(rate);
     }
 
     /// Uploads one part as `name`, reading it with `open` (called again for each
@@ -125,7 +144,7 @@ impl Server {
                 // name only ever holds a complete, size-checked part.
                 self.uploads += 1;
                 let tmp = format!("{name}.{}.{}", self.tag, self.uploads);
-                conn.put(&tmp, &mut reader, len, self.spec.bwlimit, progress)?;
+                conn.put(&tmp, &mut reader, len, &mut self.pace, progress)?;
                 conn.rename(&tmp, name)
             })();
             match result {
@@ -175,39 +194,34 @@ impl<R: Read> Read for Cancellable<'_, R> {
     }
 }
 
-/// Copies exactly `len` bytes in writes of at most [`CHUNK`], no faster than `limit`
-/// bytes per second if one is set.
+/// Copies exactly `len` bytes in writes of at most [`CHUNK`], no faster than `pace`
+/// allows if there is one.
 pub(crate) fn copy_exact(
     src: &mut dyn Read,
     dst: &mut dyn std::io::Write,
     len: u64,
-    limit: Option<u64>,
+    mut pace: Option<&mut Pacer>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     use anyhow::{bail, Context};
-    // With a limit, write about ten times a second so the rate is smooth.
-    let chunk = match limit {
-        Some(rate) => (rate / 10).clamp(4096, CHUNK as u64) as usize,
-        None => CHUNK,
-    };
-    let mut buf = vec![0u8; chunk.min(len.max(1) as usize)];
+    let mut buf = vec![0u8; CHUNK.min(len.max(1) as usize)];
     let mut sent = 0u64;
-    let start = std::time::Instant::now();
     while sent < len {
         let want = buf.len().min((len - sent) as usize);
+        let want = match pace.as_deref_mut() {
+            Some(p) => p.take(want),
+            None => want,
+        };
         let n = src.read(&mut buf[..want]).context("reading the part")?;
+        if let Some(p) = pace.as_deref_mut() {
+            p.refund(want - n);
+        }
         if n == 0 {
             bail!("the part ended after {sent} of {len} bytes");
         }
         dst.write_all(&buf[..n]).context("writing to the server")?;
         sent += n as u64;
         progress(sent);
-        if let Some(rate) = limit {
-            let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
     }
     Ok(())
 }

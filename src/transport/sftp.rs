@@ -5,7 +5,7 @@ use ssh2::{OpenFlags, OpenType, Session, Sftp};
 use std::io::Read;
 use std::path::Path;
 
-use super::{copy_exact, temp_dir, ServerTrust, Uploader};
+use super::{copy_exact, temp_dir, Pacer, ServerTrust, Uploader};
 use crate::config::Login;
 use crate::protocol::ServerSpec;
 use crate::ssh::{self, Trust};
@@ -62,12 +62,12 @@ impl Uploader for SftpUpload {
         name: &str,
         src: &mut dyn Read,
         len: u64,
-        limit: Option<u64>,
+        pace: &mut Pacer,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
         let what = &self.what;
         let path = format!("{}/{name}", self.dir);
-        write_file(&self.sftp, Path::new(&path), src, len, limit, progress)
+        write_file(&self.sftp, Path::new(&path), src, len, Some(pace), progress)
             .with_context(|| format!("{what}: uploading {path}"))
     }
 
@@ -90,7 +90,7 @@ pub fn write_file(
     path: &Path,
     src: &mut dyn Read,
     len: u64,
-    limit: Option<u64>,
+    pace: Option<&mut Pacer>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let mut file = sftp
@@ -101,7 +101,7 @@ pub fn write_file(
             OpenType::File,
         )
         .map_err(|e| anyhow!("cannot create it: {e}"))?;
-    copy_exact(src, &mut file, len, limit, progress)?;
+    copy_exact(src, &mut file, len, pace, progress)?;
     // Not every server has fsync@openssh.com; close and the size check still run.
     let _ = file.fsync();
     file.close()

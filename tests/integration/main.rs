@@ -6,5 +6,6 @@ mod hardening;
 mod harness;
 mod hostkeys;
 mod integrity;
+mod ratelimit;
 mod security;
 mod send;
