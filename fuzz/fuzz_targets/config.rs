@@ -2,22 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-
-#[allow(dead_code)]
-#[path = "../../src/secret.rs"]
-mod secret;
-
-#[allow(dead_code)]
-#[path = "../../src/protocol.rs"]
-mod protocol;
-
-#[allow(dead_code)]
-#[path = "../../src/quote.rs"]
-mod quote;
-
-#[allow(dead_code)]
-#[path = "../../src/config.rs"]
-mod config;
+use relayup::config;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

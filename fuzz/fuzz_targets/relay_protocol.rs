@@ -3,14 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-
-#[allow(dead_code)]
-#[path = "../../src/secret.rs"]
-mod secret;
-
-#[allow(dead_code)]
-#[path = "../../src/protocol.rs"]
-mod protocol;
+use relayup::protocol;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = std::io::Cursor::new(data);
