@@ -163,7 +163,7 @@ mod tests {
             Verdict::Retry(Duration::from_secs(10))
         );
         assert_eq!(
-            h.judge(t0 + Duration::from_secs(59), Some(t0)),
+            h.judge(t0 + Duration::from_secs(60), Some(t0)),
             Verdict::Retry(MAX_PAUSE)
         );
         assert_eq!(
