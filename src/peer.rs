@@ -7,15 +7,14 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::Peer;
-use crate::health::{Health, Verdict};
+use crate::hashes::Hashes;
+use crate::hosts::{Host, Report};
 use crate::plan::Part;
-use crate::progress::Progress;
 use crate::protocol::{self, Event, Request, ServerSpec, PROTOCOL};
 use crate::quote;
-use crate::schedule::{Next, Scheduler};
 use crate::ssh::{self, Trust};
 use crate::transport::sftp::write_file;
 use crate::transport::Cancellable;
@@ -286,279 +285,73 @@ fn link_name(peer: &Peer) -> String {
     peer.login.describe()
 }
 
-struct InFlight {
-    part: Part,
-    /// When the upload request went to the relay.
-    sent: Instant,
-    xxh3: String,
-    bytes: u64,
-    failures: usize,
-}
-
-/// What a peer's worker needs from the send.
-pub struct Job<'a> {
-    pub host: usize,
+/// A peer as a [`Host`] of the send: parts are staged over SFTP and uploaded by its
+/// relay, which reports on them.
+pub struct PeerHost<'a> {
+    pub link: &'a mut PeerLink,
     pub source: &'a Path,
     /// Staged names start with this (`<upload id>-<run id>`).
     pub stage_prefix: &'a str,
-    pub sched: &'a Scheduler,
-    pub progress: &'a Progress,
-    /// Receives the index of every part that is complete on the server.
-    pub merged: &'a std::sync::mpsc::Sender<usize>,
-    /// Every part's checksum, from one pass over the source.
-    pub hashes: &'a crate::hashes::Hashes,
-    /// Whether a failing host fails alone or the server is away.
-    pub health: &'a Health,
 }
 
-/// Runs one peer until no part is left for it. On error, returns the parts it held
-/// so they can go to other hosts.
-pub fn drive(
-    link: &mut PeerLink,
-    job: &Job<'_>,
-) -> std::result::Result<(), (anyhow::Error, Vec<Part>)> {
-    let mut inflight: VecDeque<InFlight> = VecDeque::new();
-    let mut failures = std::collections::HashMap::<usize, usize>::new();
-    let mut stage_secs = 0.0f64;
-    let mut uploaded = 0u64;
-    let mut upload_secs = 0.0f64;
-    let mut last_event = Instant::now();
-    // The relay uploads one part at a time: a part's upload starts when it was
-    // requested or when the one before it finished, whichever is later.
-    let mut last_done = Instant::now();
-    let fail = |e: anyhow::Error, inflight: &VecDeque<InFlight>| {
-        Err((e, inflight.iter().map(|f| f.part).collect()))
-    };
+impl Host for PeerHost<'_> {
+    fn name(&self) -> &str {
+        &self.link.peer.login.name
+    }
 
-    // When a byte last moved (or the relay last had nothing to do): a relay that keeps
-    // talking without moving a byte is stalled all the same.
-    let mut last_move = Instant::now();
-    // When this peer's last upload to the server failed (no success since), and until
-    // when it pauses because the server seems away.
-    let mut failed: Option<Instant> = None;
-    let mut pause_until = Instant::now();
-    loop {
-        if let Err(e) = link.keepalive() {
-            return fail(e, &inflight);
-        }
-        if inflight.is_empty() {
-            last_move = Instant::now();
-        } else if last_move.elapsed() > ssh::io_timeout() {
-            return fail(
-                anyhow!(
-                    "{}: no byte moved for {} s (--stall-timeout)",
-                    link_name(&link.peer),
-                    ssh::io_timeout().as_secs()
-                ),
-                &inflight,
-            );
-        }
-        // Every round: between events (every 250 ms while the relay uploads), so a new
-        // share reaches the relay mid-part, and before this peer takes a part, so the
-        // relay has the share it starts with before its upload request.
-        if let Err(e) = link.limit(job.sched.pace(job.host).get()) {
-            return fail(e, &inflight);
-        }
-        // Stage the next part while the relay uploads the current one, just early
-        // enough that its uplink never waits, and no earlier (a part taken too early
-        // is a part a faster host could have sent).
-        let want_next = match inflight.front() {
-            None => true,
-            Some(f) if inflight.len() == 1 => {
-                let rate = if upload_secs > 0.5 {
-                    uploaded as f64 / upload_secs
-                } else {
-                    0.0
-                };
-                let left = (f.part.len - f.bytes) as f64;
-                // Early enough to stage and verify it, no earlier: a slow host that
-                // takes a part too soon holds it while faster hosts run out of work.
-                // Before the rate is known (the first half second), stage at once:
-                // the start is when uplinks would otherwise wait.
-                rate == 0.0 || left / rate <= stage_secs * 2.0 + 0.3
-            }
-            Some(_) => false,
-        };
-        if want_next && Instant::now() < pause_until {
-            if inflight.is_empty() {
-                job.health.pause(
-                    pause_until
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(200)),
-                );
-                if job.health.is_up_since(failed) {
-                    pause_until = Instant::now();
-                }
-                continue;
-            }
-        } else if want_next {
-            match job.sched.next(job.host) {
-                Next::Part(part) => {
-                    job.progress
-                        .host_state(job.host, &format!("staging part {}", part.index));
-                    let t = Instant::now();
-                    let staged = link
-                        .stage(job.source, &part, job.stage_prefix)
-                        .and_then(|name| Ok((name, job.hashes.part(part.index)?)));
-                    let (name, xxh3) = match staged {
-                        Ok(v) => v,
-                        Err(e) => {
-                            inflight.push_back(InFlight {
-                                part,
-                                sent: Instant::now(),
-                                xxh3: String::new(),
-                                bytes: 0,
-                                failures: 0,
-                            });
-                            return fail(e, &inflight);
-                        }
-                    };
-                    stage_secs = t.elapsed().as_secs_f64();
-                    last_move = Instant::now();
-                    let sent = link.request_upload(part.index, &name, part.len, &xxh3);
-                    inflight.push_back(InFlight {
-                        part,
-                        sent: Instant::now(),
-                        xxh3,
-                        bytes: 0,
-                        failures: 0,
-                    });
-                    if let Err(e) = sent {
-                        return fail(e, &inflight);
-                    }
-                    job.progress.host_state(
-                        job.host,
-                        &format!("uploading part {}", inflight[0].part.index),
-                    );
-                    continue;
-                }
-                Next::Finished if inflight.is_empty() => {
-                    job.progress.host_state(job.host, "done");
-                    return Ok(());
-                }
-                Next::Wait if inflight.is_empty() => {
-                    job.progress.host_state(job.host, "idle");
-                    job.sched.wait(Duration::from_millis(200));
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        let ev = match link.next_event() {
-            Ok(ev) => ev,
-            Err(e) => return fail(e, &inflight),
-        };
-        let now = Instant::now();
-        let dt = now.duration_since(last_event).as_secs_f64();
-        last_event = now;
-        match ev {
-            Event::Progress { index, bytes } => {
-                if let Some(f) = inflight.iter_mut().find(|f| f.part.index == index) {
-                    // A relay's count is a claim: never more than the part.
-                    let bytes = bytes.min(f.part.len);
-                    if bytes > f.bytes {
-                        last_move = now;
-                    }
-                    uploaded += bytes.saturating_sub(f.bytes);
-                    upload_secs += dt;
-                    f.bytes = bytes;
-                    job.progress.part_progress(job.host, index, bytes);
-                }
-            }
-            Event::PartDone { index, bytes, xxh3 } => {
-                let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
-                    return fail(
-                        anyhow!("relay reported part {index}, which it was not given"),
-                        &inflight,
-                    );
-                };
-                let f = inflight.remove(pos).expect("position is valid");
-                link.unstaged(index);
-                if xxh3 != f.xxh3 || bytes != f.part.len {
-                    inflight.push_back(f);
-                    return fail(
-                        anyhow!(
-                            "relay uploaded part {index} with checksum {xxh3}, the staged one was different"
-                        ),
-                        &inflight,
-                    );
-                }
-                uploaded += bytes.saturating_sub(f.bytes);
-                upload_secs += dt;
-                last_move = now;
-                failed = None;
-                job.health.success(job.progress);
-                let began = f.sent.max(last_done);
-                last_done = Instant::now();
-                job.sched
-                    .complete(&f.part, job.host, began.elapsed().as_secs_f64());
-                job.progress.part_done(job.host, index, bytes, &xxh3);
-                let _ = job.merged.send(index);
-                if let Some(next) = inflight.front() {
-                    job.progress
-                        .host_state(job.host, &format!("uploading part {}", next.part.index));
-                }
-            }
+    fn stages(&self) -> bool {
+        true
+    }
+
+    fn max_part_failures(&self) -> usize {
+        MAX_PART_FAILURES
+    }
+
+    fn begin(&mut self, part: &Part, hashes: &Hashes) -> Result<Option<String>> {
+        let name = self.link.stage(self.source, part, self.stage_prefix)?;
+        // Hashed by the one pass over the source, which staging has given time to get
+        // there.
+        let xxh3 = hashes.part(part.index)?;
+        self.link
+            .request_upload(part.index, &name, part.len, &xxh3)?;
+        Ok(Some(xxh3))
+    }
+
+    fn next_report(&mut self) -> Result<Report> {
+        match self.link.next_event()? {
+            Event::Progress { index, bytes } => Ok(Report::Progress { index, bytes }),
+            Event::PartDone { index, bytes, xxh3 } => Ok(Report::Done {
+                index,
+                bytes,
+                checksum: xxh3,
+            }),
             Event::Error {
                 index: Some(index),
                 message,
                 server,
-            } => {
-                let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
-                    return fail(
-                        anyhow!("relay error for unknown part {index}: {message}"),
-                        &inflight,
-                    );
-                };
-                let f = inflight.remove(pos).expect("position is valid");
-                link.unstaged(index);
-                if server && !crate::interrupt::interrupted() {
-                    match job.health.failure(failed, job.progress) {
-                        Verdict::Retry(pause) => {
-                            // The server may be away: keep this peer, try again later.
-                            failed = Some(Instant::now());
-                            pause_until = Instant::now() + pause;
-                            last_move = Instant::now() + pause;
-                            job.progress.part_failed(index);
-                            job.progress.host_state(job.host, "waiting for the server");
-                            job.sched.give_back(&[f.part]);
-                            continue;
-                        }
-                        Verdict::GiveUp(away) => {
-                            inflight.push_back(f);
-                            return fail(
-                                anyhow!(
-                                    "{message}; the server has been unreachable for {} s (--retry-for)",
-                                    away.as_secs()
-                                ),
-                                &inflight,
-                            );
-                        }
-                        Verdict::Alone => {}
-                    }
-                }
-                let n = failures.entry(index).or_default();
-                *n += 1;
-                job.progress.part_failed(index);
-                if *n + f.failures >= MAX_PART_FAILURES {
-                    inflight.push_back(f);
-                    return fail(
-                        anyhow!("part {index} failed {MAX_PART_FAILURES} times: {message}"),
-                        &inflight,
-                    );
-                }
-                job.progress.warn(&format!(
-                    "{}: part {index}: {message}; sending it again",
-                    link.peer.login.name
-                ));
-                job.sched.give_back(&[f.part]);
-            }
+            } => Ok(Report::Failed {
+                index,
+                message,
+                server,
+            }),
             Event::Error {
                 index: None,
                 message,
                 ..
-            } => return fail(anyhow!("{message}"), &inflight),
-            Event::Ready { .. } => return fail(anyhow!("relay sent ready twice"), &inflight),
+            } => Err(anyhow!("{message}")),
+            Event::Ready { .. } => Err(anyhow!("relay sent ready twice")),
         }
+    }
+
+    fn tick(&mut self, limit: Option<u64>) -> Result<()> {
+        self.link.keepalive()?;
+        // Every round: between events (every 250 ms while the relay uploads), so a new
+        // share reaches the relay mid-part, and before this peer takes a part, so the
+        // relay has the share it starts with before its upload request.
+        self.link.limit(limit)
+    }
+
+    fn forget(&mut self, index: usize) {
+        self.link.unstaged(index);
     }
 }

@@ -6,7 +6,6 @@ use md5::{Digest, Md5};
 use serde_json::json;
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Sender};
@@ -17,16 +16,18 @@ use crate::cli::{SendArgs, StrategyArg};
 use crate::config::{self, Settings};
 use crate::error::{with_code, Code};
 use crate::hashes::{md5_of, md5_range, Hashes};
-use crate::health::{Health, Verdict};
+use crate::health::Health;
+use crate::hosts;
 use crate::interrupt;
 use crate::journal::Journal;
+use crate::local::LocalHost;
 use crate::lock::{self, LocalLock};
 use crate::merge::{self, Feeder, MergeFailed, Prepared};
 use crate::peer::{self, PeerLink};
 use crate::plan::{Plan, Strategy};
 use crate::progress::{self, Mode, Progress};
 use crate::protocol::ServerSpec;
-use crate::schedule::{Next, Scheduler};
+use crate::schedule::Scheduler;
 use crate::size::{parse_rate, parse_size};
 use crate::transport::{Server, ServerTrust};
 
@@ -129,6 +130,21 @@ struct Go {
     staging_need: u64,
     /// Whether a failing host fails alone or the server is away.
     health: Arc<Health>,
+}
+
+impl Go {
+    /// What host `host`'s loop needs.
+    fn job(&self, host: usize) -> hosts::Job<'_> {
+        hosts::Job {
+            host,
+            sched: &self.sched,
+            progress: &self.progress,
+            merged: &self.merged,
+            hashes: &self.hashes,
+            health: &self.health,
+            stall: crate::ssh::io_timeout(),
+        }
+    }
 }
 
 /// How a host's part of the send ended.
@@ -490,15 +506,20 @@ fn lead(
     }
     let (hashes, hasher) = Hashes::spawn(source.to_path_buf(), plan.parts.clone());
     let health = Arc::new(Health::new(std::time::Duration::from_secs(args.retry_for)));
-    go.set(Some(Go {
+    let shared = Go {
         sched: sched.clone(),
         progress: progress.clone(),
         merged: merged.clone(),
         hashes: hashes.clone(),
         staging_need: 2 * plan.parts.iter().map(|p| p.len).max().unwrap_or(0),
         health: health.clone(),
-    }));
-    let result = local_worker(local, &sched, &progress, &merged, source, &hashes, &health);
+    };
+    go.set(Some(shared.clone()));
+    let mut local = local;
+    local.pace_with(sched.pace(0));
+    let mut me = LocalHost::start(local, source.to_path_buf(), hashes.clone());
+    let job = shared.job(0);
+    let result = hosts::ended(&job, "local", hosts::drive(&mut me, &job));
     Ok(Run {
         plan,
         local: Some(HostEnd {
@@ -639,30 +660,14 @@ fn peer_thread(
             };
         }
     };
-    let job = peer::Job {
-        host,
+    let job = go.job(host);
+    let prefix = format!("{}-{}", ids.upload, ids.run);
+    let mut peer = peer::PeerHost {
+        link: &mut link,
         source,
-        stage_prefix: &format!("{}-{}", ids.upload, ids.run),
-        sched: &go.sched,
-        progress: &go.progress,
-        merged: &go.merged,
-        hashes: &go.hashes,
-        health: &go.health,
+        stage_prefix: &prefix,
     };
-    let result = peer::drive(&mut link, &job).map_err(|(e, parts)| {
-        // Hand the parts back now: other hosts may be waiting for them.
-        for p in &parts {
-            go.progress.part_failed(p.index);
-        }
-        go.sched.host_failed(host, &parts);
-        go.progress.host_state(host, "dropped");
-        if !interrupt::interrupted() {
-            go.progress.warn(&format!(
-                "{name} dropped: {e:#}; its parts go to the other hosts"
-            ));
-        }
-        e
-    });
+    let result = hosts::ended(&job, &name, hosts::drive(&mut peer, &job));
     link.close();
     HostEnd {
         name,
@@ -855,95 +860,6 @@ fn resolve(
     settings.server.bwlimit = rate("--bwlimit", &args.bwlimit)?;
     settings.bwlimit_total = rate("--bwlimit-total", &args.bwlimit_total)?;
     Ok((settings, args.file.clone(), st, dest, strategy, part_size))
-}
-
-/// This machine uploads its own parts straight to the server.
-fn local_worker(
-    mut server: Server,
-    sched: &Scheduler,
-    progress: &Progress,
-    merged: &std::sync::mpsc::Sender<usize>,
-    source: &Path,
-    hashes: &Hashes,
-    health: &Health,
-) -> Result<()> {
-    // When this machine last failed, if it has not succeeded since.
-    let mut failed: Option<Instant> = None;
-    server.pace_with(sched.pace(0));
-    loop {
-        let part = match sched.next(0) {
-            Next::Part(p) => p,
-            Next::Wait => {
-                progress.host_state(0, "idle");
-                sched.wait(std::time::Duration::from_millis(200));
-                continue;
-            }
-            Next::Finished => {
-                progress.host_state(0, "done");
-                return Ok(());
-            }
-        };
-        progress.host_state(0, &format!("uploading part {}", part.index));
-        let started = Instant::now();
-        let result = server
-            .put_part(
-                &part.file_name(),
-                part.len,
-                &mut || {
-                    let mut file = File::open(source)?;
-                    file.seek(SeekFrom::Start(part.offset))?;
-                    Ok(Box::new(file.take(part.len)) as Box<dyn Read>)
-                },
-                &mut |b| progress.part_progress(0, part.index, b),
-                interrupt::flag(),
-            )
-            .and_then(|_| hashes.part(part.index));
-        match result {
-            Ok(sum) => {
-                failed = None;
-                health.success(progress);
-                sched.complete(&part, 0, started.elapsed().as_secs_f64());
-                progress.part_done(0, part.index, part.len, &sum);
-                let _ = merged.send(part.index);
-            }
-            Err(e) if !interrupt::interrupted() => {
-                progress.part_failed(part.index);
-                match health.failure(failed, progress) {
-                    Verdict::Retry(pause) => {
-                        // The server may be away: keep this host, try again later.
-                        failed = Some(Instant::now());
-                        sched.give_back(&[part]);
-                        progress.host_state(0, "waiting for the server");
-                        health.pause(pause);
-                        continue;
-                    }
-                    Verdict::GiveUp(away) => {
-                        sched.host_failed(0, &[part]);
-                        progress.host_state(0, "dropped");
-                        return Err(e.context(format!(
-                            "the server has been unreachable for {} s (--retry-for)",
-                            away.as_secs()
-                        )));
-                    }
-                    Verdict::Alone => {
-                        sched.host_failed(0, &[part]);
-                        progress.host_state(0, "dropped");
-                        progress.warn(&format!("local: {e:#}; its parts go to the peers"));
-                        return Err(e);
-                    }
-                }
-            }
-            Err(e) => {
-                progress.part_failed(part.index);
-                sched.host_failed(0, &[part]);
-                progress.host_state(0, "dropped");
-                if !interrupt::interrupted() {
-                    progress.warn(&format!("local: {e:#}; its parts go to the peers"));
-                }
-                return Err(e);
-            }
-        }
-    }
 }
 
 /// Parts an earlier run left complete on the server: same length as planned and the

@@ -1,0 +1,606 @@
+//! One loop for every host of a send. This machine and each peer are two kinds of
+//! [`Host`]: this machine uploads parts itself (on a thread of its own), a peer
+//! stages each part over SFTP and has its relay upload it. Both take parts from the
+//! scheduler, report progress, completion and failure the same way, and fail the same
+//! way: a server outage is waited out (see [`crate::health`]), a part that fails too
+//! often on one host, a host that stalls or says something impossible drops that host,
+//! and its parts go back to the others.
+
+use anyhow::{anyhow, Result};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::hashes::Hashes;
+use crate::health::{Health, Verdict};
+use crate::plan::Part;
+use crate::progress::Progress;
+use crate::schedule::{Next, Scheduler};
+
+/// What a host says about the parts it was given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// `bytes` of part `index` are on the server so far (a claim: clamped to the part).
+    Progress { index: usize, bytes: u64 },
+    /// Part `index` is complete on the server; `checksum` is the XXH3 of what was sent.
+    Done {
+        index: usize,
+        bytes: u64,
+        checksum: String,
+    },
+    /// Part `index` failed; `server`: the upload to the server failed (as opposed to
+    /// a problem on the host), which may be the server's fault.
+    Failed {
+        index: usize,
+        message: String,
+        server: bool,
+    },
+}
+
+/// A machine that uploads parts to the server.
+pub trait Host {
+    /// Its name in messages (`local`, or the peer's name).
+    fn name(&self) -> &str;
+    /// Whether a part must first be copied to the host (staged), so the next part is
+    /// taken while the current one uploads.
+    fn stages(&self) -> bool;
+    /// How many times a part may fail on this host (not counting server outages)
+    /// before the host is dropped.
+    fn max_part_failures(&self) -> usize;
+    /// Hands over a part to upload. Returns the checksum the host must report for it,
+    /// if the host's bytes are to be checked against it.
+    fn begin(&mut self, part: &Part, hashes: &Hashes) -> Result<Option<String>>;
+    /// Waits for the next report about the parts handed over.
+    fn next_report(&mut self) -> Result<Report>;
+    /// Called every round of the loop with this host's current rate limit.
+    fn tick(&mut self, limit: Option<u64>) -> Result<()>;
+    /// The host is done with part `index` (uploaded, or failed).
+    fn forget(&mut self, _index: usize) {}
+}
+
+/// What every host's loop shares with the rest of the send.
+pub struct Job<'a> {
+    /// The host's number in the scheduler and the progress display (0 = this machine).
+    pub host: usize,
+    pub sched: &'a Scheduler,
+    pub progress: &'a Progress,
+    /// Receives the index of every part that is complete on the server.
+    pub merged: &'a std::sync::mpsc::Sender<usize>,
+    /// Every part's checksum, from one pass over the source.
+    pub hashes: &'a Hashes,
+    /// Whether a failing host fails alone or the server is away.
+    pub health: &'a Health,
+    /// A host whose transfer moves no byte for this long is stalled.
+    pub stall: Duration,
+}
+
+struct InFlight {
+    part: Part,
+    /// When the part was handed over.
+    sent: Instant,
+    /// The checksum the host must report, if checked.
+    expected: Option<String>,
+    bytes: u64,
+}
+
+/// Upload statistics of one host, for when to take its next part.
+#[derive(Default)]
+struct Pace {
+    stage_secs: f64,
+    uploaded: u64,
+    upload_secs: f64,
+}
+
+impl Pace {
+    /// Whether a staging host should take its next part now, with `left` bytes of the
+    /// current one to go: early enough to stage and verify it, no earlier (a slow host
+    /// that takes a part too soon holds it while faster hosts run out of work). Before
+    /// the rate is known (the first half second), at once: the start is when uplinks
+    /// would otherwise wait.
+    fn time_for_next(&self, left: u64) -> bool {
+        if self.upload_secs <= 0.5 {
+            return true;
+        }
+        let rate = self.uploaded as f64 / self.upload_secs;
+        rate == 0.0 || left as f64 / rate <= self.stage_secs * 2.0 + 0.3
+    }
+}
+
+/// Runs one host until no part is left for it. On error, returns the parts it held
+/// so they can go to other hosts.
+pub fn drive(
+    host: &mut dyn Host,
+    job: &Job<'_>,
+) -> std::result::Result<(), (anyhow::Error, Vec<Part>)> {
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let fail = |e: anyhow::Error, inflight: &VecDeque<InFlight>| {
+        Err((e, inflight.iter().map(|f| f.part).collect()))
+    };
+    let mut failures = HashMap::<usize, usize>::new();
+    let mut pace = Pace::default();
+    let mut last_report = Instant::now();
+    // A host uploads one part at a time: a part's upload starts when it was handed
+    // over or when the one before it finished, whichever is later.
+    let mut last_done = Instant::now();
+    // When a byte last moved: a host that keeps reporting without moving a byte is
+    // stalled all the same.
+    let mut last_move = Instant::now();
+    // When this host's last upload to the server failed (no success since), and until
+    // when it pauses because the server seems away.
+    let mut failed: Option<Instant> = None;
+    let mut pause_until = Instant::now();
+    loop {
+        if let Err(e) = host.tick(job.sched.pace(job.host).get()) {
+            return fail(e, &inflight);
+        }
+        if inflight.is_empty() {
+            last_move = Instant::now();
+        }
+        let want_next = match inflight.front() {
+            None => true,
+            Some(f) if inflight.len() == 1 && host.stages() => {
+                pace.time_for_next(f.part.len - f.bytes)
+            }
+            Some(_) => false,
+        };
+        if want_next && Instant::now() < pause_until {
+            if inflight.is_empty() {
+                job.health.pause(
+                    pause_until
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(200)),
+                );
+                if job.health.is_up_since(failed) {
+                    pause_until = Instant::now();
+                }
+                continue;
+            }
+        } else if want_next {
+            match job.sched.next(job.host) {
+                Next::Part(part) => {
+                    let what = if host.stages() {
+                        "staging"
+                    } else {
+                        "uploading"
+                    };
+                    job.progress
+                        .host_state(job.host, &format!("{what} part {}", part.index));
+                    let t = Instant::now();
+                    let begun = host.begin(&part, job.hashes);
+                    inflight.push_back(InFlight {
+                        part,
+                        sent: Instant::now(),
+                        expected: None,
+                        bytes: 0,
+                    });
+                    match begun {
+                        Ok(expected) => {
+                            inflight.back_mut().expect("just pushed").expected = expected
+                        }
+                        Err(e) => return fail(e, &inflight),
+                    }
+                    if host.stages() {
+                        pace.stage_secs = t.elapsed().as_secs_f64();
+                    }
+                    last_move = Instant::now();
+                    job.progress.host_state(
+                        job.host,
+                        &format!("uploading part {}", inflight[0].part.index),
+                    );
+                    continue;
+                }
+                Next::Finished if inflight.is_empty() => {
+                    job.progress.host_state(job.host, "done");
+                    return Ok(());
+                }
+                Next::Wait if inflight.is_empty() => {
+                    job.progress.host_state(job.host, "idle");
+                    job.sched.wait(Duration::from_millis(200));
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        let report = match host.next_report() {
+            Ok(r) => r,
+            Err(e) => return fail(e, &inflight),
+        };
+        let now = Instant::now();
+        let dt = now.duration_since(last_report).as_secs_f64();
+        last_report = now;
+        let index = match &report {
+            Report::Progress { index, .. }
+            | Report::Done { index, .. }
+            | Report::Failed { index, .. } => *index,
+        };
+        let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
+            return fail(
+                anyhow!(
+                    "{} reported on part {index}, which it was not given",
+                    host.name()
+                ),
+                &inflight,
+            );
+        };
+        match report {
+            Report::Progress { bytes, .. } => {
+                let f = &mut inflight[pos];
+                let bytes = bytes.min(f.part.len);
+                if bytes > f.bytes {
+                    last_move = now;
+                } else if last_move.elapsed() > job.stall {
+                    return fail(
+                        anyhow!(
+                            "{}: no byte moved for {} s (--stall-timeout)",
+                            host.name(),
+                            job.stall.as_secs()
+                        ),
+                        &inflight,
+                    );
+                }
+                pace.uploaded += bytes.saturating_sub(f.bytes);
+                pace.upload_secs += dt;
+                f.bytes = bytes;
+                job.progress.part_progress(job.host, index, bytes);
+            }
+            Report::Done {
+                bytes, checksum, ..
+            } => {
+                let f = inflight.remove(pos).expect("position is valid");
+                host.forget(index);
+                let wrong = f.expected.as_ref().is_some_and(|x| *x != checksum);
+                if wrong || bytes != f.part.len {
+                    inflight.push_back(f);
+                    return fail(
+                        anyhow!(
+                            "{} uploaded part {index} as {bytes} bytes with checksum {checksum}, which is not what it was given",
+                            host.name()
+                        ),
+                        &inflight,
+                    );
+                }
+                pace.uploaded += bytes.saturating_sub(f.bytes);
+                pace.upload_secs += dt;
+                last_move = now;
+                failed = None;
+                job.health.success(job.progress);
+                let began = f.sent.max(last_done);
+                last_done = now;
+                job.sched
+                    .complete(&f.part, job.host, began.elapsed().as_secs_f64());
+                job.progress.part_done(job.host, index, bytes, &checksum);
+                let _ = job.merged.send(index);
+                if let Some(next) = inflight.front() {
+                    job.progress
+                        .host_state(job.host, &format!("uploading part {}", next.part.index));
+                }
+            }
+            Report::Failed {
+                message, server, ..
+            } => {
+                let f = inflight.remove(pos).expect("position is valid");
+                host.forget(index);
+                job.progress.part_failed(index);
+                if server && !crate::interrupt::interrupted() {
+                    match job.health.failure(failed, job.progress) {
+                        Verdict::Retry(pause) => {
+                            // The server may be away: keep this host, try again later.
+                            failed = Some(Instant::now());
+                            pause_until = Instant::now() + pause;
+                            last_move = Instant::now() + pause;
+                            job.progress.host_state(job.host, "waiting for the server");
+                            job.sched.give_back(&[f.part]);
+                            continue;
+                        }
+                        Verdict::GiveUp(away) => {
+                            inflight.push_back(f);
+                            return fail(
+                                anyhow!(
+                                    "{message}; the server has been unreachable for {} s (--retry-for)",
+                                    away.as_secs()
+                                ),
+                                &inflight,
+                            );
+                        }
+                        Verdict::Alone => {}
+                    }
+                }
+                let n = failures.entry(index).or_default();
+                *n += 1;
+                if *n >= host.max_part_failures() {
+                    inflight.push_back(f);
+                    let e = if host.max_part_failures() == 1 {
+                        anyhow!("{message}")
+                    } else {
+                        anyhow!("part {index} failed {n} times: {message}")
+                    };
+                    return fail(e, &inflight);
+                }
+                job.progress.warn(&format!(
+                    "{}: part {index}: {message}; sending it again",
+                    host.name()
+                ));
+                job.sched.give_back(&[f.part]);
+            }
+        }
+    }
+}
+
+/// How a host's loop ended, as the send reports it: a dropped host's parts go back to
+/// the others at once (they may be waiting for them), and the drop is said once.
+pub fn ended(
+    job: &Job<'_>,
+    name: &str,
+    result: std::result::Result<(), (anyhow::Error, Vec<Part>)>,
+) -> Result<()> {
+    result.map_err(|(e, parts)| {
+        for p in &parts {
+            job.progress.part_failed(p.index);
+        }
+        job.sched.host_failed(job.host, &parts);
+        job.progress.host_state(job.host, "dropped");
+        if !crate::interrupt::interrupted() {
+            let rest = if job.host == 0 {
+                "its parts go to the peers"
+            } else {
+                "its parts go to the other hosts"
+            };
+            job.progress.warn(&format!("{name} dropped: {e:#}; {rest}"));
+        }
+        e
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Plan, Strategy};
+    use std::collections::HashSet;
+    use std::sync::mpsc;
+
+    /// A host that plays back a script: for each part handed over, the reports the
+    /// script gives for it.
+    struct Fake {
+        stages: bool,
+        script: Box<dyn FnMut(&Part) -> Vec<Report>>,
+        queue: VecDeque<Report>,
+        given: Vec<usize>,
+        /// `begin N` and `report` in the order the loop called them.
+        log: Vec<String>,
+    }
+
+    impl Host for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn stages(&self) -> bool {
+            self.stages
+        }
+        fn max_part_failures(&self) -> usize {
+            3
+        }
+        fn begin(&mut self, part: &Part, _: &Hashes) -> Result<Option<String>> {
+            self.given.push(part.index);
+            self.log.push(format!("begin {}", part.index));
+            let reports = (self.script)(part);
+            self.queue.extend(reports);
+            Ok(Some(format!("sum{}", part.index)))
+        }
+        fn next_report(&mut self) -> Result<Report> {
+            self.log.push("report".into());
+            self.queue
+                .pop_front()
+                .ok_or_else(|| anyhow!("the fake has nothing more to say"))
+        }
+        fn tick(&mut self, _: Option<u64>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn quiet() -> std::sync::Arc<Progress> {
+        Progress::start(
+            crate::progress::Mode::Quiet,
+            0,
+            &["fake".to_string()],
+            serde_json::json!({}),
+        )
+    }
+
+    /// Runs `fake` as the only host of a 4-part plan; returns its result, the parts
+    /// reported merged and whether the scheduler finished.
+    fn run(fake: &mut Fake) -> (bool, Vec<usize>, bool) {
+        run_with(fake, Duration::from_secs(1))
+    }
+
+    fn run_with(fake: &mut Fake, retry_for: Duration) -> (bool, Vec<usize>, bool) {
+        let plan = Plan::new(4 << 20, 1, Strategy::Adaptive, Some(1 << 20));
+        let sched = Scheduler::new(&plan, 1, &[0], &HashSet::new());
+        let progress = quiet();
+        let (tx, rx) = mpsc::channel();
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, vec![0u8; 4 << 20]).unwrap();
+        let (hashes, _h) = Hashes::spawn(src, plan.parts.clone());
+        let health = Health::new(retry_for);
+        let job = Job {
+            host: 0,
+            sched: &sched,
+            progress: &progress,
+            merged: &tx,
+            hashes: &hashes,
+            health: &health,
+            stall: Duration::from_secs(30),
+        };
+        let ok = ended(&job, "fake", drive(fake, &job)).is_ok();
+        drop(tx);
+        (ok, rx.iter().collect(), sched.all_done())
+    }
+
+    fn done(p: &Part) -> Report {
+        Report::Done {
+            index: p.index,
+            bytes: p.len,
+            checksum: format!("sum{}", p.index),
+        }
+    }
+
+    #[test]
+    fn a_good_host_sends_every_part_in_order() {
+        for stages in [false, true] {
+            let mut fake = Fake {
+                stages,
+                script: Box::new(|p| {
+                    vec![
+                        Report::Progress {
+                            index: p.index,
+                            bytes: p.len / 2,
+                        },
+                        done(p),
+                    ]
+                }),
+                queue: VecDeque::new(),
+                given: Vec::new(),
+                log: Vec::new(),
+            };
+            let (ok, merged, all) = run(&mut fake);
+            assert!(ok && all);
+            assert_eq!(merged, vec![0, 1, 2, 3]);
+        }
+    }
+
+    #[test]
+    fn a_part_that_fails_on_the_host_is_sent_again_and_a_third_failure_drops_it() {
+        // (failures of part 1 before it goes through, whether the host survives)
+        for (fails, survives) in [(2, true), (3, false)] {
+            let mut failed = 0;
+            let mut fake = Fake {
+                stages: false,
+                script: Box::new(move |p| {
+                    if p.index == 1 && failed < fails {
+                        failed += 1;
+                        vec![Report::Failed {
+                            index: 1,
+                            message: "disk".into(),
+                            server: false,
+                        }]
+                    } else {
+                        vec![done(p)]
+                    }
+                }),
+                queue: VecDeque::new(),
+                given: Vec::new(),
+                log: Vec::new(),
+            };
+            let (ok, merged, all) = run(&mut fake);
+            assert_eq!(ok && all, survives, "{fails} failures");
+            if !survives {
+                assert_eq!(merged, vec![0]);
+            }
+        }
+    }
+
+    #[test]
+    fn server_failures_are_waited_out_and_never_counted_against_the_host() {
+        // Three server failures of one part would drop the host if they counted; as an
+        // outage they are waited out, until --retry-for.
+        for (fails, retry_for, survives) in [(3, 60, true), (1000, 1, false)] {
+            let mut failed = 0;
+            let mut fake = Fake {
+                stages: false,
+                script: Box::new(move |p| {
+                    if p.index == 2 && failed < fails {
+                        failed += 1;
+                        vec![Report::Failed {
+                            index: 2,
+                            message: "connection refused".into(),
+                            server: true,
+                        }]
+                    } else {
+                        vec![done(p)]
+                    }
+                }),
+                queue: VecDeque::new(),
+                given: Vec::new(),
+                log: Vec::new(),
+            };
+            let (ok, _, all) = run_with(&mut fake, Duration::from_secs(retry_for));
+            assert_eq!(ok && all, survives, "{fails} server failures");
+        }
+    }
+
+    #[test]
+    fn a_lying_host_is_dropped_and_its_parts_go_back() {
+        let mut fake = Fake {
+            stages: true,
+            script: Box::new(|p| {
+                vec![Report::Done {
+                    index: p.index,
+                    bytes: p.len,
+                    checksum: "not-the-sum".into(),
+                }]
+            }),
+            queue: VecDeque::new(),
+            given: Vec::new(),
+            log: Vec::new(),
+        };
+        let (ok, merged, all) = run(&mut fake);
+        assert!(!ok && !all);
+        assert!(merged.is_empty());
+    }
+
+    #[test]
+    fn a_report_on_a_part_never_given_drops_the_host() {
+        let mut fake = Fake {
+            stages: false,
+            script: Box::new(|_| {
+                vec![Report::Progress {
+                    index: 99,
+                    bytes: 1,
+                }]
+            }),
+            queue: VecDeque::new(),
+            given: Vec::new(),
+            log: Vec::new(),
+        };
+        let (ok, _, _) = run(&mut fake);
+        assert!(!ok);
+    }
+
+    #[test]
+    fn counts_above_the_part_are_clamped() {
+        let mut fake = Fake {
+            stages: false,
+            script: Box::new(|p| {
+                vec![
+                    Report::Progress {
+                        index: p.index,
+                        bytes: u64::MAX,
+                    },
+                    done(p),
+                ]
+            }),
+            queue: VecDeque::new(),
+            given: Vec::new(),
+            log: Vec::new(),
+        };
+        let (ok, merged, _) = run(&mut fake);
+        assert!(ok);
+        assert_eq!(merged.len(), 4);
+    }
+
+    #[test]
+    fn a_staging_host_takes_the_next_part_before_the_first_is_done() {
+        for (stages, second) in [(true, "begin 1"), (false, "report")] {
+            let mut fake = Fake {
+                stages,
+                script: Box::new(|p| vec![done(p)]),
+                queue: VecDeque::new(),
+                given: Vec::new(),
+                log: Vec::new(),
+            };
+            run(&mut fake);
+            // Before any rate is known a staging host stages the next part at once; a
+            // host that does not stage takes one part at a time.
+            assert_eq!(fake.log[..2], ["begin 0".to_string(), second.to_string()]);
+        }
+    }
+}

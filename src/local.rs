@@ -1,0 +1,108 @@
+//! This machine as a [`Host`] of the send: it uploads its parts straight from the
+//! source to the server, on a thread of its own, and reports on them as a peer's relay
+//! does, so one loop (see [`crate::hosts`]) drives it like every peer.
+
+use anyhow::{anyhow, Context, Result};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+
+use crate::hashes::Hashes;
+use crate::hosts::{Host, Report};
+use crate::plan::Part;
+use crate::transport::Server;
+
+pub struct LocalHost {
+    parts: Option<Sender<Part>>,
+    reports: Receiver<Report>,
+}
+
+impl LocalHost {
+    /// Starts the uploading thread with this machine's login on the server.
+    pub fn start(mut server: Server, source: PathBuf, hashes: Arc<Hashes>) -> LocalHost {
+        let (parts, todo) = mpsc::channel::<Part>();
+        let (report, reports) = mpsc::channel();
+        std::thread::spawn(move || {
+            for part in todo {
+                let progress = report.clone();
+                let result = server
+                    .put_part(
+                        &part.file_name(),
+                        part.len,
+                        &mut || {
+                            let mut file = File::open(&source)
+                                .with_context(|| format!("{}: cannot open it", source.display()))?;
+                            file.seek(SeekFrom::Start(part.offset))?;
+                            Ok(Box::new(file.take(part.len)) as Box<dyn Read>)
+                        },
+                        &mut |bytes| {
+                            let _ = progress.send(Report::Progress {
+                                index: part.index,
+                                bytes,
+                            });
+                        },
+                        crate::interrupt::flag(),
+                    )
+                    // The bytes came from the source itself: their checksum is the
+                    // source's, from the one pass over it.
+                    .and_then(|_| hashes.part(part.index));
+                let r = match result {
+                    Ok(checksum) => Report::Done {
+                        index: part.index,
+                        bytes: part.len,
+                        checksum,
+                    },
+                    Err(e) => Report::Failed {
+                        index: part.index,
+                        message: format!("{e:#}"),
+                        server: true,
+                    },
+                };
+                if report.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        LocalHost {
+            parts: Some(parts),
+            reports,
+        }
+    }
+}
+
+impl Host for LocalHost {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn stages(&self) -> bool {
+        false
+    }
+
+    /// Its uploads already retry on a new connection (see `Server::put_part`): a part
+    /// that still fails, when other hosts reach the server, means this machine cannot.
+    fn max_part_failures(&self) -> usize {
+        1
+    }
+
+    fn begin(&mut self, part: &Part, _: &Hashes) -> Result<Option<String>> {
+        self.parts
+            .as_ref()
+            .and_then(|p| p.send(*part).ok())
+            .ok_or_else(|| anyhow!("this machine's upload thread stopped"))?;
+        Ok(None)
+    }
+
+    fn next_report(&mut self) -> Result<Report> {
+        // The uploads time out on their own (--stall-timeout per network call).
+        self.reports
+            .recv()
+            .map_err(|_| anyhow!("this machine's upload thread stopped"))
+    }
+
+    fn tick(&mut self, _: Option<u64>) -> Result<()> {
+        Ok(())
+    }
+}
