@@ -357,11 +357,13 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::mpsc;
 
+    type Script = Box<dyn FnMut(&Part) -> Vec<Report>>;
+
     /// A host that plays back a script: for each part handed over, the reports the
     /// script gives for it.
     struct Fake {
         stages: bool,
-        script: Box<dyn FnMut(&Part) -> Vec<Report>>,
+        script: Script,
         queue: VecDeque<Report>,
         given: Vec<usize>,
         /// `begin N` and `report` in the order the loop called them.
