@@ -16,7 +16,7 @@ use crate::peer::PeerLink;
 use crate::protocol::{Event, ServerSpec};
 use crate::quote;
 use crate::ssh::{self, Trust};
-use crate::transport::{Server, ServerTrust};
+use crate::transport::Server;
 
 #[derive(Default)]
 struct Row {
@@ -64,11 +64,11 @@ fn check_id() -> String {
 /// the relay (kept for the rate probe) and the free space in its staging directory.
 fn relay_probe(
     p: &Peer,
-    known_hosts: &Path,
+    known_hosts: &crate::config::KnownHosts,
     server: &ServerSpec,
     id: &str,
 ) -> Result<(PeerLink, u64)> {
-    let mut link = PeerLink::connect(p, known_hosts)?;
+    let mut link = PeerLink::connect(p, known_hosts, crate::config::DEFAULT_IO_TIMEOUT)?;
     match link
         .hello(id, &crate::lock::new_run_id(), server.clone())
         .and_then(|_| {
@@ -87,13 +87,18 @@ fn relay_probe(
     }
 }
 
-fn probe(login: &Login, known_hosts: &Path, command: Option<&str>) -> Row {
+fn probe(login: &Login, known_hosts: &crate::config::KnownHosts, command: Option<&str>) -> Row {
     let mut row = Row {
         name: login.name.clone(),
         address: format!("{}@{}:{}", login.user, login.host, login.port),
         ..Row::default()
     };
-    let session = match ssh::connect(login, Trust::KnownHosts(known_hosts), None) {
+    let session = match ssh::connect(
+        login,
+        Trust::KnownHosts(known_hosts),
+        None,
+        crate::config::DEFAULT_IO_TIMEOUT,
+    ) {
         Ok(s) => s,
         Err(e) => {
             match classify(&e) {
@@ -287,9 +292,14 @@ fn measure_rates(
     id: &str,
 ) -> Result<Vec<(usize, Result<f64>)>> {
     let m = &settings.merge;
-    let prepared = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)
-        .context("merge login")
-        .and_then(|session| merge::create_temp(&session, &m.dir, id).map(|_| session));
+    let prepared = ssh::connect(
+        &m.login,
+        Trust::KnownHosts(&settings.known_hosts),
+        None,
+        settings.io_timeout,
+    )
+    .context("merge login")
+    .and_then(|session| merge::create_temp(&session, &m.dir, id).map(|_| session));
     let session = match prepared {
         Ok(session) => session,
         Err(e) => {
@@ -324,9 +334,15 @@ fn human_rate(bytes_per_sec: f64) -> String {
     format!("{:.1} MB/s", bytes_per_sec / 1e6)
 }
 
-pub fn run(config_path: Option<&Path>, as_json: bool, rates: bool) -> Result<ExitCode> {
+pub fn run(
+    config_path: Option<&Path>,
+    as_json: bool,
+    rates: bool,
+    accept_new: bool,
+) -> Result<ExitCode> {
     let path = config::config_path(config_path).map_err(|e| with_code(e, Code::Usage))?;
-    let settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
+    let mut settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
+    settings.known_hosts.accept_new = accept_new;
     let kh = &settings.known_hosts;
     // This machine's own server login, which also yields the sftp host key relays need.
     let mut upload = Row {
@@ -344,13 +360,7 @@ pub fn run(config_path: Option<&Path>, as_json: bool, rates: bool) -> Result<Exi
     let id = id.as_str();
     let mut server = settings.server.clone();
     let mut local = None;
-    match Server::connect(
-        &settings.server,
-        id,
-        "local",
-        ServerTrust::KnownHosts(settings.known_hosts.clone()),
-        settings.merge.login.identity.as_deref(),
-    ) {
+    match Server::connect(&settings.server, id, "local", settings.server_access()) {
         Ok((conn, key)) => {
             server.host_key = key;
             upload.server_login = Some(true);

@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::protocol::ServerSpec;
 use crate::secret::Secret;
@@ -125,12 +125,11 @@ pub struct Settings {
     pub server: ServerSpec,
     /// The SSH login on the server used to merge and verify.
     pub merge: Merge,
-    /// The user's known_hosts file SSH host keys are checked against (with the system's
-    /// and what `host_key_files` says for a host).
-    pub known_hosts: PathBuf,
-    /// What `~/.ssh/config` says about each SSH login's host keys (HostKeyAlias,
-    /// UserKnownHostsFile, GlobalKnownHostsFile); made the run's rules by [`load`].
-    pub host_key_files: Vec<HostKeyFiles>,
+    /// How SSH host keys are checked: every SSH login of the run gets this.
+    pub known_hosts: KnownHosts,
+    /// How long any single blocking network call may wait (`--stall-timeout`): a
+    /// call that moves no byte for that long fails, and its part goes to another host.
+    pub io_timeout: Duration,
     /// The LAN peers, in config order.
     pub peers: Vec<Peer>,
     /// Upload rate limit for all hosts together, bytes per second (`--bwlimit-total`);
@@ -173,25 +172,45 @@ pub struct HostKeyFiles {
     pub global_files: Option<Vec<PathBuf>>,
 }
 
-/// The run's [`HostKeyFiles`]: every SSH connection is made from a [`Login`], while
-/// the rules come from the config it was resolved from.
-static HOST_KEY_FILES: Mutex<Vec<HostKeyFiles>> = Mutex::new(Vec::new());
+/// `--stall-timeout`'s default, and the timeout of commands that have no such flag.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Makes `rules` the ones every SSH connection of this run follows.
-pub fn use_host_key_files(rules: Vec<HostKeyFiles>) {
-    *HOST_KEY_FILES.lock().unwrap_or_else(|e| e.into_inner()) = rules;
+/// How a run checks SSH host keys, resolved once from the config and the command line.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KnownHosts {
+    /// The user's known_hosts file (`[ssh] known_hosts`, default `~/.ssh/known_hosts`),
+    /// checked with the system's; a login's ssh config rules may name others.
+    pub file: PathBuf,
+    /// What `~/.ssh/config` says about each SSH login's host keys (HostKeyAlias,
+    /// UserKnownHostsFile, GlobalKnownHostsFile).
+    pub rules: Vec<HostKeyFiles>,
+    /// `--accept-new-host-keys`: trust a key seen for the first time and remember it.
+    pub accept_new: bool,
 }
 
-/// The rules for `login`; the first for a login wins (the merge login's, when an
-/// `sftp://` server is the same host). None: the defaults, for a login the config did
-/// not make.
-pub fn host_key_files(login: &Login) -> HostKeyFiles {
-    let rules = HOST_KEY_FILES.lock().unwrap_or_else(|e| e.into_inner());
-    rules
-        .iter()
-        .find(|r| r.name == login.name && r.host == login.host && r.port == login.port)
-        .cloned()
-        .unwrap_or_default()
+impl Settings {
+    /// How this machine reaches the server: host keys as for every login, the merge
+    /// login's key for `sftp://` without a password.
+    pub fn server_access(&self) -> crate::transport::Access {
+        crate::transport::Access {
+            trust: crate::transport::ServerTrust::KnownHosts(self.known_hosts.clone()),
+            identity: self.merge.login.identity.clone(),
+            io_timeout: self.io_timeout,
+        }
+    }
+}
+
+impl KnownHosts {
+    /// The rules for `login`; the first for a login wins (the merge login's, when an
+    /// `sftp://` server is the same host). None: the defaults, for a login the config
+    /// did not make.
+    pub fn rules_for(&self, login: &Login) -> HostKeyFiles {
+        self.rules
+            .iter()
+            .find(|r| r.name == login.name && r.host == login.host && r.port == login.port)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Which config file to read: `--config`, else `$RELAYUP_CONFIG`, else
@@ -234,9 +253,7 @@ pub fn load(path: &Path) -> Result<Settings> {
             path.display()
         )
     })?;
-    let settings = parse(&text, path)?;
-    use_host_key_files(settings.host_key_files.clone());
-    Ok(settings)
+    parse(&text, path)
 }
 
 /// Parses config text; `path` is only used in messages and for permission checks.
@@ -346,8 +363,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         path: path.to_path_buf(),
         server,
         merge,
-        known_hosts,
-        host_key_files,
+        known_hosts: KnownHosts {
+            file: known_hosts,
+            rules: host_key_files,
+            accept_new: false,
+        },
+        io_timeout: DEFAULT_IO_TIMEOUT,
         peers,
         bwlimit_total: None,
     })
@@ -915,10 +936,11 @@ dir = "/srv/up"
         );
         let s = parse(&text, Path::new("t.toml")).unwrap();
         let rule = |host: &str| {
-            s.host_key_files
+            s.known_hosts
+                .rules
                 .iter()
                 .find(|r| r.host == host)
-                .unwrap_or_else(|| panic!("no rule for {host}: {:?}", s.host_key_files))
+                .unwrap_or_else(|| panic!("no rule for {host}: {:?}", s.known_hosts.rules))
                 .clone()
         };
         let alice = rule("10.1.2.3");
@@ -939,17 +961,17 @@ dir = "/srv/up"
             Some(vec![PathBuf::from("/etc/site_known_hosts")])
         );
         assert!(
-            s.host_key_files.iter().any(|r| r.host == "srv.example"),
+            s.known_hosts.rules.iter().any(|r| r.host == "srv.example"),
             "the merge login and the sftp:// server have rules too"
         );
 
         // [ssh] known_hosts in peers.toml wins over UserKnownHostsFile, not over the rest.
         let given = text.replace("[ssh]\n", "[ssh]\nknown_hosts = \"/k\"\n");
         let s = parse(&given, Path::new("t.toml")).unwrap();
-        let alice = s.host_key_files.iter().find(|r| r.port == 2200).unwrap();
+        let alice = s.known_hosts.rules.iter().find(|r| r.port == 2200).unwrap();
         assert_eq!(alice.user_files, None);
         assert_eq!(alice.alias.as_deref(), Some("alice-keys"));
-        assert_eq!(s.known_hosts, PathBuf::from("/k"));
+        assert_eq!(s.known_hosts.file, PathBuf::from("/k"));
 
         std::fs::write(&cfg, "Host *\n  UserKnownHostsFile /x/%C\n").unwrap();
         let err = format!("{:#}", parse(&text, Path::new("t.toml")).unwrap_err());

@@ -75,7 +75,7 @@ fn parse_probe(out: &str) -> (Option<String>, Option<String>) {
     (os, version)
 }
 
-fn deploy_one(p: &Peer, known_hosts: &Path, ours: &str, force: bool) -> Row {
+fn deploy_one(p: &Peer, known_hosts: &crate::config::KnownHosts, ours: &str, force: bool) -> Row {
     let mut row = Row {
         name: p.login.name.clone(),
         address: format!("{}@{}:{}", p.login.user, p.login.host, p.login.port),
@@ -91,9 +91,20 @@ fn deploy_one(p: &Peer, known_hosts: &Path, ours: &str, force: bool) -> Row {
     row
 }
 
-fn install(p: &Peer, known_hosts: &Path, ours: &str, force: bool, row: &mut Row) -> Result<()> {
+fn install(
+    p: &Peer,
+    known_hosts: &crate::config::KnownHosts,
+    ours: &str,
+    force: bool,
+    row: &mut Row,
+) -> Result<()> {
     let want = format!("relayup {}", env!("CARGO_PKG_VERSION"));
-    let session = ssh::connect(&p.login, Trust::KnownHosts(known_hosts), None)?;
+    let session = ssh::connect(
+        &p.login,
+        Trust::KnownHosts(known_hosts),
+        None,
+        crate::config::DEFAULT_IO_TIMEOUT,
+    )?;
     let probe = format!(
         "printf 'os %s\\n' \"$(uname -sm)\"\n\
          v=$({} --version 2>/dev/null) && printf 'version %s\\n' \"$v\"\n\
@@ -180,9 +191,11 @@ pub fn run(
     only: Option<&[String]>,
     force: bool,
     as_json: bool,
+    accept_new: bool,
 ) -> Result<ExitCode> {
     let path = config::config_path(config_path).map_err(|e| with_code(e, Code::Usage))?;
     let mut settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
+    settings.known_hosts.accept_new = accept_new;
     if let Some(names) = only {
         settings
             .keep_peers(names)

@@ -45,10 +45,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                     no_rate,
                     accept_new_host_keys,
                 },
-        } => {
-            ssh::set_accept_new(accept_new_host_keys);
-            check::run(config.as_deref(), json, !no_rate)
-        }
+        } => check::run(config.as_deref(), json, !no_rate, accept_new_host_keys),
         cli::Command::Peers {
             command:
                 cli::PeersCommand::Deploy {
@@ -58,10 +55,13 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                     json,
                     accept_new_host_keys,
                 },
-        } => {
-            ssh::set_accept_new(accept_new_host_keys);
-            deploy::run(config.as_deref(), peers.as_deref(), force, json)
-        }
+        } => deploy::run(
+            config.as_deref(),
+            peers.as_deref(),
+            force,
+            json,
+            accept_new_host_keys,
+        ),
         cli::Command::Status { json } => status::status(json),
         cli::Command::Clean { ids, config } => status::clean(&ids, config.as_deref()),
         cli::Command::Completions { shell } => {

@@ -127,7 +127,12 @@ pub fn prepare(
     overwrite: bool,
 ) -> Result<Prepared> {
     let m = &settings.merge;
-    let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)?;
+    let session = ssh::connect(
+        &m.login,
+        Trust::KnownHosts(&settings.known_hosts),
+        None,
+        settings.io_timeout,
+    )?;
     let tmp = sh(&temp_name(upload_id));
     let me = Owner::me();
     let script = format!(
@@ -277,7 +282,12 @@ pub fn take_over(settings: &Settings, upload_id: &str, busy: &Busy) -> Result<()
         bail!("bad process group {group}");
     }
     let m = &settings.merge;
-    let session = ssh::connect(&m.login, Trust::KnownHosts(&settings.known_hosts), None)?;
+    let session = ssh::connect(
+        &m.login,
+        Trust::KnownHosts(&settings.known_hosts),
+        None,
+        settings.io_timeout,
+    )?;
     let tmp = sh(&temp_name(upload_id));
     let script = format!(
         "cd -- {dir} || exit 1\n\

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Peer;
 use crate::hashes::Hashes;
@@ -39,6 +39,8 @@ pub struct PeerLink {
     pub staging_free: Option<u64>,
     /// The relay's last lines of stderr, for error messages.
     diag: VecDeque<String>,
+    /// `--stall-timeout`, which the relay gets too.
+    io_timeout: Duration,
     /// When the last request went to the relay (see [`PeerLink::keepalive`]).
     last_sent: Instant,
     /// Staged files the relay has not yet removed (by part index), removed by `close`
@@ -50,8 +52,17 @@ pub struct PeerLink {
 
 impl PeerLink {
     /// Logs in and starts the relay; [`PeerLink::hello`] then hands it the server.
-    pub fn connect(peer: &Peer, known_hosts: &Path) -> Result<PeerLink> {
-        let session = ssh::connect(&peer.login, Trust::KnownHosts(known_hosts), None)?;
+    pub fn connect(
+        peer: &Peer,
+        known_hosts: &crate::config::KnownHosts,
+        io_timeout: Duration,
+    ) -> Result<PeerLink> {
+        let session = ssh::connect(
+            &peer.login,
+            Trust::KnownHosts(known_hosts),
+            None,
+            io_timeout,
+        )?;
         let mut channel = session
             .channel_session()
             .context("opening an SSH channel")?;
@@ -74,6 +85,7 @@ impl PeerLink {
             staging: String::new(),
             version: String::new(),
             staging_free: None,
+            io_timeout,
             last_sent: Instant::now(),
             diag: VecDeque::new(),
             staged: Vec::new(),
@@ -92,7 +104,7 @@ impl PeerLink {
             host: link.peer.login.name.clone(),
             server: Box::new(server),
             staging: link.peer.staging.clone(),
-            stall_timeout: ssh::io_timeout().as_secs(),
+            stall_timeout: link.io_timeout.as_secs(),
         })?;
         match link.next_event()? {
             Event::Ready {

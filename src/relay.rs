@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Event, Request, PROTOCOL};
-use crate::transport::{Server, ServerTrust};
+use crate::transport::{Access, Server, ServerTrust};
 
 /// Progress events are sent at most this often per part.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -76,7 +76,6 @@ pub fn run() -> Result<()> {
     else {
         bail!("the first request must be hello");
     };
-    crate::ssh::set_io_timeout(Duration::from_secs(stall_timeout));
     if theirs != PROTOCOL {
         let err = anyhow!(
             "relayup {} on this peer speaks protocol {PROTOCOL}, the sender speaks {theirs}: run `relayup peers deploy` on the sending machine to install its relayup here",
@@ -110,7 +109,12 @@ pub fn run() -> Result<()> {
         None => ServerTrust::Exact(String::new()),
     };
     let tag = format!("{host}.{run}");
-    let mut uploader = match Server::connect(&server, &upload_id, &tag, trust, None) {
+    let access = Access {
+        trust,
+        identity: None,
+        io_timeout: Duration::from_secs(stall_timeout),
+    };
+    let mut uploader = match Server::connect(&server, &upload_id, &tag, access) {
         Ok((u, _)) => u,
         Err(e) => {
             let e = e.context("this peer cannot log in to the server");

@@ -29,7 +29,7 @@ use crate::progress::{self, Mode, Progress};
 use crate::protocol::ServerSpec;
 use crate::schedule::Scheduler;
 use crate::size::{parse_rate, parse_size};
-use crate::transport::{Server, ServerTrust};
+use crate::transport::Server;
 
 /// A value set once by one thread and waited for by others.
 struct Latch<T> {
@@ -130,6 +130,8 @@ struct Go {
     staging_need: u64,
     /// Whether a failing host fails alone or the server is away.
     health: Arc<Health>,
+    /// `--stall-timeout`.
+    stall: std::time::Duration,
 }
 
 impl Go {
@@ -142,7 +144,7 @@ impl Go {
             merged: &self.merged,
             hashes: &self.hashes,
             health: &self.health,
-            stall: crate::ssh::io_timeout(),
+            stall: self.stall,
         }
     }
 }
@@ -228,8 +230,6 @@ fn upload_id(source: &Path, st: &Stamp, dest: &str, settings: &Settings) -> Stri
 
 pub fn run(args: SendArgs) -> Result<ExitCode> {
     interrupt::install();
-    crate::ssh::set_io_timeout(std::time::Duration::from_secs(args.stall_timeout));
-    crate::ssh::set_accept_new(args.accept_new_host_keys);
     let mut result = send(&args, &[]);
     if let Some(c) = result
         .as_ref()
@@ -413,8 +413,7 @@ fn lead(
                 &settings.server,
                 id,
                 &format!("local.{}", ids.run),
-                ServerTrust::KnownHosts(settings.known_hosts.clone()),
-                settings.merge.login.identity.as_deref(),
+                settings.server_access(),
             )
         });
         let m = m.join().map_err(|_| anyhow!("merge pre-flight panicked"))?;
@@ -513,6 +512,7 @@ fn lead(
         hashes: hashes.clone(),
         staging_need: 2 * plan.parts.iter().map(|p| p.len).max().unwrap_or(0),
         health: health.clone(),
+        stall: settings.io_timeout,
     };
     go.set(Some(shared.clone()));
     let mut local = local;
@@ -602,14 +602,15 @@ fn peer_thread(
     ready: mpsc::Sender<(usize, bool)>,
 ) -> HostEnd {
     let name = p.login.name.clone();
-    let opened = PeerLink::connect(p, &settings.known_hosts).and_then(|mut link| {
-        let Some(server) = hello.wait() else {
-            link.close();
-            return Err(anyhow!("the send stopped before this peer started"));
-        };
-        link.hello(&ids.upload, &ids.run, server)?;
-        Ok(link)
-    });
+    let opened =
+        PeerLink::connect(p, &settings.known_hosts, settings.io_timeout).and_then(|mut link| {
+            let Some(server) = hello.wait() else {
+                link.close();
+                return Err(anyhow!("the send stopped before this peer started"));
+            };
+            link.hello(&ids.upload, &ids.run, server)?;
+            Ok(link)
+        });
     if let Err(e) = &opened {
         if e.downcast_ref::<crate::ssh::HostKeyProblem>().is_some() {
             // Not a peer to leave out quietly: a wrong host key may be an attack.
@@ -852,6 +853,8 @@ fn resolve(
         settings.keep_peers(names)?;
     }
     settings.peers.retain(|p| !exclude.contains(&p.login.name));
+    settings.io_timeout = std::time::Duration::from_secs(args.stall_timeout);
+    settings.known_hosts.accept_new = args.accept_new_host_keys;
     let rate = |flag: &str, text: &Option<String>| {
         text.as_deref()
             .map(|t| parse_rate(t).with_context(|| format!("{flag} {t}")))

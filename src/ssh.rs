@@ -9,35 +9,22 @@ use ssh2::{HashType, HostKeyType, MethodType, Session};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::config::{home, Login};
+use crate::config::{home, KnownHosts, Login};
 use crate::secret::Secret;
 use known_hosts::Verdict;
 
 /// How long to wait for a TCP connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-static IO_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(60);
-
-/// How long any single blocking network call may wait: `--stall-timeout`. A call that
-/// moves no byte for that long fails, and the part goes to another host.
-pub fn io_timeout() -> Duration {
-    Duration::from_secs(IO_TIMEOUT_SECS.load(Ordering::Relaxed))
-}
-
-pub fn set_io_timeout(t: Duration) {
-    IO_TIMEOUT_SECS.store(t.as_secs().max(1), Ordering::Relaxed);
-}
-
 /// Cipher preference, fastest first; the rest of libssh2's list stays as fallbacks.
 const FAST_CIPHERS: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr";
 
 /// How a host key should be checked.
 pub enum Trust<'a> {
-    /// Against a known_hosts file.
-    KnownHosts(&'a Path),
+    /// Against the run's known_hosts files.
+    KnownHosts(&'a KnownHosts),
     /// Against one key, `type base64` (what the client hands its relays).
     Exact(&'a str),
 }
@@ -94,15 +81,21 @@ fn resolve(
     }
 }
 
-/// Connects, verifies the host key, and logs in as `login.user`.
-pub fn connect(login: &Login, trust: Trust<'_>, password: Option<&Secret>) -> Result<Session> {
+/// Connects, verifies the host key, and logs in as `login.user`. Every blocking call
+/// on the session waits at most `io_timeout`.
+pub fn connect(
+    login: &Login,
+    trust: Trust<'_>,
+    password: Option<&Secret>,
+    io_timeout: Duration,
+) -> Result<Session> {
     let what = login.describe();
     let stream = tcp(&login.host, login.port, &what)?;
     let mut session = Session::new().context("creating an SSH session")?;
     session.set_tcp_stream(stream);
-    session.set_timeout(io_timeout().as_millis() as u32);
+    session.set_timeout(io_timeout.as_millis().min(u32::MAX as u128) as u32);
     let prefs = match &trust {
-        Trust::KnownHosts(file) => known_key_types(&HostKeyLookup::new(login, file)),
+        Trust::KnownHosts(kh) => known_key_types(&HostKeyLookup::new(login, kh)),
         Trust::Exact(line) => line
             .split_whitespace()
             .next()
@@ -158,13 +151,13 @@ struct HostKeyLookup {
 impl HostKeyLookup {
     /// `file` is the known_hosts file relayup was given (`[ssh] known_hosts` or its
     /// default); the ssh config's rules for this host replace what they name.
-    fn new(login: &Login, file: &Path) -> HostKeyLookup {
-        let rule = crate::config::host_key_files(login);
+    fn new(login: &Login, kh: &KnownHosts) -> HostKeyLookup {
+        let rule = kh.rules_for(login);
         HostKeyLookup {
             name: rule
                 .alias
                 .unwrap_or_else(|| known_hosts::host_name(&login.host, login.port)),
-            user_files: rule.user_files.unwrap_or_else(|| vec![file.to_path_buf()]),
+            user_files: rule.user_files.unwrap_or_else(|| vec![kh.file.clone()]),
             global_files: rule
                 .global_files
                 .unwrap_or_else(|| GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from).collect()),
@@ -238,16 +231,16 @@ fn check_host_key(session: &Session, login: &Login, trust: &Trust<'_>) -> Result
         .ok_or_else(|| anyhow!("{what}: server sent no host key"))?;
     let kind = key_type_name(kind);
     let fp = fingerprint(session);
-    let file = match trust {
+    let kh = match trust {
         Trust::Exact(expected) => {
             if host_key_line(session)? != expected.trim() {
                 bail!("{what}: host key {kind} {fp} is not the one the sending machine trusts; refusing to connect");
             }
             return Ok(());
         }
-        Trust::KnownHosts(file) => file,
+        Trust::KnownHosts(kh) => kh,
     };
-    let lookup = HostKeyLookup::new(login, file);
+    let lookup = HostKeyLookup::new(login, kh);
     let entries = lookup.entries();
     let name = &lookup.name;
     let problem = |message: String| Err(HostKeyProblem(message).into());
@@ -274,7 +267,7 @@ fn check_host_key(session: &Session, login: &Login, trust: &Trust<'_>) -> Result
             keyscan(login, kind, name),
             lookup.user_file()
         )),
-        Verdict::Unknown if ACCEPT_NEW.load(Ordering::Relaxed) => {
+        Verdict::Unknown if kh.accept_new => {
             let Some(user_file) = lookup.user_files.first() else {
                 return problem(format!(
                     "{what}: host key {kind} {fp} is not known, and UserKnownHostsFile is none, so it cannot be added"
@@ -318,14 +311,6 @@ fn keyscan(login: &Login, kind: &str, name: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct HostKeyProblem(String);
-
-static ACCEPT_NEW: AtomicBool = AtomicBool::new(false);
-
-/// `--accept-new-host-keys`: trust an unknown host key on first use and remember it
-/// (OpenSSH's `StrictHostKeyChecking accept-new`). A changed key is never accepted.
-pub fn set_accept_new(on: bool) {
-    ACCEPT_NEW.store(on, Ordering::Relaxed);
-}
 
 /// Appends `name type base64` to known_hosts (created 0600 if missing). Appending, not
 /// rewriting, keeps the user's comments and hashed entries as they are.
@@ -544,7 +529,7 @@ pub fn exit_signal(ch: &ssh2::Channel) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{use_host_key_files, HostKeyFiles};
+    use crate::config::HostKeyFiles;
 
     fn lookup(name: &str, user: &Path, global: &Path) -> HostKeyLookup {
         HostKeyLookup {
@@ -668,30 +653,33 @@ mod tests {
             user: "u".into(),
             identity: None,
         };
-        use_host_key_files(vec![HostKeyFiles {
-            name: "p".into(),
-            host: "10.9.9.9".into(),
-            port: 2200,
-            alias: Some("box".into()),
-            user_files: Some(vec!["/u1".into(), "/u2".into()]),
-            global_files: Some(vec![]),
-        }]);
         let given = Path::new("/given");
-        let l = HostKeyLookup::new(&login(2200), given);
+        let kh = KnownHosts {
+            file: given.to_path_buf(),
+            rules: vec![HostKeyFiles {
+                name: "p".into(),
+                host: "10.9.9.9".into(),
+                port: 2200,
+                alias: Some("box".into()),
+                user_files: Some(vec!["/u1".into(), "/u2".into()]),
+                global_files: Some(vec![]),
+            }],
+            accept_new: false,
+        };
+        let l = HostKeyLookup::new(&login(2200), &kh);
         assert_eq!(l.name, "box");
         assert_eq!(l.user_files, [PathBuf::from("/u1"), PathBuf::from("/u2")]);
         assert!(l.global_files.is_empty());
-        let other = HostKeyLookup::new(&login(22), given);
+        let other = HostKeyLookup::new(&login(22), &kh);
         assert_eq!(other.name, "10.9.9.9");
         assert_eq!(other.user_files, [given.to_path_buf()]);
         assert_eq!(other.global_files.len(), GLOBAL_KNOWN_HOSTS.len());
         let mut another_peer = login(2200);
         another_peer.name = "q".into();
         assert_eq!(
-            HostKeyLookup::new(&another_peer, given).name,
+            HostKeyLookup::new(&another_peer, &kh).name,
             "[10.9.9.9]:2200"
         );
-        use_host_key_files(Vec::new());
     }
 
     #[test]

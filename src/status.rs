@@ -112,6 +112,7 @@ fn clean_one(j: &Journal, config_override: Option<&Path>) -> Result<()> {
         &settings.merge.login,
         Trust::KnownHosts(&settings.known_hosts),
         None,
+        settings.io_timeout,
     )?;
     merge::remove_temp(&session, &settings.merge.dir, &j.id).map_err(|e| {
         match e.downcast_ref::<merge::Busy>() {
@@ -126,7 +127,12 @@ fn clean_one(j: &Journal, config_override: Option<&Path>) -> Result<()> {
             .clone()
             .unwrap_or_else(|| "~/.cache/relayup".into());
         let script = format!("rm -f -- {}/{}-*.part", quote::sh_home(&staging), j.id);
-        match ssh::connect(&peer.login, Trust::KnownHosts(&settings.known_hosts), None) {
+        match ssh::connect(
+            &peer.login,
+            Trust::KnownHosts(&settings.known_hosts),
+            None,
+            settings.io_timeout,
+        ) {
             Ok(s) => {
                 let _ = ssh::run(&s, &script);
             }

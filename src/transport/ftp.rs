@@ -9,7 +9,8 @@ use suppaftp::{RustlsConnector, RustlsFtpStream};
 
 use super::{copy_exact, temp_dir, Pacer, Uploader};
 use crate::protocol::ServerSpec;
-use crate::ssh::{io_timeout, tcp, CONNECT_TIMEOUT};
+use crate::ssh::{tcp, CONNECT_TIMEOUT};
+use std::time::Duration;
 
 pub struct Ftp {
     stream: RustlsFtpStream,
@@ -19,27 +20,27 @@ pub struct Ftp {
     in_dir: bool,
 }
 
-fn timeouts(s: &TcpStream) -> std::io::Result<()> {
-    s.set_read_timeout(Some(io_timeout()))?;
-    s.set_write_timeout(Some(io_timeout()))?;
+fn timeouts(s: &TcpStream, io_timeout: Duration) -> std::io::Result<()> {
+    s.set_read_timeout(Some(io_timeout))?;
+    s.set_write_timeout(Some(io_timeout))?;
     s.set_nodelay(true)
 }
 
 impl Ftp {
-    pub fn connect(spec: &ServerSpec, upload_id: &str) -> Result<Ftp> {
+    pub fn connect(spec: &ServerSpec, upload_id: &str, io_timeout: Duration) -> Result<Ftp> {
         let what = format!("{}://{}:{}", spec.scheme, spec.host, spec.port);
         let tcp = tcp(&spec.host, spec.port, &what)?;
-        timeouts(&tcp)?;
+        timeouts(&tcp, io_timeout)?;
         let stream = RustlsFtpStream::connect_with_stream(tcp)
             .map_err(|e| anyhow!("{what}: no FTP greeting: {e}"))?;
         // Passive data connections get timeouts too, or a dead server hangs us forever.
-        let stream = stream.passive_stream_builder(|addr| {
+        let stream = stream.passive_stream_builder(move |addr| {
             let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
                 .map_err(suppaftp::FtpError::ConnectionError)?;
             // Not watched for interrupts: a watched socket stays open until exit, and
             // the server would never see the end of the upload. The copy loop stops on
             // the interrupt flag instead.
-            timeouts(&s).map_err(suppaftp::FtpError::ConnectionError)?;
+            timeouts(&s, io_timeout).map_err(suppaftp::FtpError::ConnectionError)?;
             Ok(s)
         });
         let mut stream = if spec.scheme == "ftps" {

@@ -7,7 +7,7 @@ pub mod sftp;
 
 use anyhow::Result;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -44,9 +44,21 @@ pub trait Uploader: Send {
 /// How an SFTP server's host key is checked.
 #[derive(Clone, Debug)]
 pub enum ServerTrust {
-    KnownHosts(PathBuf),
+    KnownHosts(crate::config::KnownHosts),
     /// `type base64` handed over by the client.
     Exact(String),
+}
+
+/// How a host reaches the server, besides the [`ServerSpec`] every host shares.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// How an `sftp://` server's host key is checked.
+    pub trust: ServerTrust,
+    /// The SSH key for `sftp://` without a password (`None`: ssh-agent, then
+    /// ~/.ssh/id_*).
+    pub identity: Option<PathBuf>,
+    /// `--stall-timeout`: how long a blocking network call may wait.
+    pub io_timeout: std::time::Duration,
 }
 
 /// Attempts per part before the error goes up (to the scheduler, which gives the part
@@ -63,8 +75,7 @@ pub struct Server {
     uploads: u64,
     spec: ServerSpec,
     upload_id: String,
-    trust: ServerTrust,
-    identity: Option<PathBuf>,
+    access: Access,
     conn: Option<Box<dyn Uploader>>,
     /// This host's pacing, kept across parts and reconnections: a new part or a retry
     /// brings no fresh burst.
@@ -80,18 +91,16 @@ impl Server {
         spec: &ServerSpec,
         upload_id: &str,
         tag: &str,
-        trust: ServerTrust,
-        identity: Option<&Path>,
+        access: Access,
     ) -> Result<(Server, Option<String>)> {
-        let (conn, key) = open(spec, upload_id, &trust, identity)?;
+        let (conn, key) = open(spec, upload_id, &access)?;
         Ok((
             Server {
                 tag: tag.to_string(),
                 uploads: 0,
                 spec: spec.clone(),
                 upload_id: upload_id.to_string(),
-                trust,
-                identity: identity.map(Path::to_path_buf),
+                access,
                 conn: Some(conn),
                 pace: Pacer::new(Rate::new(spec.bwlimit)),
             },
@@ -125,15 +134,7 @@ impl Server {
         loop {
             let result = (|| -> Result<()> {
                 if self.conn.is_none() {
-                    self.conn = Some(
-                        open(
-                            &self.spec,
-                            &self.upload_id,
-                            &self.trust,
-                            self.identity.as_deref(),
-                        )?
-                        .0,
-                    );
+                    self.conn = Some(open(&self.spec, &self.upload_id, &self.access)?.0);
                 }
                 let conn = self.conn.as_mut().expect("connected above");
                 let mut reader = Cancellable {
@@ -166,13 +167,15 @@ impl Server {
 fn open(
     spec: &ServerSpec,
     upload_id: &str,
-    trust: &ServerTrust,
-    identity: Option<&Path>,
+    access: &Access,
 ) -> Result<(Box<dyn Uploader>, Option<String>)> {
     match spec.scheme.as_str() {
-        "ftp" | "ftps" => Ok((Box::new(ftp::Ftp::connect(spec, upload_id)?), None)),
+        "ftp" | "ftps" => Ok((
+            Box::new(ftp::Ftp::connect(spec, upload_id, access.io_timeout)?),
+            None,
+        )),
         "sftp" => {
-            let (up, key) = sftp::SftpUpload::connect(spec, upload_id, trust, identity)?;
+            let (up, key) = sftp::SftpUpload::connect(spec, upload_id, access)?;
             Ok((Box::new(up), Some(key)))
         }
         other => anyhow::bail!("unsupported server scheme {other:?}"),

@@ -21,22 +21,21 @@ impl SftpUpload {
     pub fn connect(
         spec: &ServerSpec,
         upload_id: &str,
-        trust: &ServerTrust,
-        identity: Option<&Path>,
+        access: &super::Access,
     ) -> Result<(SftpUpload, String)> {
         let login = Login {
             name: "server".into(),
             host: spec.host.clone(),
             port: spec.port,
             user: spec.user.clone(),
-            identity: identity.map(Path::to_path_buf),
+            identity: access.identity.clone(),
         };
         let what = format!("sftp://{}:{}", spec.host, spec.port);
-        let trust = match trust {
+        let trust = match &access.trust {
             ServerTrust::KnownHosts(f) => Trust::KnownHosts(f),
             ServerTrust::Exact(k) => Trust::Exact(k),
         };
-        let session = ssh::connect(&login, trust, spec.password.as_ref())?;
+        let session = ssh::connect(&login, trust, spec.password.as_ref(), access.io_timeout)?;
         let key = ssh::host_key_line(&session)?;
         let sftp = session
             .sftp()
