@@ -221,6 +221,25 @@ pub fn drive(
                 &inflight,
             );
         };
+        // A part uploaded other than it was given (a staged copy that changed after
+        // the relay checked it, a relay that lies): a failure of that part on this
+        // host, sent again; a host that keeps doing it is dropped.
+        let report = match report {
+            Report::Done {
+                bytes, checksum, ..
+            } if bytes != inflight[pos].part.len
+                || inflight[pos].expected.as_ref().is_some_and(|x| *x != checksum) =>
+            {
+                Report::Failed {
+                    index,
+                    message: format!(
+                        "uploaded as {bytes} bytes with checksum {checksum}, which is not what it was given"
+                    ),
+                    server: false,
+                }
+            }
+            r => r,
+        };
         match report {
             Report::Progress { bytes, .. } => {
                 let f = &mut inflight[pos];
@@ -247,17 +266,6 @@ pub fn drive(
             } => {
                 let f = inflight.remove(pos).expect("position is valid");
                 host.forget(index);
-                let wrong = f.expected.as_ref().is_some_and(|x| *x != checksum);
-                if wrong || bytes != f.part.len {
-                    inflight.push_back(f);
-                    return fail(
-                        anyhow!(
-                            "{} uploaded part {index} as {bytes} bytes with checksum {checksum}, which is not what it was given",
-                            host.name()
-                        ),
-                        &inflight,
-                    );
-                }
                 pace.uploaded += bytes.saturating_sub(f.bytes);
                 pace.upload_secs += dt;
                 last_move = now;

@@ -145,7 +145,7 @@ pub fn prepare(
          {temp_checks}\n\
          {lock}\n\
          rm -f -- {tmp}/merged.*.tmp {tmp}/*.part.*\n\
-         df -Pk . 2>/dev/null | awk 'NR == 2 {{ print \"free\", $4 * 1024 }}'\n\
+         df -Pk . 2>/dev/null | awk 'NR == 2 {{ print \"free\", $4 }}'\n\
          cd -- {tmp} || exit {no_temp}\n\
          {LIST_PARTS}\
          echo ready\n\
@@ -182,9 +182,11 @@ pub fn prepare(
     drop(reader);
     let out = lines.join("\n");
     if ready {
+        // `df -Pk` counts KiB (awk would print a product in floating point).
         let free = lines
             .iter()
-            .find_map(|l| l.strip_prefix("free ")?.trim().parse().ok());
+            .find_map(|l| l.strip_prefix("free ")?.trim().parse::<u64>().ok())
+            .map(|kib| kib.saturating_mul(1024));
         return Ok(Prepared::Ready(Ready {
             session,
             lock: ServerLock { channel: Some(ch) },
