@@ -37,10 +37,9 @@ struct Row {
 }
 
 fn classify(e: &anyhow::Error) -> &'static str {
-    let s = format!("{e:#}");
-    if s.contains("cannot connect") || s.contains("cannot resolve") || s.contains("handshake") {
+    if e.downcast_ref::<ssh::Unreachable>().is_some() {
         "reachable"
-    } else if s.contains("host key") || s.contains("HOST KEY") {
+    } else if e.downcast_ref::<ssh::HostKeyProblem>().is_some() {
         "host_key"
     } else {
         "auth"

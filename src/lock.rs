@@ -85,16 +85,9 @@ impl std::fmt::Display for Owner {
 }
 
 /// Another run of the same send holds the lock. Carries the whole message.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct Busy(pub String);
-
-impl std::fmt::Display for Busy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Busy {}
 
 /// The message for a lock held by `owner` (or by an unknown holder).
 pub fn busy(owner: Option<&Owner>, what: &str) -> Busy {

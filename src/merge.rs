@@ -258,20 +258,9 @@ pub fn prepare(
 
 /// The server lock is held by another run: its owner line (if readable) and the
 /// process group of the shell that holds the lock there.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{}", crate::lock::busy(.0.as_ref(), "lock on the server"))]
 pub struct Busy(pub Option<Owner>, pub Option<u32>);
-
-impl std::fmt::Display for Busy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}",
-            crate::lock::busy(self.0.as_ref(), "lock on the server")
-        )
-    }
-}
-
-impl std::error::Error for Busy {}
 
 /// The lock on the server is held by a run of this machine that is dead (its
 /// connection lingers on the server: the network went away before it could close).
@@ -570,16 +559,9 @@ impl Feeder {
 
 /// The merge ran but could not read every part (a part missing or unreadable on the
 /// server): like a corrupt part, found by listing the parts and sent again.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the merge on the server failed: {0}")]
 pub struct MergeFailed(pub String);
-
-impl std::fmt::Display for MergeFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the merge on the server failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for MergeFailed {}
 
 /// Moves the verified file into place and removes the temp dir. Right before the
 /// rename the merged file must still be the one the merge wrote (same inode, size and

@@ -296,14 +296,9 @@ pub fn run() -> Result<()> {
 }
 
 /// Marks the error of a client that went silent for the idle limit.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("client silent")]
 struct ClientSilent;
-
-impl std::fmt::Display for ClientSilent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("client silent")
-    }
-}
 
 /// Removes this run's staged files (names start with `prefix`).
 fn sweep_staging(staging: &Path, prefix: &str) {

@@ -65,22 +65,20 @@ impl<T: Clone> Latch<T> {
     }
 }
 
-/// Not an error: the destination already holds this very file.
-#[derive(Debug)]
-struct AlreadyThere;
-
-impl std::fmt::Display for AlreadyThere {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("already on the server")
-    }
+/// How one run of a send ended, when it did not fail.
+enum Outcome {
+    /// The file is on the server under its name, verified.
+    Sent,
+    /// The destination already holds this very file: nothing was sent.
+    AlreadyThere,
+    /// Parts were missing or corrupt on the server at the merge and have been removed
+    /// there: `run` sends them again (once).
+    Resend(CorruptParts),
 }
 
-impl std::error::Error for AlreadyThere {}
-
-/// Parts that were missing or corrupt on the server at the merge and have been
-/// removed there; `run` sends them again (once), without the peers that reported
+/// Parts missing or corrupt on the server at the merge, and the peers that reported
 /// them done (a relay that lies, or whose uploads go bad, is not asked again).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct CorruptParts {
     count: usize,
     /// Peers that reported one of those parts done in this run.
@@ -100,8 +98,6 @@ impl std::fmt::Display for CorruptParts {
         Ok(())
     }
 }
-
-impl std::error::Error for CorruptParts {}
 
 /// Each part's expected size and MD5, hashed from the source.
 fn run_plan_md5s(plan: &Plan, source: &Path) -> Result<Vec<(u64, String)>> {
@@ -230,29 +226,28 @@ fn upload_id(source: &Path, st: &Stamp, dest: &str, settings: &Settings) -> Stri
 
 pub fn run(args: SendArgs) -> Result<ExitCode> {
     interrupt::install();
-    let mut result = send(&args, &[]);
-    if let Some(c) = result
-        .as_ref()
-        .err()
-        .and_then(|e| e.downcast_ref::<CorruptParts>())
-    {
-        // Once: the resume path finds every good part on the server and sends the rest.
-        let without = if c.suspects.is_empty() {
-            String::new()
-        } else {
-            format!(" without {}", c.suspects.join(", "))
-        };
-        eprintln!("relayup: {c}; sending them again{without}");
-        let suspects = c.suspects.clone();
-        result = send(&args, &suspects);
-    }
-    let result = result.map_err(|e| match e.downcast_ref::<CorruptParts>() {
-        Some(c) => with_code(
+    let result = match send(&args, &[]) {
+        Ok(Outcome::Resend(c)) => {
+            // Once: the resume path finds every good part on the server and sends the
+            // rest.
+            let without = if c.suspects.is_empty() {
+                String::new()
+            } else {
+                format!(" without {}", c.suspects.join(", "))
+            };
+            eprintln!("relayup: {c}; sending them again{without}");
+            send(&args, &c.suspects)
+        }
+        other => other,
+    };
+    let result = match result {
+        Ok(Outcome::Sent | Outcome::AlreadyThere) => Ok(ExitCode::SUCCESS),
+        Ok(Outcome::Resend(c)) => Err(with_code(
             anyhow!("{c} twice; nothing was renamed into place"),
             Code::Verify,
-        ),
-        None => e,
-    });
+        )),
+        Err(e) => Err(e),
+    };
     if let Some(reason) = interrupt::reason() {
         return Err(anyhow!(
             "{reason}; the send stopped before anything went to that host (parts already on the server are kept for a re-run)"
@@ -288,7 +283,7 @@ fn resume_command() -> String {
 }
 
 /// One run of the send, leaving out the peers named in `exclude`.
-fn send(args: &SendArgs, exclude: &[String]) -> Result<ExitCode> {
+fn send(args: &SendArgs, exclude: &[String]) -> Result<Outcome> {
     // Stage 1: everything that can be wrong without the network. Exit 2.
     let (settings, source, st, dest, strategy, part_size) =
         resolve(args, exclude).map_err(|e| with_code(e, Code::Usage))?;
@@ -306,7 +301,7 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<ExitCode> {
             "upload id: {id} (temp dir {})",
             crate::transport::temp_dir(&settings.server.dir, &id)
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Outcome::Sent);
     }
     // One run of this send at a time on this machine; the server lock (pre-flight)
     // covers runs elsewhere.
@@ -356,8 +351,9 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<ExitCode> {
             .map(|h| h.join().expect("peer threads do not panic"))
             .collect();
         let mut run = match lead {
-            Err(e) if e.is::<AlreadyThere>() => return Ok(ExitCode::SUCCESS),
-            other => other?,
+            Ok(Lead::AlreadyThere) => return Ok(Outcome::AlreadyThere),
+            Ok(Lead::Run(run)) => *run,
+            Err(e) => return Err(e),
         };
         ends.insert(0, run.local.take().expect("local result is set"));
         finish(
@@ -372,6 +368,14 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<ExitCode> {
             args.overwrite,
         )
     })
+}
+
+/// How the pre-flight and this machine's part of the transfer ended.
+enum Lead {
+    /// The transfer ran; the end is left to do.
+    Run(Box<Run>),
+    /// The destination already holds this very file.
+    AlreadyThere,
 }
 
 /// What the transfer left for the end.
@@ -404,7 +408,7 @@ fn lead(
     hello: &Latch<Option<ServerSpec>>,
     go: &Latch<Option<Go>>,
     ready: mpsc::Receiver<(usize, bool)>,
-) -> Result<Run> {
+) -> Result<Lead> {
     let id = ids.upload.as_str();
     let (prepared, local) = std::thread::scope(|s| {
         let m = s.spawn(|| prepare(settings, dest, id, args.overwrite));
@@ -427,13 +431,9 @@ fn lead(
         Prepared::Ready(r) => r,
         Prepared::Exists(session, their_md5) => {
             merge::remove_if_empty(&session, &settings.merge.dir, id);
-            // Not an error if it is this very file: `send` turns AlreadyThere into success.
-            return Err(
-                match already_there(source, dest, settings, &their_md5, mode) {
-                    Ok(_) => anyhow::Error::new(AlreadyThere),
-                    Err(e) => e,
-                },
-            );
+            // Not an error if it is this very file.
+            already_there(source, dest, settings, &their_md5, mode)?;
+            return Ok(Lead::AlreadyThere);
         }
     };
     let (local, host_key) = local
@@ -520,7 +520,7 @@ fn lead(
     let mut me = LocalHost::start(local, source.to_path_buf(), hashes.clone());
     let job = shared.job(0);
     let result = hosts::ended(&job, "local", hosts::drive(&mut me, &job));
-    Ok(Run {
+    Ok(Lead::Run(Box::new(Run {
         plan,
         local: Some(HostEnd {
             name: "local".into(),
@@ -533,7 +533,7 @@ fn lead(
         hasher,
         session: ready_server.session,
         _server_lock: ready_server.lock,
-    })
+    })))
 }
 
 /// The merge pre-flight; a lock on the server left by a run of this machine that is
@@ -689,7 +689,7 @@ fn finish(
     ids: &Ids,
     mode: Mode,
     overwrite: bool,
-) -> Result<ExitCode> {
+) -> Result<Outcome> {
     let id = ids.upload.as_str();
     // The server lock is released when this returns, after the rename.
     let Run {
@@ -733,7 +733,7 @@ fn finish(
             let bad = merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected)
                 .unwrap_or_default();
             if !bad.is_empty() {
-                return Err(corrupt(&bad, &sched, &ends));
+                return Ok(Outcome::Resend(corrupt(&bad, &sched, &ends)));
             }
             return Err(with_code(e, Code::Transfer));
         }
@@ -763,7 +763,7 @@ fn finish(
         let bad = merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected)
             .unwrap_or_default();
         if !bad.is_empty() {
-            return Err(corrupt(&bad, &sched, &ends));
+            return Ok(Outcome::Resend(corrupt(&bad, &sched, &ends)));
         }
         return Err(with_code(
             anyhow!(
@@ -791,12 +791,12 @@ fn finish(
         }
     }
     progress::report_done(mode, st.size, seconds, &source_md5, dest, &summary);
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Sent)
 }
 
-/// The [`CorruptParts`] error for the parts `bad`, naming the peers that reported
+/// The [`CorruptParts`] for the parts `bad`, naming the peers that reported
 /// them done.
-fn corrupt(bad: &[usize], sched: &Scheduler, ends: &[HostEnd]) -> anyhow::Error {
+fn corrupt(bad: &[usize], sched: &Scheduler, ends: &[HostEnd]) -> CorruptParts {
     let mut suspects: Vec<String> = bad
         .iter()
         .filter_map(|&i| sched.completed_by(i))
@@ -805,10 +805,10 @@ fn corrupt(bad: &[usize], sched: &Scheduler, ends: &[HostEnd]) -> anyhow::Error 
         .collect();
     suspects.sort();
     suspects.dedup();
-    anyhow::Error::new(CorruptParts {
+    CorruptParts {
         count: bad.len(),
         suspects,
-    })
+    }
 }
 
 #[allow(clippy::type_complexity)]
@@ -891,7 +891,7 @@ fn already_there(
     settings: &Settings,
     their_md5: &str,
     mode: Mode,
-) -> Result<ExitCode> {
+) -> Result<()> {
     let ours = file_md5(source).with_context(|| format!("hashing {}", source.display()))?;
     if ours == their_md5 {
         if mode == Mode::Json {
@@ -905,7 +905,7 @@ fn already_there(
             "relayup: {}/{dest} is already on the server with the same md5 {ours}; nothing to send",
             settings.merge.dir
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     Err(anyhow!(
         "{}/{dest} already exists on the server with different content (md5 {their_md5}); pass --overwrite to replace it, or --dest to choose another name",

@@ -90,7 +90,7 @@ pub fn connect(
     io_timeout: Duration,
 ) -> Result<Session> {
     let what = login.describe();
-    let stream = tcp(&login.host, login.port, &what)?;
+    let stream = tcp(&login.host, login.port, &what).map_err(unreachable)?;
     let mut session = Session::new().context("creating an SSH session")?;
     session.set_tcp_stream(stream);
     session.set_timeout(io_timeout.as_millis().min(u32::MAX as u128) as u32);
@@ -117,7 +117,8 @@ pub fn connect(
     }
     session
         .handshake()
-        .with_context(|| format!("{what}: SSH handshake failed (is this an SSH server?)"))?;
+        .with_context(|| format!("{what}: SSH handshake failed (is this an SSH server?)"))
+        .map_err(unreachable)?;
     check_host_key(&session, login, &trust)?;
     authenticate(&session, login, password)?;
     Ok(session)
@@ -303,6 +304,16 @@ fn keyscan(login: &Login, kind: &str, name: &str) -> String {
         // A HostKeyAlias: ssh-keyscan writes the host's own name.
         format!("{scan} | sed 's/^[^ ]*/{name}/'")
     }
+}
+
+/// The host could not be reached, or did not speak SSH: before any question of keys
+/// or logins (`peers check` tells these apart). Carries the whole message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(String);
+
+fn unreachable(e: anyhow::Error) -> anyhow::Error {
+    Unreachable(format!("{e:#}")).into()
 }
 
 /// A host key that is unknown, changed or revoked: the whole send stops (exit 3),
