@@ -17,6 +17,7 @@ pub mod keys;
 pub mod local;
 pub mod lock;
 pub mod merge;
+pub mod names;
 pub mod peer;
 pub mod plan;
 pub mod progress;

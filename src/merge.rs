@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use crate::config::Settings;
 use crate::error::Code;
 use crate::lock::Owner;
+use crate::names::{merged as merged_name, temp_dir_name as temp_name};
 use crate::quote::sh;
 use crate::ssh::{self, Trust};
 
@@ -203,7 +204,7 @@ pub fn prepare(
         .collect::<Vec<_>>()
         .join(" ");
     let place = format!("{}/{dest}", m.dir.trim_end_matches('/'));
-    let temp = format!("{}/{}", m.dir.trim_end_matches('/'), temp_name(upload_id));
+    let temp = crate::names::temp_dir(&m.dir, upload_id);
     match code {
         status::NO_DIR => Err(anyhow!(
             "{who}: merge.dir {} does not exist there; fix merge.dir in {}",
@@ -305,11 +306,6 @@ fn dest_type_message(code: i32, place: &str) -> String {
     )
 }
 
-/// The temp dir's name inside the upload directory.
-fn temp_name(upload_id: &str) -> String {
-    format!(".relayup-{upload_id}")
-}
-
 /// Prints `part <n>.part <size> <md5>` for every part in the current directory.
 const LIST_PARTS: &str = "for f in *.part; do\n\
        [ -f \"$f\" ] || continue\n\
@@ -325,10 +321,7 @@ pub fn remove_bad_parts(
     upload_id: &str,
     expected: &[(u64, String)],
 ) -> Result<Vec<usize>> {
-    let tmp = sh(&format!(
-        "{}/.relayup-{upload_id}",
-        dir.trim_end_matches('/')
-    ));
+    let tmp = sh(&crate::names::temp_dir(dir, upload_id));
     let out = ssh::run(session, &format!("cd -- {tmp} || exit 1\n{LIST_PARTS}"))?;
     if out.status != 0 {
         bail!(
@@ -347,7 +340,7 @@ pub fn remove_bad_parts(
         .collect();
     let bad: Vec<usize> = (0..expected.len()).filter(|i| !good.contains(i)).collect();
     if !bad.is_empty() {
-        let names: Vec<String> = bad.iter().map(|i| sh(&format!("{i}.part"))).collect();
+        let names: Vec<String> = bad.iter().map(|&i| sh(&crate::names::part(i))).collect();
         let script = format!("cd -- {tmp} && rm -f -- {} merged.*.tmp", names.join(" "));
         let out = ssh::run(session, &script)?;
         if out.status != 0 {
@@ -368,7 +361,7 @@ fn parse_parts(out: &str) -> Vec<ServerPart> {
             if f.next()? != "part" {
                 return None;
             }
-            let index = f.next()?.strip_suffix(".part")?.parse().ok()?;
+            let index = crate::names::part_index(f.next()?)?;
             let size = f.next()?.parse().ok()?;
             let md5 = f.next()?;
             (md5.len() == 32).then(|| ServerPart {
@@ -385,7 +378,7 @@ pub fn remove_if_empty(session: &Session, dir: &str, upload_id: &str) {
     let script = format!(
         "cd -- {} && rmdir -- {} 2>/dev/null",
         sh(dir),
-        sh(&format!(".relayup-{upload_id}"))
+        sh(&temp_name(upload_id))
     );
     let _ = ssh::run(session, &script);
 }
@@ -395,12 +388,13 @@ pub fn create_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> 
     let script = format!(
         "cd -- {} && mkdir -m 700 -- {}",
         sh(dir),
-        sh(&format!(".relayup-{upload_id}"))
+        sh(&temp_name(upload_id))
     );
     let out = ssh::run(session, &script)?;
     if out.status != 0 {
         bail!(
-            "creating {dir}/.relayup-{upload_id} failed: {}",
+            "creating {} failed: {}",
+            crate::names::temp_dir(dir, upload_id),
             out.stderr.trim()
         );
     }
@@ -453,11 +447,6 @@ pub struct Feeder {
     handle: JoinHandle<Result<Merged>>,
 }
 
-/// The merged file's name in the temp dir: one per run, created with no-clobber.
-fn merged_name(run: &str) -> String {
-    format!("merged.{run}.tmp")
-}
-
 impl Feeder {
     /// Starts the merge on its own channel of `session`. `run` names this run's merged
     /// file, which is created here and must not exist.
@@ -469,7 +458,7 @@ impl Feeder {
         parts: usize,
         size: u64,
     ) -> Result<(Feeder, Sender<usize>)> {
-        let tmp = format!("{}/{}", dir.trim_end_matches('/'), temp_name(upload_id));
+        let tmp = crate::names::temp_dir(dir, upload_id);
         let merged = sh(&merged_name(run));
         // Names come from us (`<n>.part`), one per line, in index order. `set -C`
         // creates the merged file only if no other writer has that name.

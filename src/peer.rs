@@ -198,7 +198,7 @@ impl PeerLink {
 
     /// Copies the part's byte range to the peer's staging dir over SFTP.
     fn stage(&mut self, source: &Path, part: &Part, prefix: &str) -> Result<String> {
-        let name = format!("{prefix}-{}", part.file_name());
+        let name = format!("{prefix}{}", part.file_name());
         let mut file =
             File::open(source).with_context(|| format!("opening {}", source.display()))?;
         file.seek(SeekFrom::Start(part.offset))?;

@@ -23,7 +23,7 @@ pub struct Part {
 impl Part {
     /// The part's file name on peers and on the server. Generated here, never user text.
     pub fn file_name(&self) -> String {
-        format!("{}.part", self.index)
+        crate::names::part(self.index)
     }
 }
 

@@ -264,7 +264,7 @@ pub fn run() -> Result<()> {
         for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = std::fs::remove_file(path);
         }
-        sweep_staging(&staging, &format!("{upload_id}-{run}-"));
+        sweep_staging(&staging, &crate::names::staged_prefix(&upload_id, &run));
         eprintln!(
             "relayup relay: no word from the client for {} s; stopped and removed what was staged",
             idle.as_secs()
@@ -280,7 +280,7 @@ pub fn run() -> Result<()> {
     for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
         let _ = std::fs::remove_file(path);
     }
-    let prefix = format!("{upload_id}-{run}-");
+    let prefix = crate::names::staged_prefix(&upload_id, &run);
     let sweep = || sweep_staging(&staging, &prefix);
     sweep();
     if !matches!(result, Ok(true)) {
@@ -329,7 +329,7 @@ fn staging_dir(requested: Option<&str>) -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let dir = match requested {
         Some(s) => crate::config::expand(s)?,
-        None => crate::config::home()?.join(".cache").join("relayup"),
+        None => crate::config::expand(crate::names::DEFAULT_STAGING)?,
     };
     match std::fs::metadata(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -397,7 +397,7 @@ fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Res
     let path = job.path.clone();
     let sum = Arc::new(Mutex::new(xxhash_rust::xxh3::Xxh3::new()));
     server.put_part(
-        &format!("{index}.part"),
+        &crate::names::part(index),
         job.size,
         &mut || {
             let f = File::open(&path)

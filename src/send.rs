@@ -191,7 +191,7 @@ pub fn validate_dest(name: &std::ffi::OsStr) -> Result<String> {
     if s.contains(['\r', '\n', '\0']) {
         return bad("contains a line break or NUL");
     }
-    if s.starts_with(".relayup-") {
+    if s.starts_with(crate::names::TEMP_PREFIX) {
         return bad("uses relayup's own temp prefix");
     }
     if s.len() > 255 {
@@ -662,7 +662,7 @@ fn peer_thread(
         }
     };
     let job = go.job(host);
-    let prefix = format!("{}-{}", ids.upload, ids.run);
+    let prefix = crate::names::staged_prefix(&ids.upload, &ids.run);
     let mut peer = peer::PeerHost {
         link: &mut link,
         source,
@@ -715,10 +715,10 @@ fn finish(
             .collect();
         return Err(with_code(
             anyhow!(
-                "no host could finish the upload ({}); the parts already on the server are kept in {}/.relayup-{id}: \
+                "no host could finish the upload ({}); the parts already on the server are kept in {}: \
                  run the same command again to resume, or `relayup clean` to remove them",
                 why.join("; "),
-                settings.server.dir
+                crate::names::temp_dir(&settings.server.dir, id)
             ),
             Code::Transfer,
         ));

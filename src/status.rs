@@ -125,7 +125,8 @@ fn clean_one(j: &Journal, config_override: Option<&Path>) -> Result<()> {
         let staging = peer
             .staging
             .clone()
-            .unwrap_or_else(|| "~/.cache/relayup".into());
+            .unwrap_or_else(|| crate::names::DEFAULT_STAGING.into());
+        // Every run's staged parts of this upload (names::staged).
         let script = format!("rm -f -- {}/{}-*.part", quote::sh_home(&staging), j.id);
         match ssh::connect(
             &peer.login,

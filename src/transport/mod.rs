@@ -18,10 +18,7 @@ pub use pace::{Pacer, Rate};
 /// write call, and suppaftp's own copy uses 8 KiB.
 pub const CHUNK: usize = 1 << 20;
 
-/// The directory, next to the destination, where parts wait for the merge.
-pub fn temp_dir(dir: &str, upload_id: &str) -> String {
-    format!("{}/.relayup-{upload_id}", dir.trim_end_matches('/'))
-}
+pub use crate::names::temp_dir;
 
 /// An open, logged-in connection to the server.
 pub trait Uploader: Send {
@@ -144,7 +141,7 @@ impl Server {
                 // Upload under a name of our own, then rename into place: a part
                 // name only ever holds a complete, size-checked part.
                 self.uploads += 1;
-                let tmp = format!("{name}.{}.{}", self.tag, self.uploads);
+                let tmp = crate::names::uploading(name, &self.tag, self.uploads);
                 conn.put(&tmp, &mut reader, len, &mut self.pace, progress)?;
                 conn.rename(&tmp, name)
             })();
