@@ -3,6 +3,7 @@
 //! command line and hands it to [`run`]; everything else lives here, so tests and fuzz
 //! targets use the same code.
 
+pub mod assembly;
 pub mod check;
 pub mod cli;
 pub mod config;

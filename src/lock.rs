@@ -158,6 +158,14 @@ pub fn valid_upload_id(id: &str) -> bool {
     id.len() == 16 && id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
 }
 
+/// The names of one run: the upload id (the same for every run of a send, so a re-run
+/// finds its temp dir) and the run's own id (in every name the run writes).
+#[derive(Clone, Debug)]
+pub struct Ids {
+    pub upload: String,
+    pub run: String,
+}
+
 /// A name for one run, different for every run: it goes into every name a run writes
 /// (merged file, temporary upload names, staged parts), so two runs never write the
 /// same file even where no lock can reach (a relay cut off from its client).

@@ -12,37 +12,89 @@ use std::thread::JoinHandle;
 
 use crate::config::Settings;
 use crate::error::Code;
-use crate::lock::Owner;
+use crate::lock::{Ids, Owner};
 use crate::names::{merged as merged_name, temp_dir_name as temp_name};
 use crate::quote::sh;
 use crate::ssh::{self, Trust};
 
-/// A part already complete on the server from an earlier, interrupted run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerPart {
-    pub index: usize,
-    pub size: u64,
-    pub md5: String,
-}
+pub use crate::assembly::ServerPart;
+use crate::assembly::{Assembled, Assembly};
 
 /// What pre-flight found on the server.
 pub enum Prepared {
     /// Ready: the temp dir exists, this run holds its lock, and these parts are
     /// already in it.
-    Ready(Ready),
+    Ready(AppendMerge),
     /// The destination exists (and `--overwrite` was not given); its MD5.
     Exists(Session, String),
 }
 
-/// A prepared temp dir, locked for this run.
-pub struct Ready {
-    pub session: Session,
+/// The append-merge [`Assembly`]: a prepared temp dir, locked for this run, whose
+/// parts are appended in order over the merge login as they arrive.
+pub struct AppendMerge {
+    session: Session,
     /// Held until dropped: the server-side lock of this upload's temp dir.
-    pub lock: ServerLock,
+    _lock: ServerLock,
     /// Parts an earlier run left complete.
-    pub parts: Vec<ServerPart>,
+    parts: Vec<ServerPart>,
     /// Free bytes in the upload directory, if `df` could tell.
-    pub free: Option<u64>,
+    free: Option<u64>,
+    /// `merge.dir`, the upload id and this run's id.
+    dir: String,
+    upload_id: String,
+    run: String,
+    feeder: Option<Feeder>,
+}
+
+impl Assembly for AppendMerge {
+    fn existing(&self) -> &[ServerPart] {
+        &self.parts
+    }
+
+    fn free(&self) -> Option<u64> {
+        self.free
+    }
+
+    /// The parts still to come and the merged file side by side.
+    fn space_needed(&self, size: u64, there: u64) -> u64 {
+        size.saturating_sub(there) + size
+    }
+
+    fn start(&mut self, parts: usize, size: u64) -> Result<Sender<usize>> {
+        let (feeder, tx) = Feeder::start(
+            &self.session,
+            &self.dir,
+            &self.upload_id,
+            &self.run,
+            parts,
+            size,
+        )?;
+        self.feeder = Some(feeder);
+        Ok(tx)
+    }
+
+    fn finish(&mut self) -> Result<Assembled> {
+        self.feeder
+            .take()
+            .ok_or_else(|| anyhow!("the merge was never started"))?
+            .finish()
+    }
+
+    fn remove_bad(&self, expected: &[(u64, String)]) -> Result<Vec<usize>> {
+        remove_bad_parts(&self.session, &self.dir, &self.upload_id, expected)
+    }
+
+    fn publish(&self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()> {
+        commit(
+            &self.session,
+            &self.dir,
+            &self.upload_id,
+            &self.run,
+            file,
+            dest,
+            overwrite,
+        )
+    }
 }
 
 /// The channel whose remote shell holds the `flock` on the temp dir's lock file. The
@@ -121,12 +173,8 @@ fn lock_lines(tmp: &str, owner: &Owner) -> String {
 /// parts an earlier run left there (with their size and MD5, computed on the server).
 /// Also removes, in the background, finished sends' temp dirs whose background
 /// removal never ran to the end (see [`commit`]; a server reboot, say).
-pub fn prepare(
-    settings: &Settings,
-    dest: &str,
-    upload_id: &str,
-    overwrite: bool,
-) -> Result<Prepared> {
+pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> Result<Prepared> {
+    let (upload_id, run) = (ids.upload.as_str(), ids.run.as_str());
     let m = &settings.merge;
     let session = ssh::connect(
         &m.login,
@@ -188,11 +236,15 @@ pub fn prepare(
             .iter()
             .find_map(|l| l.strip_prefix("free ")?.trim().parse::<u64>().ok())
             .map(|kib| kib.saturating_mul(1024));
-        return Ok(Prepared::Ready(Ready {
+        return Ok(Prepared::Ready(AppendMerge {
             session,
-            lock: ServerLock { channel: Some(ch) },
+            _lock: ServerLock { channel: Some(ch) },
             parts: parse_parts(&out),
             free,
+            dir: m.dir.clone(),
+            upload_id: upload_id.to_string(),
+            run: run.to_string(),
+            feeder: None,
         }));
     }
     ch.wait_close().ok();
@@ -431,15 +483,10 @@ pub fn remove_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> 
     }
 }
 
-/// What the server reports of the merged file as it was written: `inode size mtime`.
-/// Checked again right before the rename, so the file renamed into place is the very
-/// file whose bytes were hashed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Merged {
-    pub md5: String,
-    pub size: u64,
-    stat: String,
-}
+/// What the server reports of the merged file as it was written (its `stat` is
+/// `inode size mtime`), checked again right before the rename, so the file renamed
+/// into place is the very file whose bytes were hashed.
+type Merged = Assembled;
 
 /// Appends parts in order on the server while the transfer goes on.
 pub struct Feeder {

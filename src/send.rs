@@ -12,6 +12,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime};
 
+use crate::assembly::Assembly;
 use crate::cli::{SendArgs, StrategyArg};
 use crate::config::{self, Settings};
 use crate::error::{with_code, Code};
@@ -22,7 +23,7 @@ use crate::interrupt;
 use crate::journal::Journal;
 use crate::local::LocalHost;
 use crate::lock::{self, LocalLock};
-use crate::merge::{self, Feeder, MergeFailed, Prepared};
+use crate::merge::{self, MergeFailed, Prepared};
 use crate::peer::{self, PeerLink};
 use crate::plan::{Plan, Strategy};
 use crate::progress::{self, Mode, Progress};
@@ -107,12 +108,7 @@ fn run_plan_md5s(plan: &Plan, source: &Path) -> Result<Vec<(u64, String)>> {
         .collect()
 }
 
-/// The names of one run: the upload id (the same for every run of a send, so a re-run
-/// finds its temp dir) and the run's own id (in every name the run writes).
-pub struct Ids {
-    pub upload: String,
-    pub run: String,
-}
+use crate::lock::Ids;
 
 /// What a peer needs once the transfer starts.
 #[derive(Clone)]
@@ -384,12 +380,10 @@ struct Run {
     plan: Plan,
     sched: Arc<Scheduler>,
     progress: Arc<Progress>,
-    feeder: Feeder,
     hasher: std::thread::JoinHandle<Result<String>>,
-    /// The merge login, for the checks and the rename at the end.
-    session: ssh2::Session,
-    /// This run's lock on the server's temp dir, held to the end of the run.
-    _server_lock: merge::ServerLock,
+    /// How the parts become one file on the server; holds this run's lock there
+    /// until the end of the run.
+    assembly: Box<dyn Assembly>,
 }
 
 /// Pre-flight of the merge and this machine's login, the plan, and this machine's
@@ -411,7 +405,7 @@ fn lead(
 ) -> Result<Lead> {
     let id = ids.upload.as_str();
     let (prepared, local) = std::thread::scope(|s| {
-        let m = s.spawn(|| prepare(settings, dest, id, args.overwrite));
+        let m = s.spawn(|| prepare(settings, dest, ids, args.overwrite));
         let l = s.spawn(|| {
             Server::connect(
                 &settings.server,
@@ -427,8 +421,8 @@ fn lead(
         Ok::<_, anyhow::Error>((m?, l))
     })
     .map_err(|e| with_code(e, Code::Connect))?;
-    let ready_server = match prepared {
-        Prepared::Ready(r) => r,
+    let mut assembly: Box<dyn Assembly> = match prepared {
+        Prepared::Ready(r) => Box::new(r),
         Prepared::Exists(session, their_md5) => {
             merge::remove_if_empty(&session, &settings.merge.dir, id);
             // Not an error if it is this very file.
@@ -462,12 +456,12 @@ fn lead(
     let plan = Journal::load(id)
         .and_then(|j| j.plan(st.size))
         .unwrap_or_else(|| Plan::new(st.size, live.len(), strategy, part_size));
-    check_server_space(settings, st.size, &ready_server)?;
+    check_server_space(settings, st.size, assembly.as_ref())?;
     Journal::new(id, source, dest, &settings.path, &plan)
         .save()
         .map_err(|e| with_code(e, Code::Transfer))?;
     let done =
-        resumable(&plan, &ready_server.parts, source).map_err(|e| with_code(e, Code::Transfer))?;
+        resumable(&plan, assembly.existing(), source).map_err(|e| with_code(e, Code::Transfer))?;
     let resumed_bytes: u64 = plan
         .parts
         .iter()
@@ -489,15 +483,9 @@ fn lead(
     let progress = Progress::start(mode, st.size - resumed_bytes, &names, start);
     let sched = Arc::new(Scheduler::new(&plan, names.len(), &live, &done));
     sched.limit(settings.server.bwlimit, settings.bwlimit_total);
-    let (feeder, merged) = Feeder::start(
-        &ready_server.session,
-        &settings.merge.dir,
-        id,
-        &ids.run,
-        plan.parts.len(),
-        st.size,
-    )
-    .map_err(|e| with_code(e, Code::Transfer))?;
+    let merged = assembly
+        .start(plan.parts.len(), st.size)
+        .map_err(|e| with_code(e, Code::Transfer))?;
     let mut resumed: Vec<usize> = done.iter().copied().collect();
     resumed.sort_unstable();
     for index in resumed {
@@ -529,22 +517,20 @@ fn lead(
         }),
         sched,
         progress,
-        feeder,
         hasher,
-        session: ready_server.session,
-        _server_lock: ready_server.lock,
+        assembly,
     })))
 }
 
 /// The merge pre-flight; a lock on the server left by a run of this machine that is
 /// dead (its connection still lingers there) is taken over, once.
-fn prepare(settings: &Settings, dest: &str, id: &str, overwrite: bool) -> Result<Prepared> {
-    match merge::prepare(settings, dest, id, overwrite) {
+fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> Result<Prepared> {
+    match merge::prepare(settings, dest, ids, overwrite) {
         Err(e) => match e.downcast_ref::<merge::Busy>() {
             Some(busy) if busy.0.as_ref().is_some_and(|o| o.is_dead_here()) => {
-                merge::take_over(settings, id, busy)
+                merge::take_over(settings, &ids.upload, busy)
                     .context("taking over the lock of a dead run on the server")?;
-                merge::prepare(settings, dest, id, overwrite).map_err(busy_code)
+                merge::prepare(settings, dest, ids, overwrite).map_err(busy_code)
             }
             _ => Err(busy_code(e)),
         },
@@ -563,16 +549,16 @@ fn busy_code(e: anyhow::Error) -> anyhow::Error {
 
 /// The merge needs the remaining parts and the merged file side by side on the
 /// server: fail now, not at the end, when they cannot fit.
-fn check_server_space(settings: &Settings, size: u64, ready: &merge::Ready) -> Result<()> {
-    let Some(free) = ready.free else {
+fn check_server_space(settings: &Settings, size: u64, assembly: &dyn Assembly) -> Result<()> {
+    let Some(free) = assembly.free() else {
         eprintln!(
             "relayup: warning: could not read the free space in {} on the server (df); not checked",
             settings.merge.dir
         );
         return Ok(());
     };
-    let there: u64 = ready.parts.iter().map(|p| p.size).sum();
-    let need = size.saturating_sub(there) + size;
+    let there: u64 = assembly.existing().iter().map(|p| p.size).sum();
+    let need = assembly.space_needed(size, there);
     if free < need {
         return Err(with_code(
             anyhow!(
@@ -696,10 +682,8 @@ fn finish(
         plan,
         sched,
         progress,
-        feeder,
         hasher,
-        session,
-        _server_lock: _held,
+        mut assembly,
         ..
     } = run;
     if !sched.all_done() {
@@ -724,14 +708,13 @@ fn finish(
         ));
     }
     let transfer_end = Instant::now();
-    let merged = match feeder.finish() {
+    let merged = match assembly.finish() {
         Ok(m) => m,
         Err(e) if e.is::<MergeFailed>() => {
             // A part missing or unreadable at the merge: the same path as a corrupt one.
             progress.stop();
             let expected: Vec<(u64, String)> = run_plan_md5s(&plan, source)?;
-            let bad = merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected)
-                .unwrap_or_default();
+            let bad = assembly.remove_bad(&expected).unwrap_or_default();
             if !bad.is_empty() {
                 return Ok(Outcome::Resend(corrupt(&bad, &sched, &ends)));
             }
@@ -760,8 +743,7 @@ fn finish(
         // Every part was size-checked when it landed, so a part changed on the server
         // afterwards. Find the bad ones by their own MD5s; the re-run sends only those.
         let expected: Vec<(u64, String)> = run_plan_md5s(&plan, source)?;
-        let bad = merge::remove_bad_parts(&session, &settings.merge.dir, id, &expected)
-            .unwrap_or_default();
+        let bad = assembly.remove_bad(&expected).unwrap_or_default();
         if !bad.is_empty() {
             return Ok(Outcome::Resend(corrupt(&bad, &sched, &ends)));
         }
@@ -774,16 +756,9 @@ fn finish(
             Code::Verify,
         ));
     }
-    merge::commit(
-        &session,
-        &settings.merge.dir,
-        id,
-        &ids.run,
-        &merged,
-        dest,
-        overwrite,
-    )
-    .map_err(|e| with_code(e, Code::Transfer))?;
+    assembly
+        .publish(&merged, dest, overwrite)
+        .map_err(|e| with_code(e, Code::Transfer))?;
     Journal::remove(id);
     for h in ends.iter().filter(|h| !h.left_out) {
         if let Err(e) = &h.result {
