@@ -2,13 +2,13 @@
 //! another version, into `~/.local/bin/relayup`, when their OS and architecture match.
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::json;
 use std::fs::File;
 use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::{self, Peer, DEPLOY_PATH};
 use crate::error::{with_code, Code};
+use crate::events::DeployRow;
 use crate::quote;
 use crate::ssh::{self, Trust};
 use crate::transport::sftp::write_file;
@@ -212,12 +212,16 @@ pub fn run(
     });
     if as_json {
         for r in &rows {
-            println!(
-                "{}",
-                json!({"name": r.name, "address": r.address, "os": r.os, "before": r.before,
-                    "action": if r.action.is_empty() { None } else { Some(r.action) },
-                    "ok": r.problem.is_none(), "problem": r.problem, "note": r.note})
-            );
+            crate::progress::emit(&DeployRow {
+                name: r.name.clone(),
+                address: r.address.clone(),
+                os: r.os.clone(),
+                before: r.before.clone(),
+                action: (!r.action.is_empty()).then_some(r.action),
+                ok: r.problem.is_none(),
+                problem: r.problem.clone(),
+                note: r.note.clone(),
+            });
         }
     } else {
         println!(
@@ -238,12 +242,12 @@ pub fn run(
     }
     let failed = rows.iter().filter(|r| r.problem.is_some()).count();
     if failed > 0 {
-        eprintln!(
-            "relayup: {failed} of {} peers could not get relayup {}",
+        return Err(anyhow!(
+            "{failed} of {} peers could not get relayup {}",
             rows.len(),
             env!("CARGO_PKG_VERSION")
-        );
-        return Ok(ExitCode::from(Code::Connect.exit_code()));
+        ))
+        .context(Code::Connect);
     }
     Ok(ExitCode::SUCCESS)
 }
