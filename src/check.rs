@@ -1,7 +1,6 @@
 //! `relayup peers check`: can each peer take part, and does the merge login work?
 
-use anyhow::{bail, Context, Result};
-use serde_json::json;
+use anyhow::{anyhow, bail, Context, Result};
 use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{self, Login, Peer};
 use crate::error::{with_code, Code};
+use crate::events::CheckRow;
 use crate::merge;
 use crate::peer::PeerLink;
 use crate::protocol::{Event, ServerSpec};
@@ -446,20 +446,26 @@ pub fn run(
                     }
                 }
             }
-            Err(e) => eprintln!("relayup: upload rates not measured: {e:#}"),
+            Err(e) => crate::progress::warn(&format!("upload rates not measured: {e:#}")),
         }
     }
 
     let ok = |r: &Row| r.problem.is_none();
     if as_json {
         for r in &rows {
-            println!(
-                "{}",
-                json!({"name": r.name, "address": r.address, "reachable": r.reachable, "host_key": r.host_key,
-                    "authenticated": r.auth, "relayup": r.version, "server_login": r.server_login,
-                    "staging_free_bytes": r.free, "upload_bytes_per_sec": r.rate.map(|v| v.round()),
-                    "ok": ok(r), "problem": r.problem})
-            );
+            crate::progress::emit(&CheckRow {
+                name: r.name.clone(),
+                address: r.address.clone(),
+                reachable: r.reachable,
+                host_key: r.host_key,
+                authenticated: r.auth,
+                relayup: r.version.clone(),
+                server_login: r.server_login,
+                staging_free_bytes: r.free,
+                upload_bytes_per_sec: r.rate.map(|v| v.round()),
+                ok: ok(r),
+                problem: r.problem.clone(),
+            });
         }
     } else {
         let mark = |v: Option<bool>| match v {
@@ -507,8 +513,8 @@ pub fn run(
     }
     let failed = rows.iter().filter(|r| !ok(r)).count();
     if failed > 0 {
-        eprintln!("relayup: {failed} of {} logins have a problem", rows.len());
-        return Ok(ExitCode::from(Code::Connect.exit_code()));
+        return Err(anyhow!("{failed} of {} logins have a problem", rows.len()))
+            .context(Code::Connect);
     }
     Ok(ExitCode::SUCCESS)
 }

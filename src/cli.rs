@@ -15,6 +15,23 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether the command was asked for JSON lines on stdout (`--json`): its warnings
+    /// and its final error are then events too.
+    pub fn json(&self) -> bool {
+        match &self.command {
+            Command::Send(args) => args.json,
+            Command::Status { json } => *json,
+            Command::Peers {
+                command: PeersCommand::Check { json, .. } | PeersCommand::Deploy { json, .. },
+            } => *json,
+            Command::Clean { .. } | Command::Completions { .. } | Command::Man | Command::Relay => {
+                false
+            }
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Upload FILE to the server through the configured peers.
@@ -146,7 +163,7 @@ pub struct SendArgs {
     /// Replace the destination if it already exists.
     #[arg(long)]
     pub overwrite: bool,
-    /// JSON lines on stdout: start, progress, part_done, merged, done.
+    /// JSON lines on stdout: start, progress, part_done, merged, warning, done (or error at the end of a failed send); with --dry-run, one plan.
     #[arg(long)]
     pub json: bool,
     /// No progress display; print only the result.
@@ -155,4 +172,29 @@ pub struct SendArgs {
     /// Print the plan and exit without sending anything.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // clap checks conflicts, defaults, value names and ids only when asked.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_is_read_from_every_command_that_has_it() {
+        let json = |args: &[&str]| Cli::try_parse_from(args).unwrap().json();
+        assert!(json(&["relayup", "send", "f", "--json"]));
+        assert!(!json(&["relayup", "send", "f"]));
+        assert!(json(&["relayup", "status", "--json"]));
+        assert!(json(&["relayup", "peers", "check", "--json"]));
+        assert!(json(&["relayup", "peers", "deploy", "--json"]));
+        assert!(!json(&["relayup", "peers", "deploy"]));
+        assert!(!json(&["relayup", "clean"]));
+        assert!(!json(&["relayup", "relay"]));
+    }
 }

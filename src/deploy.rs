@@ -2,13 +2,13 @@
 //! another version, into `~/.local/bin/relayup`, when their OS and architecture match.
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::json;
 use std::fs::File;
 use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::{self, Peer, DEPLOY_PATH};
 use crate::error::{with_code, Code};
+use crate::events::DeployRow;
 use crate::quote;
 use crate::ssh::{self, Trust};
 use crate::transport::sftp::write_file;
@@ -28,22 +28,43 @@ struct Row {
     note: Option<String>,
 }
 
-/// This machine's `uname -sm`, e.g. `Linux x86_64`.
-pub fn local_os() -> Result<String> {
-    // SAFETY: uname fills the struct it is given; all-zero bytes are a valid utsname.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
-        bail!("uname failed: {}", std::io::Error::last_os_error());
-    }
-    let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
+/// The platform this binary was built for, spelled as `uname -sm` spells it (e.g.
+/// `Linux x86_64`), to compare with a peer's. The build target, not this machine's
+/// kernel, is what decides where a copy runs: a 32-bit build on a 64-bit kernel is
+/// still a 32-bit build.
+pub fn local_os() -> String {
+    uname_spelling(
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        cfg!(target_endian = "little"),
+    )
+}
+
+/// Rust's names for an OS and an architecture (`std::env::consts`) in `uname -s` and
+/// `uname -m` spelling. Names not listed pass through as they are.
+fn uname_spelling(os: &str, arch: &str, little_endian: bool) -> String {
+    let sysname = match os {
+        "linux" | "android" => "Linux",
+        "macos" | "ios" => "Darwin",
+        "freebsd" => "FreeBSD",
+        "netbsd" => "NetBSD",
+        "openbsd" => "OpenBSD",
+        "dragonfly" => "DragonFly",
+        "solaris" | "illumos" => "SunOS",
+        other => other,
     };
-    Ok(format!("{} {}", field(&u.sysname), field(&u.machine)))
+    let machine = match (sysname, arch) {
+        // The BSDs say amd64 and macOS says arm64 where Linux says x86_64 and aarch64.
+        ("FreeBSD" | "NetBSD" | "OpenBSD" | "DragonFly", "x86_64") => "amd64",
+        ("Darwin", "aarch64") => "arm64",
+        (_, "x86") => "i686",
+        (_, "arm") => "armv7l",
+        (_, "powerpc64") if little_endian => "ppc64le",
+        (_, "powerpc64") => "ppc64",
+        (_, "powerpc") => "ppc",
+        (_, other) => other,
+    };
+    format!("{sysname} {machine}")
 }
 
 /// Whether a binary built for `ours` runs on a host whose `uname -sm` is `theirs`.
@@ -53,6 +74,8 @@ fn same_platform(ours: &str, theirs: &str) -> bool {
             .map(|w| match w {
                 "amd64" => "x86_64",
                 "arm64" => "aarch64",
+                // One 32-bit x86 build runs on every one of these.
+                "i386" | "i486" | "i586" => "i686",
                 w => w,
             })
             .collect::<Vec<_>>()
@@ -211,7 +234,7 @@ pub fn run(
             Code::Usage,
         ));
     }
-    let ours = local_os()?;
+    let ours = local_os();
     let kh = &settings.known_hosts;
     let rows: Vec<Row> = std::thread::scope(|s| {
         let handles: Vec<_> = peers
@@ -225,12 +248,16 @@ pub fn run(
     });
     if as_json {
         for r in &rows {
-            println!(
-                "{}",
-                json!({"name": r.name, "address": r.address, "os": r.os, "before": r.before,
-                    "action": if r.action.is_empty() { None } else { Some(r.action) },
-                    "ok": r.problem.is_none(), "problem": r.problem, "note": r.note})
-            );
+            crate::progress::emit(&DeployRow {
+                name: r.name.clone(),
+                address: r.address.clone(),
+                os: r.os.clone(),
+                before: r.before.clone(),
+                action: (!r.action.is_empty()).then_some(r.action),
+                ok: r.problem.is_none(),
+                problem: r.problem.clone(),
+                note: r.note.clone(),
+            });
         }
     } else {
         println!(
@@ -251,12 +278,12 @@ pub fn run(
     }
     let failed = rows.iter().filter(|r| r.problem.is_some()).count();
     if failed > 0 {
-        eprintln!(
-            "relayup: {failed} of {} peers could not get relayup {}",
+        return Err(anyhow!(
+            "{failed} of {} peers could not get relayup {}",
             rows.len(),
             env!("CARGO_PKG_VERSION")
-        );
-        return Ok(ExitCode::from(Code::Connect.exit_code()));
+        ))
+        .context(Code::Connect);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -290,6 +317,49 @@ mod tests {
 
     #[test]
     fn local_os_is_two_words() {
-        assert_eq!(local_os().unwrap().split_whitespace().count(), 2);
+        assert_eq!(local_os().split_whitespace().count(), 2);
+    }
+
+    #[test]
+    fn build_targets_in_uname_spelling() {
+        for (os, arch, little, uname) in [
+            ("linux", "x86_64", true, "Linux x86_64"),
+            ("linux", "aarch64", true, "Linux aarch64"),
+            ("linux", "x86", true, "Linux i686"),
+            ("linux", "arm", true, "Linux armv7l"),
+            ("linux", "riscv64", true, "Linux riscv64"),
+            ("linux", "powerpc64", true, "Linux ppc64le"),
+            ("linux", "powerpc64", false, "Linux ppc64"),
+            ("linux", "s390x", false, "Linux s390x"),
+            ("macos", "aarch64", true, "Darwin arm64"),
+            ("macos", "x86_64", true, "Darwin x86_64"),
+            ("freebsd", "x86_64", true, "FreeBSD amd64"),
+            ("openbsd", "aarch64", true, "OpenBSD aarch64"),
+            ("illumos", "x86_64", true, "SunOS x86_64"),
+        ] {
+            assert_eq!(uname_spelling(os, arch, little), uname, "{os} {arch}");
+        }
+    }
+
+    #[test]
+    fn this_build_matches_this_machine() {
+        // Where `uname` runs, this build's spelling matches it (the tests run the
+        // binary they built, on the machine they built it for).
+        let Ok(out) = std::process::Command::new("uname").arg("-sm").output() else {
+            return;
+        };
+        let theirs = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            same_platform(&local_os(), theirs.trim()),
+            "{} vs {theirs}",
+            local_os()
+        );
+    }
+
+    #[test]
+    fn spellings_of_one_platform_match() {
+        assert!(same_platform("Linux i686", "Linux i386"));
+        assert!(same_platform("FreeBSD amd64", "FreeBSD x86_64"));
+        assert!(!same_platform("Linux i686", "Linux x86_64"));
     }
 }

@@ -48,22 +48,34 @@ pub fn with_code(err: anyhow::Error, code: Code) -> anyhow::Error {
     }
 }
 
-/// Prints the error chain once, on one line, and picks the exit code.
-pub fn report(err: &anyhow::Error) -> ExitCode {
+/// The error chain on one line, whatever a remote command printed.
+pub fn message(err: &anyhow::Error) -> String {
     let parts: Vec<String> = err
         .chain()
         .map(|e| e.to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let mut msg = parts.join(": ");
-    // One line, whatever a remote command printed.
-    msg = msg.replace(['\n', '\r'], " ");
-    eprintln!("relayup: error: {msg}");
-    let code = err
-        .downcast_ref::<Code>()
+    parts.join(": ").replace(['\n', '\r'], " ")
+}
+
+/// The exit code the error's [`Code`] decides (4 when none was attached).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.downcast_ref::<Code>()
         .copied()
-        .unwrap_or(Code::Transfer);
-    ExitCode::from(code.exit_code())
+        .unwrap_or(Code::Transfer)
+        .exit_code()
+}
+
+/// Prints the error once, on one line, on stderr; with `json` (the command's `--json`)
+/// an `error` event with the same message and the exit code ends stdout's stream.
+pub fn report(err: &anyhow::Error, json: bool) -> ExitCode {
+    let msg = message(err);
+    let code = exit_code(err);
+    eprintln!("relayup: error: {msg}");
+    if json {
+        crate::progress::emit_error(&msg, code);
+    }
+    ExitCode::from(code)
 }
 
 #[cfg(test)]
@@ -86,11 +98,22 @@ mod tests {
         );
         let e = with_code(anyhow!("x"), Code::Connect);
         assert_eq!(e.downcast_ref::<Code>(), Some(&Code::Connect));
-        let joined: Vec<String> = e
-            .chain()
-            .map(|c| c.to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        assert_eq!(joined, vec!["x"]);
+        assert_eq!(message(&e), "x");
+        assert_eq!(exit_code(&e), 3);
+    }
+
+    #[test]
+    fn message_is_one_line_without_the_codes() {
+        let e = Err::<(), _>(anyhow!("remote said:\nno\r\nspace"))
+            .context(Code::Transfer)
+            .context("staging part 3 on p1")
+            .unwrap_err();
+        assert_eq!(message(&e), "staging part 3 on p1: remote said: no  space");
+        assert_eq!(exit_code(&e), 4);
+        assert_eq!(
+            exit_code(&anyhow!("no code")),
+            4,
+            "a failure is a transfer failure by default"
+        );
     }
 }

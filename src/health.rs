@@ -145,7 +145,7 @@ mod tests {
     use super::*;
 
     fn quiet() -> std::sync::Arc<Progress> {
-        Progress::start(crate::progress::Mode::Quiet, 0, &[], serde_json::json!({}))
+        Progress::quiet()
     }
 
     #[test]

@@ -406,15 +406,6 @@ mod tests {
         }
     }
 
-    fn quiet() -> std::sync::Arc<Progress> {
-        Progress::start(
-            crate::progress::Mode::Quiet,
-            0,
-            &["fake".to_string()],
-            serde_json::json!({}),
-        )
-    }
-
     /// Runs `fake` as the only host of a 4-part plan; returns its result, the parts
     /// reported merged and whether the scheduler finished.
     fn run(fake: &mut Fake) -> (bool, Vec<usize>, bool) {
@@ -424,7 +415,7 @@ mod tests {
     fn run_with(fake: &mut Fake, retry_for: Duration) -> (bool, Vec<usize>, bool) {
         let plan = Plan::new(4 << 20, 1, Strategy::Adaptive, Some(1 << 20));
         let sched = Scheduler::new(&plan, 1, &[0], &HashSet::new());
-        let progress = quiet();
+        let progress = Progress::quiet();
         let (tx, rx) = mpsc::channel();
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");

@@ -26,7 +26,7 @@ pub fn install() {
         if let Err(e) = register() {
             // Without handlers Ctrl-C still stops relayup (the default action); only
             // the clean-up and the resume hint are lost.
-            eprintln!("relayup: warning: cannot install signal handlers: {e}");
+            crate::progress::warn(&format!("cannot install signal handlers: {e}"));
         }
     });
 }

@@ -78,7 +78,11 @@ pub fn dir() -> Result<PathBuf> {
 }
 
 fn path(id: &str) -> Result<PathBuf> {
-    Ok(dir()?.join(format!("{id}.json")))
+    Ok(dir()?.join(file_name(id)))
+}
+
+fn file_name(id: &str) -> String {
+    format!("{id}.json")
 }
 
 impl Journal {
@@ -128,15 +132,32 @@ impl Journal {
         serde_json::from_str(&text).ok()
     }
 
+    /// Writes the journal whole or not at all: into a temp file of its own in the same
+    /// directory (two runs never share one, and one a crash leaves behind is removed
+    /// or ignored: it does not end in `.json`), synced to disk, then renamed over the
+    /// old one. A crash leaves the old journal or the new one, never half of one.
     pub fn save(&self) -> Result<()> {
-        let dir = dir()?;
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let final_path = path(&self.id)?;
-        let tmp = final_path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &final_path)
-            .with_context(|| format!("writing {}", final_path.display()))
+        self.save_in(&dir()?)
+    }
+
+    fn save_in(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let final_path = dir.join(file_name(&self.id));
+        let writing = || format!("writing {}", final_path.display());
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{}.", self.id))
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .with_context(writing)?;
+        serde_json::to_writer_pretty(&mut tmp, self).with_context(writing)?;
+        tmp.as_file().sync_all().with_context(writing)?;
+        tmp.persist(&final_path).with_context(writing)?;
+        // The rename itself is durable once the directory is synced; a journal that
+        // is lost only costs a resume its plan, so a failure here is not an error.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
 
     pub fn remove(id: &str) {
@@ -181,6 +202,28 @@ mod tests {
         let mut gap = j.clone();
         gap.parts[1].0 += 1;
         assert!(gap.plan(100).is_none());
+    }
+
+    #[test]
+    fn save_replaces_the_journal_whole_and_leaves_no_temp_file() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("relayup");
+        let id = "00112233aabbccdd";
+        let plan = Plan::new(100, 2, Strategy::Equal, None);
+        let j = Journal::new(id, Path::new("/x"), "d", Path::new("/c"), &plan);
+        j.save_in(&dir).unwrap();
+        let mut again = j.clone();
+        again.dest = "e".into();
+        again.save_in(&dir).unwrap();
+        let text = std::fs::read_to_string(dir.join(format!("{id}.json"))).unwrap();
+        let back: Journal = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.dest, "e");
+        assert_eq!(back.plan(100).unwrap().parts, plan.parts);
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [format!("{id}.json")]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod error;
+pub mod events;
 pub mod hashes;
 pub mod health;
 pub mod hosts;
@@ -37,6 +38,8 @@ use std::process::ExitCode;
 
 /// Runs one command line; the error, if any, is for [`error::report`].
 pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    // Before anything can warn: with `--json`, warnings are events too.
+    progress::set_json(cli.json());
     match cli.command {
         cli::Command::Send(args) => send::run(args),
         cli::Command::Peers {

@@ -4,8 +4,10 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match relayup::run(relayup::cli::Cli::parse()) {
+    let cli = relayup::cli::Cli::parse();
+    let json = cli.json();
+    match relayup::run(cli) {
         Ok(code) => code,
-        Err(err) => relayup::error::report(&err),
+        Err(err) => relayup::error::report(&err, json),
     }
 }

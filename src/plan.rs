@@ -3,8 +3,9 @@
 
 use crate::size::human;
 
-/// How the file is cut and handed out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the file is cut and handed out (named in `--json` events as `adaptive` or `equal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Many parts in a shared queue; whichever host is free takes the next one.
     Adaptive,

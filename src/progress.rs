@@ -1,15 +1,18 @@
 //! The one progress façade, chosen once: bars on a TTY, a plain line every few seconds
 //! otherwise, JSON lines on stdout with `--json`, only the result with `--no-progress`.
-//! Human text always goes to stderr. This is the only file that imports indicatif.
+//! Human text always goes to stderr. This is the only file that imports indicatif, and
+//! the only one that prints `--json` lines ([`emit`]); warnings from anywhere go
+//! through [`warn`], so `--json` readers see them as events.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Value};
-use std::collections::HashMap;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::events::{self, Event};
 use crate::size::human;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,15 +73,151 @@ pub struct Progress {
     stop: Arc<AtomicBool>,
 }
 
-fn emit_json(v: Value) {
+/// The `--json` stream on stdout. Its first line is the command's own (`start`, `plan`
+/// or `done` for a send, a row for the others), so a warning said before it — a host
+/// key added in pre-flight, plain FTP — is held and printed right after it; a failed
+/// command ends with `error`, after any warning still held.
+struct Stream {
+    /// A line other than a warning has been printed.
+    begun: bool,
+    held: Vec<String>,
+}
+
+impl Stream {
+    const fn new() -> Stream {
+        Stream {
+            begun: false,
+            held: Vec::new(),
+        }
+    }
+
+    /// The lines to print for the command's own `line`.
+    fn line(&mut self, line: String) -> Vec<String> {
+        let mut lines = vec![line];
+        if !self.begun {
+            self.begun = true;
+            lines.append(&mut self.held);
+        }
+        lines
+    }
+
+    /// The lines to print for a warning: none yet before the first line.
+    fn warning(&mut self, line: String) -> Vec<String> {
+        if self.begun {
+            vec![line]
+        } else {
+            self.held.push(line);
+            Vec::new()
+        }
+    }
+
+    /// The lines to print for the error that ends the stream.
+    fn error(&mut self, line: String) -> Vec<String> {
+        self.begun = true;
+        let mut lines = std::mem::take(&mut self.held);
+        lines.push(line);
+        lines
+    }
+}
+
+static STREAM: Mutex<Stream> = Mutex::new(Stream::new());
+
+/// Prints one line of the `--json` stream on stdout (with the warnings held for it),
+/// whole and flushed at once: the only place that prints one, so lines from threads
+/// never interleave.
+pub fn emit(line: &impl Serialize) {
+    let mut stream = STREAM.lock().unwrap_or_else(|e| e.into_inner());
+    print_lines(&stream.line(to_json(line)));
+}
+
+/// A `warning` event: now, or after the stream's first line if none came yet.
+fn emit_warning(msg: &str) {
+    let line = to_json(&Event::Warning {
+        message: msg.to_string(),
+    });
+    let mut stream = STREAM.lock().unwrap_or_else(|e| e.into_inner());
+    print_lines(&stream.warning(line));
+}
+
+/// The `error` event that ends a failed command's stream (`error::report` prints the
+/// message on stderr).
+pub fn emit_error(message: &str, exit_code: u8) {
+    let line = to_json(&Event::Error {
+        message: message.to_string(),
+        exit_code,
+    });
+    let mut stream = STREAM.lock().unwrap_or_else(|e| e.into_inner());
+    print_lines(&stream.error(line));
+}
+
+fn to_json(line: &impl Serialize) -> String {
+    serde_json::to_string(line).expect("events serialize to JSON")
+}
+
+fn print_lines(lines: &[String]) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
     let _ = out.flush();
 }
 
+fn emit_event(event: Event) {
+    emit(&event);
+}
+
+/// Whether this command speaks `--json`. Set once, from the command line, before the
+/// command runs, and only read afterwards (like a logger): code that reports without a
+/// [`Progress`] — pre-flight, an SSH login adding a host key — needs to know, and
+/// threading it through every such call would reach into every module.
+static JSON: OnceLock<bool> = OnceLock::new();
+
+/// Chooses JSON lines (or not) for this process; the first call wins.
+pub fn set_json(on: bool) {
+    let _ = JSON.set(on);
+}
+
+/// Whether `--json` was given (see [`set_json`]).
+pub fn json() -> bool {
+    JSON.get().copied().unwrap_or(false)
+}
+
+/// The display running now, so a warning from code that holds no [`Progress`] is
+/// printed above the bars instead of through them.
+static SHOWN: Mutex<Weak<Progress>> = Mutex::new(Weak::new());
+
+fn shown() -> Option<Arc<Progress>> {
+    SHOWN.lock().unwrap_or_else(|e| e.into_inner()).upgrade()
+}
+
+/// A warning from anywhere: `relayup: warning: …` on stderr (above the bars while a
+/// send shows them), and a `warning` event with `--json`.
+pub fn warn(msg: &str) {
+    let line = format!("relayup: warning: {msg}");
+    match shown() {
+        Some(p) => p.say(&line, Some(msg)),
+        None => {
+            if json() {
+                emit_warning(msg);
+            }
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Information for people only (`relayup: …` on stderr, above the bars if shown).
+pub fn note(msg: &str) {
+    let line = format!("relayup: {msg}");
+    match shown() {
+        Some(p) => p.say(&line, None),
+        None => eprintln!("{line}"),
+    }
+}
+
 impl Progress {
-    /// Starts reporting a send of `total` bytes by `hosts` (index = host number).
-    pub fn start(mode: Mode, total: u64, hosts: &[String], start_event: Value) -> Arc<Progress> {
+    /// Starts reporting a send of `total` bytes by `hosts` (index = host number); with
+    /// `--json`, `start` is the first event.
+    pub fn start(mode: Mode, total: u64, hosts: &[String], start: events::Start) -> Arc<Progress> {
         let bars = (mode == Mode::Bars).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
             // Colour only on a terminal (Bars mode) and never with NO_COLOR.
@@ -128,8 +267,9 @@ impl Progress {
             bars,
             stop: Arc::new(AtomicBool::new(false)),
         });
+        *SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&p);
         if mode == Mode::Json {
-            emit_json(start_event);
+            emit_event(Event::Start(start));
         }
         if matches!(mode, Mode::Plain | Mode::Json) {
             let weak = Arc::downgrade(&p);
@@ -156,6 +296,24 @@ impl Progress {
         p
     }
 
+    /// A display that shows nothing, with one host (`local`), for unit tests of the
+    /// code that reports to one.
+    #[cfg(test)]
+    pub fn quiet() -> Arc<Progress> {
+        let start = events::Start {
+            file: String::new(),
+            dest: String::new(),
+            bytes: 0,
+            parts: 0,
+            hosts: Vec::new(),
+            upload_id: String::new(),
+            resumed_parts: 0,
+            resumed_bytes: 0,
+            strategy: crate::plan::Strategy::Adaptive,
+        };
+        Progress::start(Mode::Quiet, 0, &["local".to_string()], start)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -179,13 +337,15 @@ impl Progress {
         let secs = self.start.elapsed().as_secs_f64();
         match self.mode {
             Mode::Json => {
-                let hosts: serde_json::Map<String, Value> = (0..s.hosts.len())
-                    .map(|i| (s.hosts[i].name.clone(), json!(Self::host_bytes(&s, i))))
+                let hosts: BTreeMap<String, u64> = (0..s.hosts.len())
+                    .map(|i| (s.hosts[i].name.clone(), Self::host_bytes(&s, i)))
                     .collect();
-                emit_json(
-                    json!({"type": "progress", "bytes": sent, "total": self.total,
-                    "seconds": round2(secs), "hosts": hosts}),
-                );
+                emit_event(Event::Progress {
+                    bytes: sent,
+                    total: self.total,
+                    seconds: round2(secs),
+                    hosts,
+                });
             }
             Mode::Plain => {
                 let pct = if self.total == 0 {
@@ -222,15 +382,24 @@ impl Progress {
         }
     }
 
-    /// A message for people (stderr), or a `warning` event with `--json`.
+    /// A message about the send for people (`relayup: …` on stderr), and a `warning`
+    /// event with `--json`.
     pub fn warn(&self, msg: &str) {
-        match (&self.bars, self.mode) {
-            (Some(b), _) => b.total.suspend(|| eprintln!("relayup: {msg}")),
-            (None, Mode::Json) => {
-                emit_json(json!({"type": "warning", "message": msg}));
-                eprintln!("relayup: {msg}");
-            }
-            _ => eprintln!("relayup: {msg}"),
+        self.say(&format!("relayup: {msg}"), Some(msg));
+    }
+
+    /// `line` on stderr, above the bars if there are any; `warning` the event's message.
+    fn say(&self, line: &str, warning: Option<&str>) {
+        if let (Mode::Json, Some(msg)) = (self.mode, warning) {
+            emit_warning(msg);
+        }
+        self.print(line);
+    }
+
+    fn print(&self, line: &str) {
+        match &self.bars {
+            Some(b) => b.total.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
         }
     }
 
@@ -238,7 +407,9 @@ impl Progress {
     /// `server_unreachable` event (seconds since the outage began) with `--json`.
     pub fn server_unreachable(&self, seconds: f64) {
         self.outage_note(
-            json!({"type": "server_unreachable", "seconds": round2(seconds)}),
+            Event::ServerUnreachable {
+                seconds: round2(seconds),
+            },
             &format!("server unreachable for {seconds:.0} s; retrying"),
         );
     }
@@ -246,19 +417,18 @@ impl Progress {
     /// The server answers again after an announced outage (`server_back`).
     pub fn server_back(&self, seconds: f64) {
         self.outage_note(
-            json!({"type": "server_back", "seconds": round2(seconds)}),
+            Event::ServerBack {
+                seconds: round2(seconds),
+            },
             &format!("server reachable again after {seconds:.0} s; going on at full speed"),
         );
     }
 
-    fn outage_note(&self, event: Value, msg: &str) {
+    fn outage_note(&self, event: Event, msg: &str) {
         if self.mode == Mode::Json {
-            emit_json(event);
+            emit_event(event);
         }
-        match &self.bars {
-            Some(b) => b.total.suspend(|| eprintln!("relayup: {msg}")),
-            None => eprintln!("relayup: {msg}"),
-        }
+        self.print(&format!("relayup: {msg}"));
     }
 
     pub fn part_progress(&self, host: usize, index: usize, bytes: u64) {
@@ -281,19 +451,23 @@ impl Progress {
         s.hosts[host].done += bytes;
         self.refresh_bars(&s, host);
         if self.mode == Mode::Json {
-            emit_json(
-                json!({"type": "part_done", "part": index, "host": s.hosts[host].name,
-                "bytes": bytes, "xxh3": xxh3, "seconds": round2(self.start.elapsed().as_secs_f64())}),
-            );
+            emit_event(Event::PartDone {
+                part: index,
+                host: s.hosts[host].name.clone(),
+                bytes,
+                xxh3: xxh3.to_string(),
+                seconds: round2(self.start.elapsed().as_secs_f64()),
+            });
         }
     }
 
     pub fn merged(&self, md5: &str, seconds_after_transfer: f64) {
         if self.mode == Mode::Json {
-            emit_json(
-                json!({"type": "merged", "md5": md5, "seconds": round2(self.start.elapsed().as_secs_f64()),
-                "merge_wait": round2(seconds_after_transfer)}),
-            );
+            emit_event(Event::Merged {
+                md5: md5.to_string(),
+                seconds: round2(self.start.elapsed().as_secs_f64()),
+                merge_wait: round2(seconds_after_transfer),
+            });
         }
     }
 
@@ -332,19 +506,26 @@ pub fn report_done(
 ) {
     let rate = |b: u64| b as f64 / seconds.max(0.001) / 1e6;
     if mode == Mode::Json {
-        let per: serde_json::Map<String, Value> = hosts
+        let per = hosts
             .iter()
             .map(|h| {
-                (
-                    h.name.clone(),
-                    json!({"bytes": h.bytes, "mbps": round2(rate(h.bytes))}),
-                )
+                let rate = events::HostRate {
+                    bytes: h.bytes,
+                    mbps: round2(rate(h.bytes)),
+                };
+                (h.name.clone(), rate)
             })
             .collect();
-        emit_json(
-            json!({"type": "done", "bytes": total, "seconds": round2(seconds), "md5": md5,
-            "dest": dest, "verified": true, "mbps": round2(rate(total)), "hosts": per}),
-        );
+        emit_event(Event::Done(events::Done {
+            bytes: total,
+            seconds: round2(seconds),
+            md5: md5.to_string(),
+            dest: dest.to_string(),
+            verified: true,
+            already_there: false,
+            mbps: round2(rate(total)),
+            hosts: per,
+        }));
     }
     eprintln!(
         "relayup: {dest}: {} in {seconds:.1} s ({:.1} MB/s), md5 {md5} verified on the server",
@@ -360,5 +541,34 @@ pub fn report_done(
                 rate(h.bytes)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn warnings_before_the_first_line_follow_it() {
+        let mut s = Stream::new();
+        assert!(s.warning("w1".into()).is_empty());
+        assert!(s.warning("w2".into()).is_empty());
+        assert_eq!(s.line("start".into()), lines(&["start", "w1", "w2"]));
+        assert_eq!(s.warning("w3".into()), lines(&["w3"]));
+        assert_eq!(s.line("done".into()), lines(&["done"]));
+    }
+
+    #[test]
+    fn the_error_comes_last_even_before_any_line() {
+        let mut s = Stream::new();
+        assert!(s.warning("w1".into()).is_empty());
+        assert_eq!(s.error("error".into()), lines(&["w1", "error"]));
+        let mut s = Stream::new();
+        assert_eq!(s.line("start".into()), lines(&["start"]));
+        assert_eq!(s.error("error".into()), lines(&["error"]));
     }
 }

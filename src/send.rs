@@ -3,7 +3,6 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use md5::{Digest, Md5};
-use serde_json::json;
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -16,6 +15,7 @@ use crate::assembly::Assembly;
 use crate::cli::{SendArgs, StrategyArg};
 use crate::config::{self, Settings};
 use crate::error::{with_code, Code};
+use crate::events::{self, Event};
 use crate::hashes::{md5_of, md5_range, Hashes};
 use crate::health::Health;
 use crate::hosts;
@@ -68,6 +68,8 @@ impl<T: Clone> Latch<T> {
 
 /// How one run of a send ended, when it did not fail.
 enum Outcome {
+    /// `--dry-run`: the plan is printed, nothing sent.
+    Planned,
     /// The file is on the server under its name, verified.
     Sent,
     /// The destination already holds this very file: nothing was sent.
@@ -231,13 +233,13 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
             } else {
                 format!(" without {}", c.suspects.join(", "))
             };
-            eprintln!("relayup: {c}; sending them again{without}");
+            progress::warn(&format!("{c}; sending them again{without}"));
             send(&args, &c.suspects)
         }
         other => other,
     };
     let result = match result {
-        Ok(Outcome::Sent | Outcome::AlreadyThere) => Ok(ExitCode::SUCCESS),
+        Ok(Outcome::Planned | Outcome::Sent | Outcome::AlreadyThere) => Ok(ExitCode::SUCCESS),
         Ok(Outcome::Resend(c)) => Err(with_code(
             anyhow!("{c} twice; nothing was renamed into place"),
             Code::Verify,
@@ -288,16 +290,30 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<Outcome> {
     let id = upload_id(&source, &st, &dest, &settings);
     if args.dry_run {
         let plan = Plan::new(st.size, hosts.len(), strategy, part_size);
+        let server = &settings.server;
+        let temp_dir = crate::transport::temp_dir(&server.dir, &id);
+        if args.json {
+            progress::emit(&Event::Plan(events::PlanEvent {
+                file: source.display().to_string(),
+                dest,
+                dir: server.dir.clone(),
+                server: format!("{}://{}:{}", server.scheme, server.host, server.port),
+                bytes: st.size,
+                upload_id: id,
+                temp_dir,
+                strategy: plan.strategy,
+                parts: events::PlanPart::list(&plan, &hosts),
+                hosts,
+            }));
+            return Ok(Outcome::Planned);
+        }
         print!("{}", plan.describe(&hosts));
         println!(
             "destination: {}/{dest} on {}://{}:{}",
-            settings.server.dir, settings.server.scheme, settings.server.host, settings.server.port
+            server.dir, server.scheme, server.host, server.port
         );
-        println!(
-            "upload id: {id} (temp dir {})",
-            crate::transport::temp_dir(&settings.server.dir, &id)
-        );
-        return Ok(Outcome::Sent);
+        println!("upload id: {id} (temp dir {temp_dir})");
+        return Ok(Outcome::Planned);
     }
     // One run of this send at a time on this machine; the server lock (pre-flight)
     // covers runs elsewhere.
@@ -309,7 +325,9 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<Outcome> {
     let id = &ids;
     let mode = Mode::choose(args.json, args.no_progress);
     if settings.server.scheme == "ftp" {
-        eprintln!("relayup: warning: ftp:// sends the password and the data in clear text; prefer ftps:// or sftp://");
+        progress::warn(
+            "ftp:// sends the password and the data in clear text; prefer ftps:// or sftp://",
+        );
     }
 
     // Stage 2: pre-flight. Peers start logging in at once, in parallel with the merge
@@ -469,17 +487,24 @@ fn lead(
         .map(|p| p.len)
         .sum();
     if !done.is_empty() && mode != Mode::Json {
-        eprintln!(
-            "relayup: resuming: {} of {} parts ({}) are already on the server",
+        progress::note(&format!(
+            "resuming: {} of {} parts ({}) are already on the server",
             done.len(),
             plan.parts.len(),
             crate::size::human(resumed_bytes)
-        );
+        ));
     }
-    let start = json!({"type": "start", "file": source.display().to_string(), "dest": dest,
-        "bytes": st.size, "parts": plan.parts.len(), "hosts": names, "upload_id": id,
-        "resumed_parts": done.len(), "resumed_bytes": resumed_bytes,
-        "strategy": match plan.strategy { Strategy::Adaptive => "adaptive", Strategy::Equal => "equal" }});
+    let start = events::Start {
+        file: source.display().to_string(),
+        dest: dest.to_string(),
+        bytes: st.size,
+        parts: plan.parts.len(),
+        hosts: names.clone(),
+        upload_id: id.to_string(),
+        resumed_parts: done.len(),
+        resumed_bytes,
+        strategy: plan.strategy,
+    };
     let progress = Progress::start(mode, st.size - resumed_bytes, &names, start);
     let sched = Arc::new(Scheduler::new(&plan, names.len(), &live, &done));
     sched.limit(settings.server.bwlimit, settings.bwlimit_total);
@@ -551,10 +576,10 @@ fn busy_code(e: anyhow::Error) -> anyhow::Error {
 /// server: fail now, not at the end, when they cannot fit.
 fn check_server_space(settings: &Settings, size: u64, assembly: &dyn Assembly) -> Result<()> {
     let Some(free) = assembly.free() else {
-        eprintln!(
-            "relayup: warning: could not read the free space in {} on the server (df); not checked",
+        progress::warn(&format!(
+            "could not read the free space in {} on the server (df); not checked",
             settings.merge.dir
-        );
+        ));
         return Ok(());
     };
     let there: u64 = assembly.existing().iter().map(|p| p.size).sum();
@@ -870,11 +895,7 @@ fn already_there(
     let ours = file_md5(source).with_context(|| format!("hashing {}", source.display()))?;
     if ours == their_md5 {
         if mode == Mode::Json {
-            println!(
-                "{}",
-                json!({"type": "done", "bytes": 0, "seconds": 0.0, "md5": ours, "dest": dest,
-                "verified": true, "already_there": true, "hosts": {}})
-            );
+            progress::emit(&Event::Done(events::Done::already_there(&ours, dest)));
         }
         eprintln!(
             "relayup: {}/{dest} is already on the server with the same md5 {ours}; nothing to send",

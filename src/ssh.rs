@@ -275,10 +275,10 @@ fn check_host_key(session: &Session, login: &Login, trust: &Trust<'_>) -> Result
                 ));
             };
             add_known_host(user_file, name, &host_key_line(session)?)?;
-            eprintln!(
-                "relayup: added {what}'s host key {kind} {fp} to {}",
+            crate::progress::warn(&format!(
+                "added {what}'s host key {kind} {fp} to {}",
                 user_file.display()
-            );
+            ));
             Ok(())
         }
         Verdict::Unknown => problem(format!(

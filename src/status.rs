@@ -2,12 +2,12 @@
 //! removing their temporary data on the server and the peers.
 
 use anyhow::{anyhow, Context, Result};
-use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config;
 use crate::error::{with_code, Code};
+use crate::events::StatusRow;
 use crate::journal::Journal;
 use crate::lock::LocalLock;
 use crate::merge;
@@ -18,14 +18,15 @@ pub fn status(as_json: bool) -> Result<ExitCode> {
     let all = Journal::list();
     if as_json {
         for j in &all {
-            println!(
-                "{}",
-                // Paths as text, lossily: a name that is not UTF-8 shows U+FFFD for
-                // its odd bytes (the journal itself keeps them exactly).
-                json!({"id": j.id, "source": j.source.to_string_lossy(), "dest": j.dest,
-                    "config": j.config.to_string_lossy(),
-                    "started": j.started, "bytes": j.size, "parts": j.parts.len()})
-            );
+            crate::progress::emit(&StatusRow {
+                id: j.id.clone(),
+                source: j.source.to_string_lossy().into_owned(),
+                dest: j.dest.clone(),
+                config: j.config.to_string_lossy().into_owned(),
+                started: j.started,
+                bytes: j.size,
+                parts: j.parts.len(),
+            });
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -79,15 +80,10 @@ pub fn clean(ids: &[String], config_override: Option<&Path>) -> Result<ExitCode>
             Err(e) => {
                 let code = e.downcast_ref::<Code>().copied().unwrap_or(Code::Connect);
                 failed = Some(failed.map_or(code, |c: Code| c.max(code)));
-                let msg: Vec<String> = e
-                    .chain()
-                    .map(|c| c.to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
                 eprintln!(
                     "relayup: error: cleaning {}: {}",
                     j.id,
-                    msg.join(": ").replace('\n', " ")
+                    crate::error::message(&e)
                 );
             }
         }
@@ -137,10 +133,9 @@ fn clean_one(j: &Journal, config_override: Option<&Path>) -> Result<()> {
             Ok(s) => {
                 let _ = ssh::run(&s, &script);
             }
-            Err(e) => eprintln!(
-                "relayup: warning: peer {} not cleaned: {e:#}",
-                peer.login.name
-            ),
+            Err(e) => {
+                crate::progress::warn(&format!("peer {} not cleaned: {e:#}", peer.login.name))
+            }
         }
     }
     Ok(())

@@ -59,8 +59,13 @@ fn a_total_limit_through_two_peers_arrives_intact() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(md5_file(&env.srv.join("total")), md5_file(&file));
     let events = json_lines(&out);
+    // Warnings about the setup (plain FTP; no `df` on the test server) are not about
+    // a host.
+    let about_setup = |m: &str| m.contains("clear text") || m.contains("(df)");
     assert!(
-        !events.iter().any(|e| e["type"] == "warning"),
+        !events
+            .iter()
+            .any(|e| e["type"] == "warning" && !about_setup(e["message"].as_str().unwrap())),
         "no host dropped out: {}",
         text(&out)
     );

@@ -158,6 +158,141 @@ fn dry_run_prints_the_plan_and_sends_nothing() {
 }
 
 #[test]
+fn dry_run_json_prints_the_plan_as_one_event() {
+    let env = TestEnv::new(2);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let size = 10 * PART + 5;
+    let file = env.random_file("d", size);
+    for strategy in ["adaptive", "equal"] {
+        let mut args = vec!["--dry-run", "--json", "--strategy", strategy];
+        if strategy == "adaptive" {
+            args.extend(["--part-size", "1MiB"]);
+        }
+        let out = env.send(&file, &config, &args);
+        assert!(out.status.success(), "{}", text(&out));
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 1, "one plan event: {}", text(&out));
+        let plan = &lines[0];
+        assert_eq!(plan["type"], "plan");
+        assert_eq!(plan["strategy"], strategy);
+        assert_eq!(plan["bytes"], size);
+        assert_eq!(plan["dest"], "d");
+        assert_eq!(plan["hosts"], serde_json::json!(["local", "p1", "p2"]));
+        let id = plan["upload_id"].as_str().unwrap();
+        assert_eq!(id.len(), 16, "{plan}");
+        assert!(plan["temp_dir"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(".relayup-{id}")));
+        // The parts cover the file in order, without gaps; `equal` names each one's host.
+        let mut next = 0;
+        for (i, p) in plan["parts"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(p["index"], i);
+            assert_eq!(p["offset"], next);
+            next += p["len"].as_u64().unwrap();
+            match strategy {
+                "equal" => assert!(["local", "p1", "p2"].contains(&p["host"].as_str().unwrap())),
+                _ => assert!(p["host"].is_null(), "{p}"),
+            }
+        }
+        assert_eq!(next, size);
+        // The same id as the text plan's last line.
+        let args: Vec<&str> = args.into_iter().filter(|a| *a != "--json").collect();
+        let out = env.send(&file, &config, &args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with(&format!("upload id: {id} ")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&env.srv).unwrap().count(),
+        0,
+        "dry run touched the server"
+    );
+}
+
+#[test]
+fn a_failed_json_command_ends_with_an_error_event() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let cfg = config.to_str().unwrap();
+    // The message is stderr's error line, and the exit code is the process's.
+    let ends_with_error = |out: &std::process::Output, code: i32| -> serde_json::Value {
+        assert_eq!(out.status.code(), Some(code), "{}", text(out));
+        let last = json_lines(out)
+            .pop()
+            .unwrap_or_else(|| panic!("no JSON: {}", text(out)));
+        assert_eq!(last["type"], "error", "{last}");
+        assert_eq!(last["exit_code"], code, "{last}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("relayup: error: "))
+            .unwrap();
+        assert_eq!(
+            last["message"],
+            line.strip_prefix("relayup: error: ").unwrap()
+        );
+        last
+    };
+
+    // Before anything started: the only line.
+    let out = env.relayup(&["send", "/nonexistent/file", "--config", cfg, "--json"]);
+    let err = ends_with_error(&out, 2);
+    assert!(err["message"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/file"));
+    assert_eq!(json_lines(&out).len(), 1);
+
+    // After pre-flight: the plain-FTP warning said before comes first, as an event.
+    let file = env.random_file("f", 1000);
+    std::fs::write(env.srv.join("taken"), "precious").unwrap();
+    let out = env.send(&file, &config, &["--dest", "taken", "--json"]);
+    let err = ends_with_error(&out, 2);
+    assert!(err["message"].as_str().unwrap().contains("--overwrite"));
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["type"], "warning");
+    assert!(lines[0]["message"].as_str().unwrap().contains("clear text"));
+
+    // Not only send: peers check with a peer that cannot be reached exits 3.
+    let ghost = env.write_config(
+        "ghost.toml",
+        "ftp",
+        &[(
+            "ghost",
+            "host = \"127.0.0.1\"\nport = 1\nuser = \"x\"".into(),
+        )],
+    );
+    let out = env.relayup(&[
+        "peers",
+        "check",
+        "--config",
+        ghost.to_str().unwrap(),
+        "--json",
+        "--no-rate",
+    ]);
+    let err = ends_with_error(&out, 3);
+    assert!(
+        err["message"].as_str().unwrap().contains("have a problem"),
+        "{err}"
+    );
+    assert!(json_lines(&out)
+        .iter()
+        .any(|r| r["name"] == "ghost" && r["ok"] == false));
+
+    // Without --json, stdout has no JSON and stderr the same one line.
+    let out = env.relayup(&["send", "/nonexistent/file", "--config", cfg]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn bad_input_exits_2_with_a_named_error() {
     let env = TestEnv::new(0);
     let config = env.write_config("c.toml", "ftp", &[]);
