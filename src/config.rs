@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::protocol::ServerSpec;
+use crate::remote::protocol::ServerSpec;
 use crate::secret::Secret;
 
 #[derive(Debug, Deserialize)]
@@ -100,7 +100,7 @@ impl Peer {
     /// (non-interactive SSH sessions rarely have `~/.local/bin` on their PATH).
     pub fn invocation(&self) -> String {
         match &self.relayup {
-            Some(path) => crate::quote::sh_home(path),
+            Some(path) => crate::remote::quote::sh_home(path),
             None => format!(
                 "\"$(if [ -x \"$HOME/{DEPLOY_PATH}\" ]; then printf %s \"$HOME/{DEPLOY_PATH}\"; else printf relayup; fi)\""
             ),
@@ -686,12 +686,12 @@ fn server_spec(raw: &RawServer) -> Result<ServerSpec> {
             let pem = std::fs::read_to_string(&path)
                 .with_context(|| format!("ca_file {}: cannot read it", path.display()))?;
             // It travels to every relay in one bounded protocol message.
-            if pem.len() > crate::protocol::MAX_CA_FILE {
+            if pem.len() > crate::remote::protocol::MAX_CA_FILE {
                 bail!(
                     "ca_file {} is {} bytes, more than the {} relayup accepts; keep only the CA certificates the server needs",
                     path.display(),
                     pem.len(),
-                    crate::protocol::MAX_CA_FILE
+                    crate::remote::protocol::MAX_CA_FILE
                 );
             }
             if !pem.contains("-----BEGIN CERTIFICATE-----") {

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-use crate::plan::{Plan, Strategy};
+use crate::send::plan::{Plan, Strategy};
 
 /// One line of a `--json` event stream, tagged by `type`.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -3,35 +3,23 @@
 //! command line and hands it to [`run`]; everything else lives here, so tests and fuzz
 //! targets use the same code.
 
-pub mod assembly;
-pub mod check;
+// The layout follows the data flow (README "How it works"): settings and output at
+// the top; `send/` plans the parts and drives every host; `remote/` is SSH and the
+// peers (the client's side and the relay); `transport/` uploads to the server;
+// `server/` turns the parts into the one file there; `commands/` are the other
+// subcommands.
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod deploy;
 pub mod error;
 pub mod events;
-pub mod hashes;
-pub mod health;
-pub mod hosts;
 pub mod interrupt;
-pub mod journal;
-pub mod keys;
-pub mod local;
-pub mod lock;
-pub mod merge;
-pub mod names;
-pub mod peer;
-pub mod plan;
 pub mod progress;
-pub mod protocol;
-pub mod quote;
-pub mod relay;
-pub mod schedule;
+pub mod remote;
 pub mod secret;
 pub mod send;
+pub mod server;
 pub mod size;
-pub mod ssh;
-pub mod status;
 pub mod transport;
 
 use std::process::ExitCode;
@@ -50,7 +38,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                     no_rate,
                     accept_new_host_keys,
                 },
-        } => check::run(config.as_deref(), json, !no_rate, accept_new_host_keys),
+        } => commands::check::run(config.as_deref(), json, !no_rate, accept_new_host_keys),
         cli::Command::Peers {
             command:
                 cli::PeersCommand::Deploy {
@@ -60,15 +48,15 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                     json,
                     accept_new_host_keys,
                 },
-        } => deploy::run(
+        } => commands::deploy::run(
             config.as_deref(),
             peers.as_deref(),
             force,
             json,
             accept_new_host_keys,
         ),
-        cli::Command::Status { json } => status::status(json),
-        cli::Command::Clean { ids, config } => status::clean(&ids, config.as_deref()),
+        cli::Command::Status { json } => commands::status::status(json),
+        cli::Command::Clean { ids, config } => commands::status::clean(&ids, config.as_deref()),
         cli::Command::Completions { shell } => {
             let mut cmd = <cli::Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "relayup", &mut std::io::stdout());
@@ -81,6 +69,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 .map(|_| ExitCode::SUCCESS)
                 .map_err(Into::into)
         }
-        cli::Command::Relay => relay::run().map(|_| ExitCode::SUCCESS),
+        cli::Command::Relay => remote::relay::run().map(|_| ExitCode::SUCCESS),
     }
 }

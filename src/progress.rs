@@ -309,7 +309,7 @@ impl Progress {
             upload_id: String::new(),
             resumed_parts: 0,
             resumed_bytes: 0,
-            strategy: crate::plan::Strategy::Adaptive,
+            strategy: crate::send::plan::Strategy::Adaptive,
         };
         Progress::start(Mode::Quiet, 0, &["local".to_string()], start)
     }

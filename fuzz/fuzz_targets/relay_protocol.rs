@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use relayup::protocol;
+use relayup::remote::protocol;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = std::io::Cursor::new(data);

@@ -8,8 +8,8 @@ use suppaftp::types::FileType;
 use suppaftp::{RustlsConnector, RustlsFtpStream};
 
 use super::{copy_exact, temp_dir, Pacer, Uploader};
-use crate::protocol::ServerSpec;
-use crate::ssh::{tcp, CONNECT_TIMEOUT};
+use crate::remote::protocol::ServerSpec;
+use crate::remote::ssh::{tcp, CONNECT_TIMEOUT};
 use std::time::Duration;
 
 pub struct Ftp {

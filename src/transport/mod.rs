@@ -11,14 +11,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::protocol::ServerSpec;
+use crate::remote::protocol::ServerSpec;
 pub use pace::{Pacer, Rate};
 
 /// Bytes per write to the server. Big writes matter: libssh2 pipelines only within one
 /// write call, and suppaftp's own copy uses 8 KiB.
 pub const CHUNK: usize = 1 << 20;
 
-pub use crate::names::temp_dir;
+pub use crate::server::names::temp_dir;
 
 /// An open, logged-in connection to the server.
 pub trait Uploader: Send {
@@ -141,7 +141,7 @@ impl Server {
                 // Upload under a name of our own, then rename into place: a part
                 // name only ever holds a complete, size-checked part.
                 self.uploads += 1;
-                let tmp = crate::names::uploading(name, &self.tag, self.uploads);
+                let tmp = crate::server::names::uploading(name, &self.tag, self.uploads);
                 conn.put(&tmp, &mut reader, len, &mut self.pace, progress)?;
                 conn.rename(&tmp, name)
             })();

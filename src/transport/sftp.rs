@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::{copy_exact, temp_dir, Pacer, ServerTrust, Uploader};
 use crate::config::Login;
-use crate::protocol::ServerSpec;
-use crate::ssh::{self, Trust};
+use crate::remote::protocol::ServerSpec;
+use crate::remote::ssh::{self, Trust};
 
 pub struct SftpUpload {
     _session: Session,

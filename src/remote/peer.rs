@@ -10,12 +10,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::Peer;
-use crate::hashes::Hashes;
-use crate::hosts::{Host, Report};
-use crate::plan::Part;
-use crate::protocol::{self, Event, Request, ServerSpec, PROTOCOL};
-use crate::quote;
-use crate::ssh::{self, Trust};
+use crate::remote::protocol::{self, Event, Request, ServerSpec, PROTOCOL};
+use crate::remote::quote;
+use crate::remote::ssh::{self, Trust};
+use crate::send::hashes::Hashes;
+use crate::send::hosts::{Host, Report};
+use crate::send::plan::Part;
 use crate::transport::sftp::write_file;
 use crate::transport::Cancellable;
 

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::plan::{Part, Plan, Strategy};
+use crate::send::plan::{Part, Plan, Strategy};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Journal {
@@ -177,7 +177,7 @@ impl Journal {
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
             // Read back from disk: an id that is not ours never reaches a path or command.
-            .filter(|j: &Journal| crate::lock::valid_upload_id(&j.id))
+            .filter(|j: &Journal| crate::send::lock::valid_upload_id(&j.id))
             .collect();
         all.sort_by_key(|j| j.started);
         all

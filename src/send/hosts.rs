@@ -2,7 +2,7 @@
 //! [`Host`]: this machine uploads parts itself (on a thread of its own), a peer
 //! stages each part over SFTP and has its relay upload it. Both take parts from the
 //! scheduler, report progress, completion and failure the same way, and fail the same
-//! way: a server outage is waited out (see [`crate::health`]), a part that fails too
+//! way: a server outage is waited out (see [`crate::send::health`]), a part that fails too
 //! often on one host, a host that stalls or says something impossible drops that host,
 //! and its parts go back to the others.
 
@@ -10,11 +10,11 @@ use anyhow::{anyhow, Result};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::hashes::Hashes;
-use crate::health::{Health, Verdict};
-use crate::plan::Part;
 use crate::progress::Progress;
-use crate::schedule::{Next, Scheduler};
+use crate::send::hashes::Hashes;
+use crate::send::health::{Health, Verdict};
+use crate::send::plan::Part;
+use crate::send::schedule::{Next, Scheduler};
 
 /// What a host says about the parts it was given.
 #[derive(Debug, Clone, PartialEq)]
@@ -361,7 +361,7 @@ pub fn ended(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Plan, Strategy};
+    use crate::send::plan::{Plan, Strategy};
     use std::collections::HashSet;
     use std::sync::mpsc;
 

@@ -1,6 +1,6 @@
 //! This machine as a [`Host`] of the send: it uploads its parts straight from the
 //! source to the server, on a thread of its own, and reports on them as a peer's relay
-//! does, so one loop (see [`crate::hosts`]) drives it like every peer.
+//! does, so one loop (see [`crate::send::hosts`]) drives it like every peer.
 
 use anyhow::{anyhow, Context, Result};
 use std::fs::File;
@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
-use crate::hashes::Hashes;
-use crate::hosts::{Host, Report};
-use crate::plan::Part;
+use crate::send::hashes::Hashes;
+use crate::send::hosts::{Host, Report};
+use crate::send::plan::Part;
 use crate::transport::Server;
 
 pub struct LocalHost {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::plan::Part;
+use crate::send::plan::Part;
 
 #[derive(Default)]
 struct State {
@@ -196,7 +196,7 @@ fn range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::fixed;
+    use crate::send::plan::fixed;
 
     #[test]
     fn one_pass_gives_every_part_checksum_and_the_whole_md5() {

@@ -1,6 +1,6 @@
 //! Every name relayup gives the data it writes on the server and on the peers, in one
 //! place: what one run writes must never be a name another run writes (see
-//! [`crate::lock`]), and what `clean` removes must be exactly what sends create.
+//! [`crate::send::lock`]), and what `clean` removes must be exactly what sends create.
 //!
 //! On the server, next to the destination:
 //! - `.relayup-<upload id>/`: the upload's temp dir (mode 0700), holding

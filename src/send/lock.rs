@@ -112,7 +112,7 @@ impl LocalLock {
     /// The file is never removed: removing a lock file while another process has it
     /// open lets two runs each lock a different file.
     pub fn acquire(upload_id: &str) -> Result<LocalLock> {
-        let dir = crate::journal::dir()?;
+        let dir = crate::send::journal::dir()?;
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
         let path = dir.join(format!("{upload_id}.lock"));

@@ -12,13 +12,13 @@ use std::thread::JoinHandle;
 
 use crate::config::Settings;
 use crate::error::Code;
-use crate::lock::{Ids, Owner};
-use crate::names::{merged as merged_name, temp_dir_name as temp_name};
-use crate::quote::sh;
-use crate::ssh::{self, Trust};
+use crate::remote::quote::sh;
+use crate::remote::ssh::{self, Trust};
+use crate::send::lock::{Ids, Owner};
+use crate::server::names::{merged as merged_name, temp_dir_name as temp_name};
 
-pub use crate::assembly::ServerPart;
-use crate::assembly::{Assembled, Assembly};
+pub use crate::server::assembly::ServerPart;
+use crate::server::assembly::{Assembled, Assembly};
 
 /// What pre-flight found on the server.
 pub enum Prepared {
@@ -256,7 +256,7 @@ pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> R
         .collect::<Vec<_>>()
         .join(" ");
     let place = format!("{}/{dest}", m.dir.trim_end_matches('/'));
-    let temp = crate::names::temp_dir(&m.dir, upload_id);
+    let temp = crate::server::names::temp_dir(&m.dir, upload_id);
     match code {
         status::NO_DIR => Err(anyhow!(
             "{who}: merge.dir {} does not exist there; fix merge.dir in {}",
@@ -312,7 +312,7 @@ pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> R
 /// The server lock is held by another run: its owner line (if readable) and the
 /// process group of the shell that holds the lock there.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", crate::lock::busy(.0.as_ref(), "lock on the server"))]
+#[error("{}", crate::send::lock::busy(.0.as_ref(), "lock on the server"))]
 pub struct Busy(pub Option<Owner>, pub Option<u32>);
 
 /// The lock on the server is held by a run of this machine that is dead (its
@@ -373,7 +373,7 @@ pub fn remove_bad_parts(
     upload_id: &str,
     expected: &[(u64, String)],
 ) -> Result<Vec<usize>> {
-    let tmp = sh(&crate::names::temp_dir(dir, upload_id));
+    let tmp = sh(&crate::server::names::temp_dir(dir, upload_id));
     let out = ssh::run(session, &format!("cd -- {tmp} || exit 1\n{LIST_PARTS}"))?;
     if out.status != 0 {
         bail!(
@@ -392,7 +392,10 @@ pub fn remove_bad_parts(
         .collect();
     let bad: Vec<usize> = (0..expected.len()).filter(|i| !good.contains(i)).collect();
     if !bad.is_empty() {
-        let names: Vec<String> = bad.iter().map(|&i| sh(&crate::names::part(i))).collect();
+        let names: Vec<String> = bad
+            .iter()
+            .map(|&i| sh(&crate::server::names::part(i)))
+            .collect();
         let script = format!("cd -- {tmp} && rm -f -- {} merged.*.tmp", names.join(" "));
         let out = ssh::run(session, &script)?;
         if out.status != 0 {
@@ -413,7 +416,7 @@ fn parse_parts(out: &str) -> Vec<ServerPart> {
             if f.next()? != "part" {
                 return None;
             }
-            let index = crate::names::part_index(f.next()?)?;
+            let index = crate::server::names::part_index(f.next()?)?;
             let size = f.next()?.parse().ok()?;
             let md5 = f.next()?;
             (md5.len() == 32).then(|| ServerPart {
@@ -446,7 +449,7 @@ pub fn create_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> 
     if out.status != 0 {
         bail!(
             "creating {} failed: {}",
-            crate::names::temp_dir(dir, upload_id),
+            crate::server::names::temp_dir(dir, upload_id),
             out.stderr.trim()
         );
     }
@@ -505,7 +508,7 @@ impl Feeder {
         parts: usize,
         size: u64,
     ) -> Result<(Feeder, Sender<usize>)> {
-        let tmp = crate::names::temp_dir(dir, upload_id);
+        let tmp = crate::server::names::temp_dir(dir, upload_id);
         let merged = sh(&merged_name(run));
         // Names come from us (`<n>.part`), one per line, in index order. `set -C`
         // creates the merged file only if no other writer has that name.

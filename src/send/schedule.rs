@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::plan::{Part, Plan, Strategy};
+use crate::send::plan::{Part, Plan, Strategy};
 use crate::transport::Rate;
 
 /// What a host should do next.

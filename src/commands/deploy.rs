@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use crate::config::{self, Peer, DEPLOY_PATH};
 use crate::error::{with_code, Code};
 use crate::events::DeployRow;
-use crate::quote;
-use crate::ssh::{self, Trust};
+use crate::remote::quote;
+use crate::remote::ssh::{self, Trust};
 use crate::transport::sftp::write_file;
 
 /// What deploy did for one peer.

@@ -24,7 +24,7 @@ pub struct Part {
 impl Part {
     /// The part's file name on peers and on the server. Generated here, never user text.
     pub fn file_name(&self) -> String {
-        crate::names::part(self.index)
+        crate::server::names::part(self.index)
     }
 }
 

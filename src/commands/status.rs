@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use crate::config;
 use crate::error::{with_code, Code};
 use crate::events::StatusRow;
-use crate::journal::Journal;
-use crate::lock::LocalLock;
-use crate::merge;
-use crate::quote;
-use crate::ssh::{self, Trust};
+use crate::remote::quote;
+use crate::remote::ssh::{self, Trust};
+use crate::send::journal::Journal;
+use crate::send::lock::LocalLock;
+use crate::server::merge;
 
 pub fn status(as_json: bool) -> Result<ExitCode> {
     let all = Journal::list();
@@ -121,7 +121,7 @@ fn clean_one(j: &Journal, config_override: Option<&Path>) -> Result<()> {
         let staging = peer
             .staging
             .clone()
-            .unwrap_or_else(|| crate::names::DEFAULT_STAGING.into());
+            .unwrap_or_else(|| crate::server::names::DEFAULT_STAGING.into());
         // Every run's staged parts of this upload (names::staged).
         let script = format!("rm -f -- {}/{}-*.part", quote::sh_home(&staging), j.id);
         match ssh::connect(

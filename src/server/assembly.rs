@@ -1,7 +1,7 @@
 //! How the parts that reached the server become the one file under its name: the seam
 //! between the transfer and the server's side of the end. The send holds an
 //! [`Assembly`] and does not know how it works. Today's kind is
-//! [`crate::merge::AppendMerge`]: parts in a temp dir, appended in order over an SSH
+//! [`crate::server::merge::AppendMerge`]: parts in a temp dir, appended in order over an SSH
 //! login as they arrive, hashed in the same pass, then renamed into place.
 
 use anyhow::Result;
@@ -38,7 +38,7 @@ pub trait Assembly: Send {
     /// of every part complete on the server goes to the returned sender.
     fn start(&mut self, parts: usize, size: u64) -> Result<Sender<usize>>;
     /// Waits until the last part is in; the assembled file's MD5 and size. An error
-    /// of type [`crate::merge::MergeFailed`] means a part was missing or unreadable.
+    /// of type [`crate::server::merge::MergeFailed`] means a part was missing or unreadable.
     fn finish(&mut self) -> Result<Assembled>;
     /// Removes every part whose size or MD5 differs from `expected` (by index), so a
     /// second round sends exactly those; returns their indexes.

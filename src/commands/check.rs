@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use crate::config::{self, Login, Peer};
 use crate::error::{with_code, Code};
 use crate::events::CheckRow;
-use crate::merge;
-use crate::peer::PeerLink;
-use crate::protocol::{Event, ServerSpec};
-use crate::quote;
-use crate::ssh::{self, Trust};
+use crate::remote::peer::PeerLink;
+use crate::remote::protocol::{Event, ServerSpec};
+use crate::remote::quote;
+use crate::remote::ssh::{self, Trust};
+use crate::server::merge;
 use crate::transport::Server;
 
 #[derive(Default)]
@@ -69,7 +69,7 @@ fn relay_probe(
 ) -> Result<(PeerLink, u64)> {
     let mut link = PeerLink::connect(p, known_hosts, crate::config::DEFAULT_IO_TIMEOUT)?;
     match link
-        .hello(id, &crate::lock::new_run_id(), server.clone())
+        .hello(id, &crate::send::lock::new_run_id(), server.clone())
         .and_then(|_| {
             link.staging_free.ok_or_else(|| {
                 anyhow::anyhow!(
@@ -258,7 +258,7 @@ fn peer_rate(mut link: PeerLink, id: &str) -> Result<f64> {
     let result = (|| {
         let name = format!("{id}-0.part");
         link.stage_reader(0, &name, &mut ProbeData::new(PROBE_MAX), PROBE_MAX)?;
-        let sum = crate::hashes::checksum_of(&mut ProbeData::new(PROBE_MAX))?;
+        let sum = crate::send::hashes::checksum_of(&mut ProbeData::new(PROBE_MAX))?;
         let mut meter = Meter::new();
         link.request_upload(0, &name, PROBE_MAX, &sum)?;
         loop {

@@ -368,7 +368,7 @@ fn authenticate(session: &Session, login: &Login, password: Option<&Secret>) -> 
             );
         }
         // An encrypted key may be in the agent already: no need to ask then.
-        if crate::keys::is_encrypted(id) && agent_auth(session, user, &mut tried) {
+        if crate::remote::keys::is_encrypted(id) && agent_auth(session, user, &mut tried) {
             return Ok(());
         }
         if key_auth(session, login, id, &mut tried)? {
@@ -415,7 +415,7 @@ fn agent_auth(session: &Session, user: &str, tried: &mut Vec<String>) -> bool {
 /// passphrase (`LIBSSH2_ERROR_FILE`).
 const KEY_FILE_ERROR: i32 = -16;
 
-/// One key file; an encrypted one gets its passphrase from [`crate::keys::passphrase`]
+/// One key file; an encrypted one gets its passphrase from [`crate::remote::keys::passphrase`]
 /// (asked on the terminal, three tries). Ok(false): the server did not take it.
 fn key_auth(
     session: &Session,
@@ -424,7 +424,7 @@ fn key_auth(
     tried: &mut Vec<String>,
 ) -> Result<bool> {
     let user = &login.user;
-    if !crate::keys::is_encrypted(file) {
+    if !crate::remote::keys::is_encrypted(file) {
         return Ok(match session.userauth_pubkey_file(user, None, file, None) {
             Ok(()) if session.authenticated() => true,
             Ok(()) => {
@@ -439,7 +439,7 @@ fn key_auth(
     }
     let mut rejected = None;
     for _ in 0..3 {
-        let pass = crate::keys::passphrase(file, rejected.as_ref())
+        let pass = crate::remote::keys::passphrase(file, rejected.as_ref())
             .map_err(|e| anyhow!("{}: {e}", login.describe()))?;
         match session.userauth_pubkey_file(user, None, file, Some(pass.expose())) {
             Ok(()) if session.authenticated() => return Ok(true),
@@ -476,7 +476,7 @@ pub struct Output {
 /// Runs a fixed script under `/bin/sh` and waits for it. The script goes to the shell's
 /// stdin, not into the command line: the login shell (tcsh, fish, …) only ever parses
 /// `/bin/sh -s`, so an account whose shell is not POSIX works too. `script` must quote
-/// every path with [`crate::quote::sh`].
+/// every path with [`crate::remote::quote::sh`].
 pub fn run(session: &Session, script: &str) -> Result<Output> {
     let mut ch = start_script(session, script, false)?;
     ch.send_eof().context("starting a remote command")?;

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{self, Event, Request, PROTOCOL};
+use crate::remote::protocol::{self, Event, Request, PROTOCOL};
 use crate::transport::{Access, Server, ServerTrust};
 
 /// Progress events are sent at most this often per part.
@@ -264,7 +264,10 @@ pub fn run() -> Result<()> {
         for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = std::fs::remove_file(path);
         }
-        sweep_staging(&staging, &crate::names::staged_prefix(&upload_id, &run));
+        sweep_staging(
+            &staging,
+            &crate::server::names::staged_prefix(&upload_id, &run),
+        );
         eprintln!(
             "relayup relay: no word from the client for {} s; stopped and removed what was staged",
             idle.as_secs()
@@ -280,7 +283,7 @@ pub fn run() -> Result<()> {
     for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
         let _ = std::fs::remove_file(path);
     }
-    let prefix = crate::names::staged_prefix(&upload_id, &run);
+    let prefix = crate::server::names::staged_prefix(&upload_id, &run);
     let sweep = || sweep_staging(&staging, &prefix);
     sweep();
     if !matches!(result, Ok(true)) {
@@ -329,7 +332,7 @@ fn staging_dir(requested: Option<&str>) -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let dir = match requested {
         Some(s) => crate::config::expand(s)?,
-        None => crate::config::expand(crate::names::DEFAULT_STAGING)?,
+        None => crate::config::expand(crate::server::names::DEFAULT_STAGING)?,
     };
     match std::fs::metadata(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -385,7 +388,7 @@ fn file_checksum(path: &Path, size: u64) -> Result<String> {
             path.display()
         );
     }
-    crate::hashes::checksum_of(&mut f)
+    crate::send::hashes::checksum_of(&mut f)
 }
 
 /// Uploads one staged part, whose checksum the verifier has just checked, and
@@ -397,14 +400,14 @@ fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Res
     let path = job.path.clone();
     let sum = Arc::new(Mutex::new(xxhash_rust::xxh3::Xxh3::new()));
     server.put_part(
-        &crate::names::part(index),
+        &crate::server::names::part(index),
         job.size,
         &mut || {
             let f = File::open(&path)
                 .with_context(|| format!("staged file {} is missing", path.display()))?;
             // Each attempt starts over: only the last one's bytes are on the server.
             sum.lock().unwrap_or_else(|e| e.into_inner()).reset();
-            Ok(Box::new(crate::hashes::ChecksumReader {
+            Ok(Box::new(crate::send::hashes::ChecksumReader {
                 inner: f,
                 sum: sum.clone(),
             }) as Box<dyn Read>)
@@ -417,7 +420,7 @@ fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Res
         },
         cancel,
     )?;
-    Ok(crate::hashes::checksum_hex(&sum))
+    Ok(crate::send::hashes::checksum_hex(&sum))
 }
 
 #[cfg(test)]

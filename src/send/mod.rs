@@ -1,6 +1,15 @@
 //! `relayup send`: settings → pre-flight → plan → parallel transfer with the merge
 //! running alongside → verify → rename into place → report.
 
+pub mod hashes;
+pub mod health;
+pub mod hosts;
+pub mod journal;
+pub mod local;
+pub mod lock;
+pub mod plan;
+pub mod schedule;
+
 use anyhow::{anyhow, bail, Context, Result};
 use md5::{Digest, Md5};
 use std::collections::HashSet;
@@ -11,26 +20,25 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime};
 
-use crate::assembly::Assembly;
 use crate::cli::{SendArgs, StrategyArg};
 use crate::config::{self, Settings};
 use crate::error::{with_code, Code};
 use crate::events::{self, Event};
-use crate::hashes::{md5_of, md5_range, Hashes};
-use crate::health::Health;
-use crate::hosts;
 use crate::interrupt;
-use crate::journal::Journal;
-use crate::local::LocalHost;
-use crate::lock::{self, LocalLock};
-use crate::merge::{self, MergeFailed, Prepared};
-use crate::peer::{self, PeerLink};
-use crate::plan::{Plan, Strategy};
 use crate::progress::{self, Mode, Progress};
-use crate::protocol::ServerSpec;
-use crate::schedule::Scheduler;
+use crate::remote::peer::{self, PeerLink};
+use crate::remote::protocol::ServerSpec;
+use crate::server::assembly::Assembly;
+use crate::server::merge::{self, MergeFailed, Prepared};
 use crate::size::{parse_rate, parse_size};
 use crate::transport::Server;
+use hashes::{md5_of, md5_range, Hashes};
+use health::Health;
+use journal::Journal;
+use local::LocalHost;
+use lock::LocalLock;
+use plan::{Plan, Strategy};
+use schedule::Scheduler;
 
 /// A value set once by one thread and waited for by others.
 struct Latch<T> {
@@ -110,7 +118,7 @@ fn run_plan_md5s(plan: &Plan, source: &Path) -> Result<Vec<(u64, String)>> {
         .collect()
 }
 
-use crate::lock::Ids;
+use crate::send::lock::Ids;
 
 /// What a peer needs once the transfer starts.
 #[derive(Clone)]
@@ -189,7 +197,7 @@ pub fn validate_dest(name: &std::ffi::OsStr) -> Result<String> {
     if s.contains(['\r', '\n', '\0']) {
         return bad("contains a line break or NUL");
     }
-    if s.starts_with(crate::names::TEMP_PREFIX) {
+    if s.starts_with(crate::server::names::TEMP_PREFIX) {
         return bad("uses relayup's own temp prefix");
     }
     if s.len() > 255 {
@@ -274,7 +282,7 @@ fn resume_command() -> String {
             {
                 s.to_string()
             }
-            _ => crate::quote::sh_os(&a),
+            _ => crate::remote::quote::sh_os(&a),
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -623,7 +631,9 @@ fn peer_thread(
             Ok(link)
         });
     if let Err(e) = &opened {
-        if e.downcast_ref::<crate::ssh::HostKeyProblem>().is_some() {
+        if e.downcast_ref::<crate::remote::ssh::HostKeyProblem>()
+            .is_some()
+        {
             // Not a peer to leave out quietly: a wrong host key may be an attack.
             interrupt::stop(format!("{e:#}"));
         }
@@ -673,7 +683,7 @@ fn peer_thread(
         }
     };
     let job = go.job(host);
-    let prefix = crate::names::staged_prefix(&ids.upload, &ids.run);
+    let prefix = crate::server::names::staged_prefix(&ids.upload, &ids.run);
     let mut peer = peer::PeerHost {
         link: &mut link,
         source,
@@ -727,7 +737,7 @@ fn finish(
                 "no host could finish the upload ({}); the parts already on the server are kept in {}: \
                  run the same command again to resume, or `relayup clean` to remove them",
                 why.join("; "),
-                crate::names::temp_dir(&settings.server.dir, id)
+                crate::server::names::temp_dir(&settings.server.dir, id)
             ),
             Code::Transfer,
         ));
