@@ -1,0 +1,208 @@
+//! What one send sends where, resolved once from the command line and the config
+//! before anything touches the network: the source and its stamp, the destination
+//! name, the plan's strategy, the settings with the command's flags applied, and the
+//! upload id that names its temp data.
+
+use anyhow::{anyhow, bail, Context, Result};
+use md5::{Digest, Md5};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::plan::{Plan, Strategy};
+use crate::cli::{SendArgs, StrategyArg};
+use crate::config::{self, Settings};
+use crate::events::{self, Event};
+use crate::progress::{self, Mode};
+use crate::size::{parse_rate, parse_size};
+
+/// Everything a send needs that does not change while it runs.
+pub struct Target {
+    /// The config, with `--peers`, `--bwlimit`, `--stall-timeout` and
+    /// `--accept-new-host-keys` applied.
+    pub settings: Settings,
+    /// The file to send.
+    pub source: PathBuf,
+    /// What the source looked like at the start; checked again before the rename.
+    pub stamp: Stamp,
+    /// The name on the server, inside the upload directory.
+    pub dest: String,
+    pub strategy: Strategy,
+    /// `--part-size` for `adaptive`.
+    pub part_size: Option<u64>,
+    /// `--overwrite`: replace a regular file under `dest`.
+    pub overwrite: bool,
+    /// `--retry-for`: how long a server outage is waited out.
+    pub retry_for: Duration,
+    /// How progress and results are shown.
+    pub mode: Mode,
+}
+
+impl Target {
+    /// Resolves the command line; the peers in `exclude` are left out (a second round
+    /// after parts they reported were bad). Errors here are usage errors.
+    pub fn resolve(args: &SendArgs, exclude: &[String]) -> Result<Target> {
+        let path = config::config_path(args.config.as_deref())?;
+        let mut settings = config::load(&path)?;
+        let stamp = stamp(&args.file)?;
+        File::open(&args.file)
+            .with_context(|| format!("{}: cannot open it for reading", args.file.display()))?;
+        let dest = match &args.dest {
+            Some(d) => validate_dest(d)?,
+            None => validate_dest(args.file.file_name().ok_or_else(|| {
+                anyhow!("{} has no file name; pass --dest", args.file.display())
+            })?)?,
+        };
+        let strategy = match args.strategy {
+            StrategyArg::Adaptive => Strategy::Adaptive,
+            StrategyArg::Equal => Strategy::Equal,
+        };
+        let part_size = part_size(args.part_size.as_deref(), strategy)?;
+        if args.no_peers {
+            settings.peers.clear();
+        }
+        if let Some(names) = &args.peers {
+            settings.keep_peers(names)?;
+        }
+        settings.peers.retain(|p| !exclude.contains(&p.login.name));
+        settings.io_timeout = Duration::from_secs(args.stall_timeout);
+        settings.known_hosts.accept_new = args.accept_new_host_keys;
+        let rate = |flag: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| parse_rate(t).with_context(|| format!("{flag} {t}")))
+                .transpose()
+        };
+        settings.server.bwlimit = rate("--bwlimit", &args.bwlimit)?;
+        settings.bwlimit_total = rate("--bwlimit-total", &args.bwlimit_total)?;
+        Ok(Target {
+            settings,
+            source: args.file.clone(),
+            stamp,
+            dest,
+            strategy,
+            part_size,
+            overwrite: args.overwrite,
+            retry_for: Duration::from_secs(args.retry_for),
+            mode: Mode::choose(args.json, args.no_progress),
+        })
+    }
+
+    /// The hosts' names: this machine (`local`), then the peers in config order.
+    pub fn host_names(&self) -> Vec<String> {
+        std::iter::once("local".to_string())
+            .chain(self.settings.peers.iter().map(|p| p.login.name.clone()))
+            .collect()
+    }
+
+    /// Same source, destination and server give the same id, so a re-run finds its
+    /// parts.
+    pub fn upload_id(&self) -> String {
+        let mut h = Md5::new();
+        let source = &self.source;
+        let canonical = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+        h.update(canonical.as_os_str().as_encoded_bytes());
+        h.update(self.stamp.size.to_le_bytes());
+        if let Some(t) = self
+            .stamp
+            .mtime
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        {
+            h.update(t.as_nanos().to_le_bytes());
+        }
+        let s = &self.settings;
+        for part in [&self.dest, &s.server.host, &s.server.dir, &s.merge.dir] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        format!("{:x}", h.finalize())[..16].to_string()
+    }
+
+    /// `--dry-run`: the plan, as text or as one `plan` event.
+    pub fn print_plan(&self, id: &str) {
+        let hosts = self.host_names();
+        let plan = Plan::new(self.stamp.size, hosts.len(), self.strategy, self.part_size);
+        let server = &self.settings.server;
+        let temp_dir = crate::transport::temp_dir(&server.dir, id);
+        if self.mode == Mode::Json {
+            progress::emit(&Event::Plan(events::PlanEvent {
+                file: self.source.display().to_string(),
+                dest: self.dest.clone(),
+                dir: server.dir.clone(),
+                server: format!("{}://{}:{}", server.scheme, server.host, server.port),
+                bytes: self.stamp.size,
+                upload_id: id.to_string(),
+                temp_dir,
+                strategy: plan.strategy,
+                parts: events::PlanPart::list(&plan, &hosts),
+                hosts,
+            }));
+            return;
+        }
+        print!("{}", plan.describe(&hosts));
+        println!(
+            "destination: {}/{} on {}://{}:{}",
+            server.dir, self.dest, server.scheme, server.host, server.port
+        );
+        println!("upload id: {id} (temp dir {temp_dir})");
+    }
+}
+
+/// `--part-size`, which only `adaptive` takes.
+fn part_size(text: Option<&str>, strategy: Strategy) -> Result<Option<u64>> {
+    let Some(s) = text else { return Ok(None) };
+    let v = parse_size(s).context("--part-size")?;
+    if v == 0 {
+        bail!("--part-size must be at least 1 byte");
+    }
+    if strategy == Strategy::Equal {
+        bail!("--part-size applies to --strategy adaptive; equal makes one part per host");
+    }
+    Ok(Some(v))
+}
+
+/// What the source looked like when the send started; checked again before the rename.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Stamp {
+    pub size: u64,
+    mtime: Option<SystemTime>,
+}
+
+pub fn stamp(path: &Path) -> Result<Stamp> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok(Stamp {
+        size: meta.len(),
+        mtime: meta.modified().ok(),
+    })
+}
+
+/// The server-side name: one plain file name inside the upload directory.
+pub fn validate_dest(name: &std::ffi::OsStr) -> Result<String> {
+    let s = name.to_str().ok_or_else(|| {
+        anyhow!("destination name {name:?} is not valid UTF-8; pass --dest with a UTF-8 name")
+    })?;
+    let bad = |why: &str| {
+        Err(anyhow!(
+            "destination name {s:?} {why}; pass --dest NAME with a plain file name"
+        ))
+    };
+    if s.is_empty() {
+        return bad("is empty");
+    }
+    if s == "." || s == ".." || s.contains('/') {
+        return bad("must stay inside the upload directory (no '/', '.' or '..')");
+    }
+    if s.contains(['\r', '\n', '\0']) {
+        return bad("contains a line break or NUL");
+    }
+    if s.starts_with(crate::server::names::TEMP_PREFIX) {
+        return bad("uses relayup's own temp prefix");
+    }
+    if s.len() > 255 {
+        return bad("is longer than 255 bytes");
+    }
+    Ok(s.to_string())
+}
