@@ -6,7 +6,7 @@
 //! often on one host, a host that stalls or says something impossible drops that host,
 //! and its parts go back to the others.
 
-use anyhow::{anyhow, Result};
+use anyhow::{bail, Result};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -111,125 +111,188 @@ pub fn drive(
     host: &mut dyn Host,
     job: &Job<'_>,
 ) -> std::result::Result<(), (anyhow::Error, Vec<Part>)> {
-    let mut inflight: VecDeque<InFlight> = VecDeque::new();
-    let fail = |e: anyhow::Error, inflight: &VecDeque<InFlight>| {
-        Err((e, inflight.iter().map(|f| f.part).collect()))
+    let mut d = Driver {
+        host,
+        job,
+        inflight: VecDeque::new(),
+        failures: HashMap::new(),
+        pace: Pace::default(),
+        last_report: Instant::now(),
+        last_done: Instant::now(),
+        last_move: Instant::now(),
+        failed: None,
+        pause_until: Instant::now(),
     };
-    let mut failures = HashMap::<usize, usize>::new();
-    let mut pace = Pace::default();
-    let mut last_report = Instant::now();
-    // A host uploads one part at a time: a part's upload starts when it was handed
-    // over or when the one before it finished, whichever is later.
-    let mut last_done = Instant::now();
-    // When a byte last moved: a host that keeps reporting without moving a byte is
-    // stalled all the same.
-    let mut last_move = Instant::now();
-    // When this host's last upload to the server failed (no success since), and until
-    // when it pauses because the server seems away.
-    let mut failed: Option<Instant> = None;
-    let mut pause_until = Instant::now();
-    loop {
-        if let Err(e) = host.tick(job.sched.pace(job.host).get()) {
-            return fail(e, &inflight);
+    let result = d.run();
+    result.map_err(|e| (e, d.inflight.iter().map(|f| f.part).collect()))
+}
+
+/// What happens next in a host's loop.
+enum Step {
+    /// Go round again.
+    Again,
+    /// Wait for the host's next report.
+    Listen,
+    /// No part is left for this host.
+    Finished,
+}
+
+/// One host's loop and what it keeps track of.
+struct Driver<'h, 'j> {
+    host: &'h mut dyn Host,
+    job: &'j Job<'j>,
+    /// The parts handed over and not yet done, oldest first.
+    inflight: VecDeque<InFlight>,
+    /// Failures per part on this host (not counting server outages).
+    failures: HashMap<usize, usize>,
+    pace: Pace,
+    last_report: Instant,
+    /// A host uploads one part at a time: a part's upload starts when it was handed
+    /// over or when the one before it finished, whichever is later.
+    last_done: Instant,
+    /// When a byte last moved: a host that keeps reporting without moving a byte is
+    /// stalled all the same.
+    last_move: Instant,
+    /// When this host's last upload to the server failed (no success since), and until
+    /// when it pauses because the server seems away.
+    failed: Option<Instant>,
+    pause_until: Instant,
+}
+
+impl Driver<'_, '_> {
+    fn run(&mut self) -> Result<()> {
+        loop {
+            self.host.tick(self.job.sched.pace(self.job.host).get())?;
+            if self.inflight.is_empty() {
+                self.last_move = Instant::now();
+            }
+            match self.take()? {
+                Step::Again => continue,
+                Step::Finished => return Ok(()),
+                Step::Listen => {}
+            }
+            let report = self.host.next_report()?;
+            self.on_report(report)?;
         }
-        if inflight.is_empty() {
-            last_move = Instant::now();
-        }
-        let want_next = match inflight.front() {
+    }
+
+    /// Takes the next part if this host is ready for one (or pauses, or waits for the
+    /// queue).
+    fn take(&mut self) -> Result<Step> {
+        let want_next = match self.inflight.front() {
             None => true,
-            Some(f) if inflight.len() == 1 && host.stages() => {
-                pace.time_for_next(f.part.len - f.bytes)
+            Some(f) if self.inflight.len() == 1 && self.host.stages() => {
+                self.pace.time_for_next(f.part.len - f.bytes)
             }
             Some(_) => false,
         };
-        if want_next && Instant::now() < pause_until {
-            if inflight.is_empty() {
-                job.health.pause(
-                    pause_until
-                        .saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(200)),
-                );
-                if job.health.is_up_since(failed) {
-                    pause_until = Instant::now();
-                }
-                continue;
-            }
-        } else if want_next {
-            match job.sched.next(job.host) {
-                Next::Part(part) => {
-                    let what = if host.stages() {
-                        "staging"
-                    } else {
-                        "uploading"
-                    };
-                    job.progress
-                        .host_state(job.host, &format!("{what} part {}", part.index));
-                    let t = Instant::now();
-                    let begun = host.begin(&part, job.hashes);
-                    inflight.push_back(InFlight {
-                        part,
-                        sent: Instant::now(),
-                        expected: None,
-                        bytes: 0,
-                    });
-                    match begun {
-                        Ok(expected) => {
-                            inflight.back_mut().expect("just pushed").expected = expected
-                        }
-                        Err(e) => return fail(e, &inflight),
-                    }
-                    if host.stages() {
-                        pace.stage_secs = t.elapsed().as_secs_f64();
-                    }
-                    last_move = Instant::now();
-                    job.progress.host_state(
-                        job.host,
-                        &format!("uploading part {}", inflight[0].part.index),
-                    );
-                    continue;
-                }
-                Next::Finished if inflight.is_empty() => {
-                    job.progress.host_state(job.host, "done");
-                    return Ok(());
-                }
-                Next::Wait if inflight.is_empty() => {
-                    job.progress.host_state(job.host, "idle");
-                    job.sched.wait(Duration::from_millis(200));
-                    continue;
-                }
-                _ => {}
-            }
+        if !want_next {
+            return Ok(Step::Listen);
         }
-        let report = match host.next_report() {
-            Ok(r) => r,
-            Err(e) => return fail(e, &inflight),
+        let job = self.job;
+        if Instant::now() < self.pause_until {
+            if !self.inflight.is_empty() {
+                return Ok(Step::Listen);
+            }
+            job.health.pause(
+                self.pause_until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(200)),
+            );
+            if job.health.is_up_since(self.failed) {
+                self.pause_until = Instant::now();
+            }
+            return Ok(Step::Again);
+        }
+        match job.sched.next(job.host) {
+            Next::Part(part) => {
+                self.begin(part)?;
+                Ok(Step::Again)
+            }
+            Next::Finished if self.inflight.is_empty() => {
+                job.progress.host_state(job.host, "done");
+                Ok(Step::Finished)
+            }
+            Next::Wait if self.inflight.is_empty() => {
+                job.progress.host_state(job.host, "idle");
+                job.sched.wait(Duration::from_millis(200));
+                Ok(Step::Again)
+            }
+            _ => Ok(Step::Listen),
+        }
+    }
+
+    /// Hands part `part` to the host (a staging host copies it there first).
+    fn begin(&mut self, part: Part) -> Result<()> {
+        let job = self.job;
+        let what = if self.host.stages() {
+            "staging"
+        } else {
+            "uploading"
         };
+        job.progress
+            .host_state(job.host, &format!("{what} part {}", part.index));
+        let t = Instant::now();
+        self.inflight.push_back(InFlight {
+            part,
+            sent: Instant::now(),
+            expected: None,
+            bytes: 0,
+        });
+        let expected = self.host.begin(&part, job.hashes)?;
+        self.inflight.back_mut().expect("just pushed").expected = expected;
+        if self.host.stages() {
+            self.pace.stage_secs = t.elapsed().as_secs_f64();
+        }
+        self.last_move = Instant::now();
+        job.progress.host_state(
+            job.host,
+            &format!("uploading part {}", self.inflight[0].part.index),
+        );
+        Ok(())
+    }
+
+    /// What the host said: progress, a part done, or a part failed.
+    fn on_report(&mut self, report: Report) -> Result<()> {
         let now = Instant::now();
-        let dt = now.duration_since(last_report).as_secs_f64();
-        last_report = now;
+        let dt = now.duration_since(self.last_report).as_secs_f64();
+        self.last_report = now;
         let index = match &report {
             Report::Progress { index, .. }
             | Report::Done { index, .. }
             | Report::Failed { index, .. } => *index,
         };
-        let Some(pos) = inflight.iter().position(|f| f.part.index == index) else {
-            return fail(
-                anyhow!(
-                    "{} reported on part {index}, which it was not given",
-                    host.name()
-                ),
-                &inflight,
+        let Some(pos) = self.inflight.iter().position(|f| f.part.index == index) else {
+            bail!(
+                "{} reported on part {index}, which it was not given",
+                self.host.name()
             );
         };
-        // A part uploaded other than it was given (a staged copy that changed after
-        // the relay checked it, a relay that lies): a failure of that part on this
-        // host, sent again; a host that keeps doing it is dropped.
-        let report = match report {
+        match self.checked(report, pos) {
+            Report::Progress { bytes, .. } => self.on_progress(pos, bytes, dt, now),
             Report::Done {
                 bytes, checksum, ..
-            } if bytes != inflight[pos].part.len
-                || inflight[pos].expected.as_ref().is_some_and(|x| *x != checksum) =>
-            {
+            } => {
+                self.on_done(pos, bytes, &checksum, dt, now);
+                Ok(())
+            }
+            Report::Failed {
+                message, server, ..
+            } => self.on_failed(pos, message, server),
+        }
+    }
+
+    /// A part uploaded other than it was given (a staged copy that changed after the
+    /// relay checked it, a relay that lies) is a failure of that part on this host,
+    /// sent again; a host that keeps doing it is dropped.
+    fn checked(&self, report: Report, pos: usize) -> Report {
+        let f = &self.inflight[pos];
+        match report {
+            Report::Done {
+                index,
+                bytes,
+                checksum,
+            } if bytes != f.part.len || f.expected.as_ref().is_some_and(|x| *x != checksum) => {
                 Report::Failed {
                     index,
                     message: format!(
@@ -239,97 +302,97 @@ pub fn drive(
                 }
             }
             r => r,
-        };
-        match report {
-            Report::Progress { bytes, .. } => {
-                let f = &mut inflight[pos];
-                let bytes = bytes.min(f.part.len);
-                if bytes > f.bytes {
-                    last_move = now;
-                } else if last_move.elapsed() > job.stall {
-                    return fail(
-                        anyhow!(
-                            "{}: no byte moved for {} s (--stall-timeout)",
-                            host.name(),
-                            job.stall.as_secs()
-                        ),
-                        &inflight,
+        }
+    }
+
+    fn on_progress(&mut self, pos: usize, bytes: u64, dt: f64, now: Instant) -> Result<()> {
+        let job = self.job;
+        let f = &mut self.inflight[pos];
+        // A host's count is a claim: never more than the part.
+        let bytes = bytes.min(f.part.len);
+        if bytes > f.bytes {
+            self.last_move = now;
+        } else if self.last_move.elapsed() > job.stall {
+            bail!(
+                "{}: no byte moved for {} s (--stall-timeout)",
+                self.host.name(),
+                job.stall.as_secs()
+            );
+        }
+        self.pace.uploaded += bytes.saturating_sub(f.bytes);
+        self.pace.upload_secs += dt;
+        f.bytes = bytes;
+        job.progress.part_progress(job.host, f.part.index, bytes);
+        Ok(())
+    }
+
+    fn on_done(&mut self, pos: usize, bytes: u64, checksum: &str, dt: f64, now: Instant) {
+        let job = self.job;
+        let f = self.inflight.remove(pos).expect("position is valid");
+        let index = f.part.index;
+        self.host.forget(index);
+        self.pace.uploaded += bytes.saturating_sub(f.bytes);
+        self.pace.upload_secs += dt;
+        self.last_move = now;
+        self.failed = None;
+        job.health.success(job.progress);
+        let began = f.sent.max(self.last_done);
+        self.last_done = now;
+        job.sched
+            .complete(&f.part, job.host, began.elapsed().as_secs_f64());
+        job.progress.part_done(job.host, index, bytes, checksum);
+        let _ = job.merged.send(index);
+        if let Some(next) = self.inflight.front() {
+            job.progress
+                .host_state(job.host, &format!("uploading part {}", next.part.index));
+        }
+    }
+
+    /// A part failed: a server outage is waited out, a failure of this host counts, and
+    /// too many drop the host.
+    fn on_failed(&mut self, pos: usize, message: String, server: bool) -> Result<()> {
+        let job = self.job;
+        let f = self.inflight.remove(pos).expect("position is valid");
+        let index = f.part.index;
+        self.host.forget(index);
+        job.progress.part_failed(index);
+        if server && !crate::interrupt::interrupted() {
+            match job.health.failure(self.failed, job.progress) {
+                Verdict::Retry(pause) => {
+                    // The server may be away: keep this host, try again later.
+                    self.failed = Some(Instant::now());
+                    self.pause_until = Instant::now() + pause;
+                    self.last_move = Instant::now() + pause;
+                    job.progress.host_state(job.host, "waiting for the server");
+                    job.sched.give_back(&[f.part]);
+                    return Ok(());
+                }
+                Verdict::GiveUp(away) => {
+                    self.inflight.push_back(f);
+                    bail!(
+                        "{message}; the server has been unreachable for {} s (--retry-for)",
+                        away.as_secs()
                     );
                 }
-                pace.uploaded += bytes.saturating_sub(f.bytes);
-                pace.upload_secs += dt;
-                f.bytes = bytes;
-                job.progress.part_progress(job.host, index, bytes);
-            }
-            Report::Done {
-                bytes, checksum, ..
-            } => {
-                let f = inflight.remove(pos).expect("position is valid");
-                host.forget(index);
-                pace.uploaded += bytes.saturating_sub(f.bytes);
-                pace.upload_secs += dt;
-                last_move = now;
-                failed = None;
-                job.health.success(job.progress);
-                let began = f.sent.max(last_done);
-                last_done = now;
-                job.sched
-                    .complete(&f.part, job.host, began.elapsed().as_secs_f64());
-                job.progress.part_done(job.host, index, bytes, &checksum);
-                let _ = job.merged.send(index);
-                if let Some(next) = inflight.front() {
-                    job.progress
-                        .host_state(job.host, &format!("uploading part {}", next.part.index));
-                }
-            }
-            Report::Failed {
-                message, server, ..
-            } => {
-                let f = inflight.remove(pos).expect("position is valid");
-                host.forget(index);
-                job.progress.part_failed(index);
-                if server && !crate::interrupt::interrupted() {
-                    match job.health.failure(failed, job.progress) {
-                        Verdict::Retry(pause) => {
-                            // The server may be away: keep this host, try again later.
-                            failed = Some(Instant::now());
-                            pause_until = Instant::now() + pause;
-                            last_move = Instant::now() + pause;
-                            job.progress.host_state(job.host, "waiting for the server");
-                            job.sched.give_back(&[f.part]);
-                            continue;
-                        }
-                        Verdict::GiveUp(away) => {
-                            inflight.push_back(f);
-                            return fail(
-                                anyhow!(
-                                    "{message}; the server has been unreachable for {} s (--retry-for)",
-                                    away.as_secs()
-                                ),
-                                &inflight,
-                            );
-                        }
-                        Verdict::Alone => {}
-                    }
-                }
-                let n = failures.entry(index).or_default();
-                *n += 1;
-                if *n >= host.max_part_failures() {
-                    inflight.push_back(f);
-                    let e = if host.max_part_failures() == 1 {
-                        anyhow!("{message}")
-                    } else {
-                        anyhow!("part {index} failed {n} times: {message}")
-                    };
-                    return fail(e, &inflight);
-                }
-                job.progress.warn(&format!(
-                    "{}: part {index}: {message}; sending it again",
-                    host.name()
-                ));
-                job.sched.give_back(&[f.part]);
+                Verdict::Alone => {}
             }
         }
+        let n = self.failures.entry(index).or_default();
+        *n += 1;
+        if *n >= self.host.max_part_failures() {
+            let n = *n;
+            self.inflight.push_back(f);
+            if self.host.max_part_failures() == 1 {
+                bail!("{message}");
+            }
+            bail!("part {index} failed {n} times: {message}");
+        }
+        job.progress.warn(&format!(
+            "{}: part {index}: {message}; sending it again",
+            self.host.name()
+        ));
+        job.sched.give_back(&[f.part]);
+        Ok(())
     }
 }
 
@@ -362,6 +425,7 @@ pub fn ended(
 mod tests {
     use super::*;
     use crate::send::plan::{Plan, Strategy};
+    use anyhow::anyhow;
     use std::collections::HashSet;
     use std::sync::mpsc;
 
