@@ -155,31 +155,7 @@ impl PeerLink {
             let line = protocol::read_line(&mut self.events)
                 .with_context(|| format!("{}: reading relay events", link_name(&self.peer)))?;
             let Some(line) = line else {
-                let _ = self.channel.wait_close();
-                let status = self.channel.exit_status().unwrap_or(-1);
-                let signal = ssh::exit_signal(&self.channel);
-                let diag: Vec<_> = self.diag.iter().cloned().collect();
-                let hint = if status == 127 {
-                    format!(
-                        "; relayup was not found there: run `relayup peers deploy` to install this relayup on it, or set `relayup = \"/path/to/relayup\"` for peer {:?}",
-                        self.peer.login.name
-                    )
-                } else {
-                    String::new()
-                };
-                bail!(
-                    "relay {}{}{hint}",
-                    match signal {
-                        // Its exit status reads 0 then: never report that as an exit.
-                        Some(sig) => format!("was killed by signal {sig}"),
-                        None => format!("exited (status {status})"),
-                    },
-                    if diag.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", diag.join(" | "))
-                    }
-                );
+                return Err(self.ended());
             };
             if line.starts_with('{') {
                 return protocol::parse_event(&line);
@@ -193,6 +169,36 @@ impl PeerLink {
             "{}: the relay sent {MAX_OTHER_LINES} lines in a row that are not events (last: {})",
             link_name(&self.peer),
             self.diag.back().map(String::as_str).unwrap_or_default()
+        )
+    }
+
+    /// The relay's output ended: how it ended (its exit status or signal, a hint when
+    /// relayup is missing there) and its last lines of diagnostics.
+    fn ended(&mut self) -> anyhow::Error {
+        let _ = self.channel.wait_close();
+        let status = self.channel.exit_status().unwrap_or(-1);
+        let signal = ssh::exit_signal(&self.channel);
+        let diag: Vec<_> = self.diag.iter().cloned().collect();
+        let hint = if status == 127 {
+            format!(
+                "; relayup was not found there: run `relayup peers deploy` to install this relayup on it, or set `relayup = \"/path/to/relayup\"` for peer {:?}",
+                self.peer.login.name
+            )
+        } else {
+            String::new()
+        };
+        anyhow!(
+            "relay {}{}{hint}",
+            match signal {
+                // Its exit status reads 0 then: never report that as an exit.
+                Some(sig) => format!("was killed by signal {sig}"),
+                None => format!("exited (status {status})"),
+            },
+            if diag.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", diag.join(" | "))
+            }
         )
     }
 

@@ -5,15 +5,17 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::remote::protocol::{self, Event, Request, PROTOCOL};
+use crate::remote::protocol::{self, Event, Request, ServerSpec, PROTOCOL};
+use crate::transport::pace::Rate;
 use crate::transport::{Access, Server, ServerTrust};
 
 /// Progress events are sent at most this often per part.
@@ -55,14 +57,56 @@ struct Job {
     xxh3: String,
 }
 
+/// The client's hello, checked: what the relay needs to set itself up.
+struct Hello {
+    upload_id: String,
+    run: String,
+    host: String,
+    server: Box<ServerSpec>,
+    staging: Option<String>,
+    stall_timeout: u64,
+}
+
+/// A line from stdin as the reader thread passes it on (`None`: stdin closed).
+type Line = Result<Option<String>>;
+
 pub fn run() -> Result<()> {
     // Before the password arrives: no core dump or same-user ptrace can show it.
     crate::secret::no_core_dumps();
     let out = Out(Arc::new(Mutex::new(std::io::stdout())));
     let mut input = BufReader::new(std::io::stdin());
-    let hello = match protocol::read_line(&mut input)? {
+    let Some(hello) = read_hello(&mut input, &out)? else {
+        return Ok(());
+    };
+    let (staging, uploader) = set_up(&hello, &out)?;
+
+    // The uploader paces by this; `limit` requests change it, also mid-part.
+    let rate = uploader.rate();
+    let pipeline = Pipeline::start(uploader, &out);
+
+    // Requests arrive through a thread, so that silence can be timed: a client that
+    // says nothing (not even a ping) for the idle limit is gone, even if the network
+    // never tells (a peer cut off keeps its half of the TCP connection for hours).
+    let idle = protocol::relay_idle_limit(hello.stall_timeout);
+    let lines = spawn_reader(input);
+    let to = Dispatch {
+        staging: &staging,
+        staged: &pipeline.staged,
+        verify: &pipeline.verify,
+        rate: &rate,
+    };
+    let result = serve(&lines, idle, &to);
+    let prefix = crate::server::names::staged_prefix(&hello.upload_id, &hello.run);
+    pipeline.stop(&result, &staging, &prefix, idle);
+    result.map(|_| ())
+}
+
+/// Reads the client's hello and checks it: the protocol, the ids and the host name
+/// that go into file names. `None`: stdin closed before a hello.
+fn read_hello(input: &mut impl BufRead, out: &Out) -> Result<Option<Hello>> {
+    let hello = match protocol::read_line(input)? {
         Some(line) => protocol::parse_request(&line)?,
-        None => return Ok(()),
+        None => return Ok(None),
     };
     let Request::Hello {
         protocol: theirs,
@@ -92,13 +136,27 @@ pub fn run() -> Result<()> {
     if !valid_file_name(&host) {
         bail!("bad host name {host:?}");
     }
-    let staging = match staging_dir(staging.as_deref()) {
+    Ok(Some(Hello {
+        upload_id,
+        run,
+        host,
+        server,
+        staging,
+        stall_timeout,
+    }))
+}
+
+/// Sets up the staging directory and logs in to the server, then tells the client
+/// `ready`; a failure is reported to the client as well as returned.
+fn set_up(hello: &Hello, out: &Out) -> Result<(PathBuf, Server)> {
+    let staging = match staging_dir(hello.staging.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             out.error(None, &e);
             return Err(e);
         }
     };
+    let server = &hello.server;
     let trust = match &server.host_key {
         Some(k) => ServerTrust::Exact(k.clone()),
         None if server.scheme == "sftp" => {
@@ -108,13 +166,13 @@ pub fn run() -> Result<()> {
         }
         None => ServerTrust::Exact(String::new()),
     };
-    let tag = format!("{host}.{run}");
+    let tag = format!("{}.{}", hello.host, hello.run);
     let access = Access {
         trust,
         identity: None,
-        io_timeout: Duration::from_secs(stall_timeout),
+        io_timeout: Duration::from_secs(hello.stall_timeout),
     };
-    let mut uploader = match Server::connect(&server, &upload_id, &tag, access) {
+    let uploader = match Server::connect(server, &hello.upload_id, &tag, access) {
         Ok((u, _)) => u,
         Err(e) => {
             let e = e.context("this peer cannot log in to the server");
@@ -128,75 +186,176 @@ pub fn run() -> Result<()> {
         staging: staging.display().to_string(),
         staging_free: free_space(&staging),
     });
+    Ok((staging, uploader))
+}
 
-    // The uploader paces by this; `limit` requests change it, also mid-part.
-    let rate = uploader.rate();
+/// Staged files not yet removed: the request loop adds them, the uploader removes
+/// them, and whatever is left when the relay stops is removed then.
+#[derive(Clone, Default)]
+struct Staged(Arc<Mutex<Vec<PathBuf>>>);
 
-    // Three stages, so part k+1 is verified while part k uploads:
-    // stdin reader (this thread) -> verifier -> uploader.
-    let cancel = Arc::new(AtomicBool::new(false));
-    let staged: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
-    let (verify_tx, verify_rx) = mpsc::channel::<Job>();
-    let (upload_tx, upload_rx) = mpsc::channel::<Job>();
-    let verifier = {
-        let out = out.clone();
-        let cancel = cancel.clone();
-        std::thread::spawn(move || {
-            for job in verify_rx {
-                if cancel.load(Ordering::Relaxed) {
-                    break;
+impl Staged {
+    fn lock(&self) -> MutexGuard<'_, Vec<PathBuf>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, path: PathBuf) {
+        self.lock().push(path);
+    }
+
+    fn forget(&self, path: &Path) {
+        self.lock().retain(|p| p != path);
+    }
+
+    fn remove_all(&self) {
+        for path in self.lock().drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Three stages, so part k+1 is verified while part k uploads:
+/// stdin reader (the relay's main thread) -> verifier -> uploader.
+struct Pipeline {
+    /// Set when the relay stops: neither thread starts another part.
+    cancel: Arc<AtomicBool>,
+    staged: Staged,
+    /// The verifier's queue; closing it ends both threads.
+    verify: mpsc::Sender<Job>,
+    verifier: JoinHandle<()>,
+    uploader: JoinHandle<()>,
+}
+
+impl Pipeline {
+    fn start(server: Server, out: &Out) -> Pipeline {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let staged = Staged::default();
+        let (verify, verify_rx) = mpsc::channel::<Job>();
+        let (upload_tx, upload_rx) = mpsc::channel::<Job>();
+        let verifier = spawn_verifier(verify_rx, upload_tx, out.clone(), cancel.clone());
+        let uploader = spawn_uploader(
+            server,
+            upload_rx,
+            out.clone(),
+            cancel.clone(),
+            staged.clone(),
+        );
+        Pipeline {
+            cancel,
+            staged,
+            verify,
+            verifier,
+            uploader,
+        }
+    }
+
+    /// The clean-up, once the request loop has ended with `result`: stops both
+    /// threads and removes this run's staged files (names starting with `prefix`).
+    fn stop(self, result: &Result<bool>, staging: &Path, prefix: &str, idle: Duration) {
+        if result
+            .as_ref()
+            .is_err_and(|e| e.downcast_ref::<ClientSilent>().is_some())
+        {
+            // The client is unreachable: stop uploading, leave nothing staged, and exit
+            // without waiting for threads that may be blocked on the dead connection.
+            self.cancel.store(true, Ordering::Relaxed);
+            self.staged.remove_all();
+            sweep_staging(staging, prefix);
+            eprintln!(
+                "relayup relay: no word from the client for {} s; stopped and removed what was staged",
+                idle.as_secs()
+            );
+            std::process::exit(3);
+        }
+        // Stdin closed or broke: the client is finished (it says bye, with nothing in
+        // flight) or gone. Either way stop now, and leave nothing staged behind.
+        self.cancel.store(true, Ordering::Relaxed);
+        drop(self.verify);
+        let _ = self.verifier.join();
+        let _ = self.uploader.join();
+        self.staged.remove_all();
+        let sweep = || sweep_staging(staging, prefix);
+        sweep();
+        if !matches!(result, Ok(true)) {
+            // The client went away without a bye, perhaps while staging a part: the SFTP
+            // server of the same connection may still create or write that file after
+            // this sweep. Nobody waits for this process any more; sweep a while longer.
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_secs(1));
+                sweep();
+            }
+        }
+    }
+}
+
+/// Checks each staged part against the checksum the client sent and passes it on to
+/// the uploader; a corrupt or missing one is removed and reported.
+fn spawn_verifier(
+    jobs: mpsc::Receiver<Job>,
+    upload: mpsc::Sender<Job>,
+    out: Out,
+    cancel: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for job in jobs {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            match file_checksum(&job.path, job.size) {
+                Ok(sum) if sum == job.xxh3 => {
+                    let _ = upload.send(job);
                 }
-                match file_checksum(&job.path, job.size) {
-                    Ok(sum) if sum == job.xxh3 => {
-                        let _ = upload_tx.send(job);
-                    }
-                    Ok(sum) => {
-                        let _ = std::fs::remove_file(&job.path);
-                        out.error(
-                            Some(job.index),
-                            &anyhow!("staged part {} is corrupt (xxh3 {sum}, expected {}); stage it again", job.index, job.xxh3),
-                        );
-                    }
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&job.path);
-                        out.error(Some(job.index), &e);
-                    }
+                Ok(sum) => {
+                    let _ = std::fs::remove_file(&job.path);
+                    out.error(
+                        Some(job.index),
+                        &anyhow!(
+                            "staged part {} is corrupt (xxh3 {sum}, expected {}); stage it again",
+                            job.index,
+                            job.xxh3
+                        ),
+                    );
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&job.path);
+                    out.error(Some(job.index), &e);
                 }
             }
-        })
-    };
-    let upload_thread = {
-        let out = out.clone();
-        let cancel = cancel.clone();
-        let staged = staged.clone();
-        std::thread::spawn(move || {
-            for job in upload_rx {
-                if cancel.load(Ordering::Relaxed) {
-                    break;
-                }
-                let result = upload(&mut uploader, &job, &out, &cancel);
-                let _ = std::fs::remove_file(&job.path);
-                staged
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|p| p != &job.path);
-                match result {
-                    Ok(xxh3) => out.send(&Event::PartDone {
-                        index: job.index,
-                        bytes: job.size,
-                        xxh3,
-                    }),
-                    Err(e) => out.server_error(job.index, &e),
-                }
-            }
-        })
-    };
+        }
+    })
+}
 
-    // Requests arrive through a thread, so that silence can be timed: a client that
-    // says nothing (not even a ping) for the idle limit is gone, even if the network
-    // never tells (a peer cut off keeps its half of the TCP connection for hours).
-    let idle = protocol::relay_idle_limit(stall_timeout);
-    let (line_tx, lines) = mpsc::sync_channel::<Result<Option<String>>>(16);
+/// Uploads each verified part to the server, removes its staged file and reports.
+fn spawn_uploader(
+    mut server: Server,
+    jobs: mpsc::Receiver<Job>,
+    out: Out,
+    cancel: Arc<AtomicBool>,
+    staged: Staged,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for job in jobs {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            let result = upload(&mut server, &job, &out, &cancel);
+            let _ = std::fs::remove_file(&job.path);
+            staged.forget(&job.path);
+            match result {
+                Ok(xxh3) => out.send(&Event::PartDone {
+                    index: job.index,
+                    bytes: job.size,
+                    xxh3,
+                }),
+                Err(e) => out.server_error(job.index, &e),
+            }
+        }
+    })
+}
+
+/// Reads requests from stdin on a thread of its own, until stdin closes or breaks.
+fn spawn_reader(mut input: impl BufRead + Send + 'static) -> mpsc::Receiver<Line> {
+    let (line_tx, lines) = mpsc::sync_channel::<Line>(16);
     std::thread::spawn(move || loop {
         let line = protocol::read_line(&mut input);
         let end = !matches!(line, Ok(Some(_)));
@@ -204,98 +363,67 @@ pub fn run() -> Result<()> {
             break;
         }
     });
-    // Ok(true): the client said bye.
-    let result = (|| -> Result<bool> {
-        loop {
-            let line = match lines.recv_timeout(idle) {
-                Ok(line) => line?,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(anyhow!(
-                        "no word from the client for {} s: it is gone",
-                        idle.as_secs()
-                    ))
-                    .context(ClientSilent)
+    lines
+}
+
+/// Where the request loop sends what the client asks for.
+struct Dispatch<'a> {
+    /// The staging directory, where the client's staged files are.
+    staging: &'a Path,
+    staged: &'a Staged,
+    /// The verifier's queue.
+    verify: &'a mpsc::Sender<Job>,
+    /// The uploader's pace.
+    rate: &'a Rate,
+}
+
+/// The request loop: until stdin closes (`Ok(false)`), the client says bye
+/// (`Ok(true)`), or it says nothing for `idle` (an error of [`ClientSilent`]).
+fn serve(lines: &mpsc::Receiver<Line>, idle: Duration, to: &Dispatch) -> Result<bool> {
+    loop {
+        let line = match lines.recv_timeout(idle) {
+            Ok(line) => line?,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(anyhow!(
+                    "no word from the client for {} s: it is gone",
+                    idle.as_secs()
+                ))
+                .context(ClientSilent)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        };
+        let Some(line) = line else { break };
+        match protocol::parse_request(&line)? {
+            Request::Upload {
+                index,
+                file,
+                size,
+                xxh3,
+            } => {
+                if !valid_file_name(&file) {
+                    bail!("refusing staged file name {file:?}");
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            };
-            let Some(line) = line else { break };
-            match protocol::parse_request(&line)? {
-                Request::Upload {
+                let path = to.staging.join(&file);
+                to.staged.add(path.clone());
+                let _ = to.verify.send(Job {
                     index,
-                    file,
+                    path,
                     size,
                     xxh3,
-                } => {
-                    if !valid_file_name(&file) {
-                        bail!("refusing staged file name {file:?}");
-                    }
-                    let path = staging.join(&file);
-                    staged
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(path.clone());
-                    let _ = verify_tx.send(Job {
-                        index,
-                        path,
-                        size,
-                        xxh3,
-                    });
-                }
-                Request::Limit { bytes_per_sec } => {
-                    if bytes_per_sec == 0 {
-                        bail!("a limit of 0 bytes per second");
-                    }
-                    rate.set(Some(bytes_per_sec));
-                }
-                Request::Hello { .. } => bail!("hello sent twice"),
-                Request::Ping => {}
-                Request::Bye => return Ok(true),
+                });
             }
-        }
-        Ok(false)
-    })();
-    if result
-        .as_ref()
-        .is_err_and(|e| e.downcast_ref::<ClientSilent>().is_some())
-    {
-        // The client is unreachable: stop uploading, leave nothing staged, and exit
-        // without waiting for threads that may be blocked on the dead connection.
-        cancel.store(true, Ordering::Relaxed);
-        for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
-        sweep_staging(
-            &staging,
-            &crate::server::names::staged_prefix(&upload_id, &run),
-        );
-        eprintln!(
-            "relayup relay: no word from the client for {} s; stopped and removed what was staged",
-            idle.as_secs()
-        );
-        std::process::exit(3);
-    }
-    // Stdin closed or broke: the client is finished (it says bye, with nothing in
-    // flight) or gone. Either way stop now, and leave nothing staged behind.
-    cancel.store(true, Ordering::Relaxed);
-    drop(verify_tx);
-    let _ = verifier.join();
-    let _ = upload_thread.join();
-    for path in staged.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-        let _ = std::fs::remove_file(path);
-    }
-    let prefix = crate::server::names::staged_prefix(&upload_id, &run);
-    let sweep = || sweep_staging(&staging, &prefix);
-    sweep();
-    if !matches!(result, Ok(true)) {
-        // The client went away without a bye, perhaps while staging a part: the SFTP
-        // server of the same connection may still create or write that file after
-        // this sweep. Nobody waits for this process any more; sweep a while longer.
-        for _ in 0..5 {
-            std::thread::sleep(Duration::from_secs(1));
-            sweep();
+            Request::Limit { bytes_per_sec } => {
+                if bytes_per_sec == 0 {
+                    bail!("a limit of 0 bytes per second");
+                }
+                to.rate.set(Some(bytes_per_sec));
+            }
+            Request::Hello { .. } => bail!("hello sent twice"),
+            Request::Ping => {}
+            Request::Bye => return Ok(true),
         }
     }
-    result.map(|_| ())
+    Ok(false)
 }
 
 /// Marks the error of a client that went silent for the idle limit.

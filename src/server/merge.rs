@@ -39,11 +39,16 @@ pub struct AppendMerge {
     parts: Vec<ServerPart>,
     /// Free bytes in the upload directory, if `df` could tell.
     free: Option<u64>,
-    /// `merge.dir`, the upload id and this run's id.
-    dir: String,
-    upload_id: String,
-    run: String,
+    place: RunPlace,
     feeder: Option<Feeder>,
+}
+
+/// Where a run's files are on the server: `merge.dir`, the upload id (which names the
+/// temp dir) and the run's id (which names its merged file).
+pub struct RunPlace {
+    pub dir: String,
+    pub upload_id: String,
+    pub run: String,
 }
 
 impl Assembly for AppendMerge {
@@ -61,14 +66,7 @@ impl Assembly for AppendMerge {
     }
 
     fn start(&mut self, parts: usize, size: u64) -> Result<Sender<usize>> {
-        let (feeder, tx) = Feeder::start(
-            &self.session,
-            &self.dir,
-            &self.upload_id,
-            &self.run,
-            parts,
-            size,
-        )?;
+        let (feeder, tx) = Feeder::start(&self.session, &self.place, parts, size)?;
         self.feeder = Some(feeder);
         Ok(tx)
     }
@@ -81,19 +79,16 @@ impl Assembly for AppendMerge {
     }
 
     fn remove_bad(&self, expected: &[(u64, String)]) -> Result<Vec<usize>> {
-        remove_bad_parts(&self.session, &self.dir, &self.upload_id, expected)
+        remove_bad_parts(
+            &self.session,
+            &self.place.dir,
+            &self.place.upload_id,
+            expected,
+        )
     }
 
     fn publish(&self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()> {
-        commit(
-            &self.session,
-            &self.dir,
-            &self.upload_id,
-            &self.run,
-            file,
-            dest,
-            overwrite,
-        )
+        commit(&self.session, &self.place, file, dest, overwrite)
     }
 }
 
@@ -182,9 +177,37 @@ pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> R
         None,
         settings.io_timeout,
     )?;
+    let script = preflight_script(&m.dir, dest, upload_id, overwrite);
+    let who = m.login.describe();
+    let mut ch = ssh::start_script(&session, &script, true)?;
+    let (ready, lines) = read_preflight(&mut ch, &who)?;
+    if ready {
+        return Ok(Prepared::Ready(AppendMerge {
+            session,
+            _lock: ServerLock { channel: Some(ch) },
+            parts: parse_parts(&lines.join("\n")),
+            free: free_bytes(&lines),
+            place: RunPlace {
+                dir: m.dir.clone(),
+                upload_id: upload_id.to_string(),
+                run: run.to_string(),
+            },
+            feeder: None,
+        }));
+    }
+    ch.wait_close().ok();
+    let code = ch.exit_status().unwrap_or(-1);
+    let md5 = preflight_stopped(settings, dest, upload_id, code, &lines)?;
+    Ok(Prepared::Exists(session, md5))
+}
+
+/// The pre-flight script: checks `dir` and `dest`, creates and locks the temp dir,
+/// prints the free space and the parts there, then `ready`, and holds the lock (its
+/// shell waits on stdin) until the run ends. Stops with a [`status`] code otherwise.
+fn preflight_script(dir: &str, dest: &str, upload_id: &str, overwrite: bool) -> String {
     let tmp = sh(&temp_name(upload_id));
     let me = Owner::me();
-    let script = format!(
+    format!(
         "cd -- {dir} 2>/dev/null || exit {no_dir}\n\
          [ -w . ] || exit {not_writable}\n\
          {{ rm -rf -- .relayup-*.done.* </dev/null >/dev/null 2>&1 & }}\n\
@@ -199,7 +222,7 @@ pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> R
          {LIST_PARTS}\
          echo ready\n\
          exec cat >/dev/null",
-        dir = sh(&m.dir),
+        dir = sh(dir),
         dest = sh(dest),
         ow = u8::from(overwrite),
         dest_checks = dest_type_checks(&sh(dest)),
@@ -210,10 +233,13 @@ pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> R
         no_tool = status::NO_TOOL,
         exists = status::EXISTS,
         no_temp = status::NO_TEMP,
-    );
-    let who = m.login.describe();
-    let mut ch = ssh::start_script(&session, &script, true)?;
-    let mut reader = std::io::BufReader::new(&mut ch);
+    )
+}
+
+/// Reads the pre-flight's lines up to `ready`: whether it got there, and the lines
+/// before (all of them, if it stopped).
+fn read_preflight(ch: &mut ssh2::Channel, who: &str) -> Result<(bool, Vec<String>)> {
+    let mut reader = std::io::BufReader::new(ch);
     let mut lines = Vec::new();
     let ready = loop {
         let mut line = String::new();
@@ -228,27 +254,30 @@ pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> R
         }
         lines.push(line);
     };
-    drop(reader);
-    let out = lines.join("\n");
-    if ready {
-        // `df -Pk` counts KiB (awk would print a product in floating point).
-        let free = lines
-            .iter()
-            .find_map(|l| l.strip_prefix("free ")?.trim().parse::<u64>().ok())
-            .map(|kib| kib.saturating_mul(1024));
-        return Ok(Prepared::Ready(AppendMerge {
-            session,
-            _lock: ServerLock { channel: Some(ch) },
-            parts: parse_parts(&out),
-            free,
-            dir: m.dir.clone(),
-            upload_id: upload_id.to_string(),
-            run: run.to_string(),
-            feeder: None,
-        }));
-    }
-    ch.wait_close().ok();
-    let code = ch.exit_status().unwrap_or(-1);
+    Ok((ready, lines))
+}
+
+/// The free bytes the pre-flight's `free` line reports.
+fn free_bytes(lines: &[String]) -> Option<u64> {
+    // `df -Pk` counts KiB (awk would print a product in floating point).
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("free ")?.trim().parse::<u64>().ok())
+        .map(|kib| kib.saturating_mul(1024))
+}
+
+/// The pre-flight stopped before `ready` with exit status `code`, having printed
+/// `lines`: the destination's MD5 if the destination is there (and `--overwrite` was
+/// not given), or the error that says what stopped it.
+fn preflight_stopped(
+    settings: &Settings,
+    dest: &str,
+    upload_id: &str,
+    code: i32,
+    lines: &[String],
+) -> Result<String> {
+    let m = &settings.merge;
+    let who = m.login.describe();
     let diag: String = lines
         .iter()
         .filter(|l| !l.starts_with("part ") && !l.starts_with("free "))
@@ -280,7 +309,7 @@ pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> R
             if md5.len() != 32 {
                 bail!("{who}: cannot read {place} to compare it: {diag}");
             }
-            Ok(Prepared::Exists(session, md5))
+            Ok(md5)
         }
         status::NO_TOOL => bail!("{who}: {diag}; relayup needs it on the server"),
         status::DEST_SYMLINK | status::DEST_DIR | status::DEST_SPECIAL => {
@@ -498,84 +527,20 @@ pub struct Feeder {
 }
 
 impl Feeder {
-    /// Starts the merge on its own channel of `session`. `run` names this run's merged
-    /// file, which is created here and must not exist.
+    /// Starts the merge on its own channel of `session`. `place.run` names this run's
+    /// merged file, which is created here and must not exist.
     pub fn start(
         session: &Session,
-        dir: &str,
-        upload_id: &str,
-        run: &str,
+        place: &RunPlace,
         parts: usize,
         size: u64,
     ) -> Result<(Feeder, Sender<usize>)> {
-        let tmp = crate::server::names::temp_dir(dir, upload_id);
-        let merged = sh(&merged_name(run));
-        // Names come from us (`<n>.part`), one per line, in index order. `set -C`
-        // creates the merged file only if no other writer has that name.
-        let script = format!(
-            "cd -- {} || exit 1\n\
-             set -C; : > {merged} || exit 1; set +C\n\
-             echo ready\n\
-             while IFS= read -r n; do cat -- \"$n\" || exit 1; done | tee {merged} | md5sum | sed 's/^/md5 /'\n\
-             printf 'stat %s\\n' \"$(stat -c '%i %s %Y' -- {merged})\"\n",
-            sh(&tmp)
-        );
-        let mut ch = ssh::start_script(session, &script, true).context("starting the merge")?;
-        let mut first = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut ch), &mut first)
-            .context("starting the merge")?;
-        if first.trim_end() != "ready" {
-            bail!("the merge on the server did not start: {}", first.trim());
-        }
+        let mut ch = start_merge(session, place)?;
         let session = session.clone();
         let (tx, rx): (Sender<usize>, Receiver<usize>) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || -> Result<Merged> {
-            let mut ready = BTreeSet::new();
-            let mut next = 0usize;
-            // Stop as soon as every part is in: the senders may outlive the transfer.
-            while next < parts {
-                let Ok(index) = rx.recv() else { break };
-                ready.insert(index);
-                while ready.remove(&next) {
-                    ch.write_all(format!("{next}.part\n").as_bytes())
-                        .context("feeding the merge on the server")?;
-                    next += 1;
-                }
-            }
-            if next != parts {
-                bail!("merge stopped: only {next} of {parts} parts arrived");
-            }
-            ch.send_eof()?;
-            // The server still has to append the parts that came last: allow for a slow disk.
-            let secs = (size / (20 << 20)).max(120);
-            let before = session.timeout();
-            session.set_timeout((secs * 1000).min(u32::MAX as u64) as u32);
-            let mut out = String::new();
-            let read = ch.read_to_string(&mut out);
-            session.set_timeout(before);
-            read.context("reading the merge result")?;
-            ch.wait_close().ok();
-            let md5 = out
-                .lines()
-                .find_map(|l| l.strip_prefix("md5 "))
-                .and_then(|l| l.split_whitespace().next())
-                .unwrap_or_default()
-                .to_string();
-            let stat = out
-                .lines()
-                .find_map(|l| l.strip_prefix("stat "))
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            let other: Vec<&str> = out
-                .lines()
-                .filter(|l| !l.starts_with("md5 ") && !l.starts_with("stat "))
-                .collect();
-            let merged_size = stat.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-            match merged_size {
-                Some(size) if md5.len() == 32 && other.is_empty() => Ok(Merged { md5, size, stat }),
-                _ => Err(anyhow::Error::new(MergeFailed(other.join(" ")))),
-            }
+            feed(&mut ch, &rx, parts)?;
+            merge_result(&mut ch, &session, size)
         });
         Ok((
             Feeder {
@@ -596,6 +561,86 @@ impl Feeder {
     }
 }
 
+/// Starts the merge script and waits for its `ready`: the merged file is created.
+fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
+    let tmp = crate::server::names::temp_dir(&place.dir, &place.upload_id);
+    let merged = sh(&merged_name(&place.run));
+    // Names come from us (`<n>.part`), one per line, in index order. `set -C`
+    // creates the merged file only if no other writer has that name.
+    let script = format!(
+        "cd -- {} || exit 1\n\
+         set -C; : > {merged} || exit 1; set +C\n\
+         echo ready\n\
+         while IFS= read -r n; do cat -- \"$n\" || exit 1; done | tee {merged} | md5sum | sed 's/^/md5 /'\n\
+         printf 'stat %s\\n' \"$(stat -c '%i %s %Y' -- {merged})\"\n",
+        sh(&tmp)
+    );
+    let mut ch = ssh::start_script(session, &script, true).context("starting the merge")?;
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut ch), &mut first)
+        .context("starting the merge")?;
+    if first.trim_end() != "ready" {
+        bail!("the merge on the server did not start: {}", first.trim());
+    }
+    Ok(ch)
+}
+
+/// Hands the merge the part names in index order as the parts arrive (in any order)
+/// on `rx`, then ends its input.
+fn feed(ch: &mut ssh2::Channel, rx: &Receiver<usize>, parts: usize) -> Result<()> {
+    let mut ready = BTreeSet::new();
+    let mut next = 0usize;
+    // Stop as soon as every part is in: the senders may outlive the transfer.
+    while next < parts {
+        let Ok(index) = rx.recv() else { break };
+        ready.insert(index);
+        while ready.remove(&next) {
+            ch.write_all(format!("{next}.part\n").as_bytes())
+                .context("feeding the merge on the server")?;
+            next += 1;
+        }
+    }
+    if next != parts {
+        bail!("merge stopped: only {next} of {parts} parts arrived");
+    }
+    ch.send_eof()?;
+    Ok(())
+}
+
+/// Waits for the merge of a `size`-byte file to end and reads its MD5 and `stat`.
+fn merge_result(ch: &mut ssh2::Channel, session: &Session, size: u64) -> Result<Merged> {
+    // The server still has to append the parts that came last: allow for a slow disk.
+    let secs = (size / (20 << 20)).max(120);
+    let before = session.timeout();
+    session.set_timeout((secs * 1000).min(u32::MAX as u64) as u32);
+    let mut out = String::new();
+    let read = ch.read_to_string(&mut out);
+    session.set_timeout(before);
+    read.context("reading the merge result")?;
+    ch.wait_close().ok();
+    let md5 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("md5 "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    let stat = out
+        .lines()
+        .find_map(|l| l.strip_prefix("stat "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let other: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("md5 ") && !l.starts_with("stat "))
+        .collect();
+    let merged_size = stat.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    match merged_size {
+        Some(size) if md5.len() == 32 && other.is_empty() => Ok(Merged { md5, size, stat }),
+        _ => Err(anyhow::Error::new(MergeFailed(other.join(" ")))),
+    }
+}
+
 /// The merge ran but could not read every part (a part missing or unreadable on the
 /// server): like a corrupt part, found by listing the parts and sent again.
 #[derive(Debug, thiserror::Error)]
@@ -612,14 +657,13 @@ pub struct MergeFailed(pub String);
 /// never meets it.
 pub fn commit(
     session: &Session,
-    dir: &str,
-    upload_id: &str,
-    run: &str,
+    place: &RunPlace,
     merged: &Merged,
     dest: &str,
     overwrite: bool,
 ) -> Result<()> {
-    let tmp = temp_name(upload_id);
+    let (dir, run) = (place.dir.as_str(), place.run.as_str());
+    let tmp = temp_name(&place.upload_id);
     let script = format!(
         "cd -- {dir} || exit 1\n\
          m={merged}\n\
