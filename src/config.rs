@@ -258,103 +258,22 @@ pub fn load(path: &Path) -> Result<Settings> {
 
 /// Parses config text; `path` is only used in messages and for permission checks.
 pub fn parse(text: &str, path: &Path) -> Result<Settings> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|s| {
-                let before = &text[..s.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                format!(":{line}")
-            })
-            .unwrap_or_default();
-        anyhow!("{}{at}: {}", path.display(), e.message().trim())
-    })?;
-    let mut raw = raw;
+    let mut raw = read_toml(text, path)?;
     apply_env(&mut raw)?;
-    let at = |field: &str| format!("{}: {field}", path.display());
-
-    let server = server_spec(&raw.server).with_context(|| at("[server]"))?;
-
+    let server = server_spec(&raw.server).with_context(|| at(path, "[server]"))?;
     let known_hosts = expand(
         raw.ssh
             .known_hosts
             .as_deref()
             .unwrap_or("~/.ssh/known_hosts"),
     )?;
-    let default_identity = raw.ssh.identity.as_deref().map(expand).transpose()?;
-    let ssh_config = load_ssh_config(raw.ssh.config.as_deref())?;
-    let login = |name: &str,
-                 alias: &str,
-                 user: Option<&String>,
-                 port: Option<u16>,
-                 identity: Option<&String>| {
-        resolve_login(
-            name,
-            alias,
-            user,
-            port,
-            identity,
-            default_identity.as_ref(),
-            ssh_config.as_ref(),
-        )
+    let logins = Logins {
+        default_identity: raw.ssh.identity.as_deref().map(expand).transpose()?,
+        ssh_config: load_ssh_config(raw.ssh.config.as_deref())?,
     };
-
-    let m = &raw.merge;
-    nonempty(&m.host, "merge.host").with_context(|| at("[merge]"))?;
-    if !m.dir.starts_with('/') {
-        bail!(
-            "{}: merge.dir {:?} must be an absolute path on the server",
-            path.display(),
-            m.dir
-        );
-    }
-    let merge = Merge {
-        login: login(
-            "server",
-            &m.host,
-            m.user.as_ref(),
-            m.port,
-            m.identity.as_ref(),
-        )
-        .with_context(|| at("[merge]"))?,
-        dir: match m.dir.trim_end_matches('/') {
-            "" => "/".to_string(),
-            d => d.to_string(),
-        },
-    };
-
-    let mut peers: Vec<Peer> = Vec::new();
-    for (i, p) in raw.peers.iter().enumerate() {
-        let ctx = || at(&format!("peer #{} ({:?})", i + 1, p.name));
-        valid_name(&p.name).with_context(ctx)?;
-        if peers.iter().any(|q| q.login.name == p.name) {
-            bail!(
-                "{}: two peers are named {:?}; peer names must be unique",
-                path.display(),
-                p.name
-            );
-        }
-        nonempty(&p.host, "host").with_context(ctx)?;
-        if let Some(s) = &p.staging {
-            if s.is_empty() || s.contains('\n') {
-                Err(anyhow!("staging must be a directory path")).with_context(ctx)?;
-            }
-        }
-        peers.push(Peer {
-            login: login(
-                &p.name,
-                &p.host,
-                p.user.as_ref(),
-                p.port,
-                p.identity.as_ref(),
-            )
-            .with_context(ctx)?,
-            relayup: p.relayup.clone(),
-            staging: p.staging.clone(),
-        });
-    }
-
-    let host_key_files = host_key_rules(&raw, &server, &merge, &peers, ssh_config.as_ref())
+    let merge = resolve_merge(&raw.merge, &logins, path)?;
+    let peers = resolve_peers(&raw.peers, &logins, path)?;
+    let host_key_files = host_key_rules(&raw, &server, &merge, &peers, logins.ssh_config.as_ref())
         .with_context(|| {
             let file = raw.ssh.config.as_deref().unwrap_or("~/.ssh/config");
             format!("{}: ssh config {file}", path.display())
@@ -372,6 +291,90 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         peers,
         bwlimit_total: None,
     })
+}
+
+/// `path: field`, the prefix of a message about one part of the config.
+fn at(path: &Path, field: &str) -> String {
+    format!("{}: {field}", path.display())
+}
+
+/// The TOML as written; a syntax error names the file and line.
+fn read_toml(text: &str, path: &Path) -> Result<RawConfig> {
+    toml::from_str(text).map_err(|e| {
+        let place = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                format!(":{line}")
+            })
+            .unwrap_or_default();
+        anyhow!("{}{place}: {}", path.display(), e.message().trim())
+    })
+}
+
+/// `[merge]`: the merge login, and its directory as an absolute path without a
+/// trailing `/`.
+fn resolve_merge(m: &RawMerge, logins: &Logins, path: &Path) -> Result<Merge> {
+    nonempty(&m.host, "merge.host").with_context(|| at(path, "[merge]"))?;
+    if !m.dir.starts_with('/') {
+        bail!(
+            "{}: merge.dir {:?} must be an absolute path on the server",
+            path.display(),
+            m.dir
+        );
+    }
+    Ok(Merge {
+        login: logins
+            .resolve(
+                "server",
+                &m.host,
+                m.user.as_ref(),
+                m.port,
+                m.identity.as_ref(),
+            )
+            .with_context(|| at(path, "[merge]"))?,
+        dir: match m.dir.trim_end_matches('/') {
+            "" => "/".to_string(),
+            d => d.to_string(),
+        },
+    })
+}
+
+/// Every `[[peer]]`, in config order, with unique valid names.
+fn resolve_peers(raw: &[RawPeer], logins: &Logins, path: &Path) -> Result<Vec<Peer>> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
+        let ctx = || at(path, &format!("peer #{} ({:?})", i + 1, p.name));
+        valid_name(&p.name).with_context(ctx)?;
+        if peers.iter().any(|q| q.login.name == p.name) {
+            bail!(
+                "{}: two peers are named {:?}; peer names must be unique",
+                path.display(),
+                p.name
+            );
+        }
+        nonempty(&p.host, "host").with_context(ctx)?;
+        if let Some(s) = &p.staging {
+            if s.is_empty() || s.contains('\n') {
+                Err(anyhow!("staging must be a directory path")).with_context(ctx)?;
+            }
+        }
+        peers.push(Peer {
+            login: logins
+                .resolve(
+                    &p.name,
+                    &p.host,
+                    p.user.as_ref(),
+                    p.port,
+                    p.identity.as_ref(),
+                )
+                .with_context(ctx)?,
+            relayup: p.relayup.clone(),
+            staging: p.staging.clone(),
+        });
+    }
+    Ok(peers)
 }
 
 /// `RELAYUP_<SECTION>_<KEY>` overrides a key of [server], [merge] or [ssh]
@@ -458,47 +461,59 @@ fn load_ssh_config(file: Option<&str>) -> Result<Option<ssh2_config::SshConfig>>
         .map_err(|e| anyhow!("ssh config {}: {e}", path.display()))
 }
 
-/// One SSH login, as `ssh ALIAS` would make it: values in peers.toml first, then
-/// `~/.ssh/config` (HostName, Port, User, IdentityFile), then `[ssh] identity`, then
-/// the defaults (port 22, your user name, ssh-agent and ~/.ssh/id_*).
-fn resolve_login(
-    name: &str,
-    alias: &str,
-    user: Option<&String>,
-    port: Option<u16>,
-    identity: Option<&String>,
-    default_identity: Option<&PathBuf>,
-    ssh: Option<&ssh2_config::SshConfig>,
-) -> Result<Login> {
-    let params = ssh.map(|c| c.query(alias));
-    let from_ssh = |f: fn(&ssh2_config::HostParams) -> Option<String>| params.as_ref().and_then(f);
-    let user = match user.cloned().or_else(|| from_ssh(|p| p.user.clone())) {
-        Some(u) => u,
-        None => current_user().ok_or_else(|| anyhow!("no user given, here or in ~/.ssh/config"))?,
-    };
-    nonempty(&user, "user")?;
-    let ssh_identity = params
-        .as_ref()
-        .and_then(|p| p.identity_file.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| match p.to_str().and_then(|s| s.strip_prefix("~/")) {
-            Some(rest) => home().map(|h| h.join(rest)).unwrap_or(p),
-            None => p,
+/// What every SSH login of the config falls back on after its own keys.
+struct Logins {
+    /// `[ssh] identity`.
+    default_identity: Option<PathBuf>,
+    /// `~/.ssh/config` (or `[ssh] config`), if there is one.
+    ssh_config: Option<ssh2_config::SshConfig>,
+}
+
+impl Logins {
+    /// One SSH login, as `ssh ALIAS` would make it: values in peers.toml first, then
+    /// `~/.ssh/config` (HostName, Port, User, IdentityFile), then `[ssh] identity`, then
+    /// the defaults (port 22, your user name, ssh-agent and ~/.ssh/id_*).
+    fn resolve(
+        &self,
+        name: &str,
+        alias: &str,
+        user: Option<&String>,
+        port: Option<u16>,
+        identity: Option<&String>,
+    ) -> Result<Login> {
+        let params = self.ssh_config.as_ref().map(|c| c.query(alias));
+        let from_ssh =
+            |f: fn(&ssh2_config::HostParams) -> Option<String>| params.as_ref().and_then(f);
+        let user = match user.cloned().or_else(|| from_ssh(|p| p.user.clone())) {
+            Some(u) => u,
+            None => {
+                current_user().ok_or_else(|| anyhow!("no user given, here or in ~/.ssh/config"))?
+            }
+        };
+        nonempty(&user, "user")?;
+        let ssh_identity = params
+            .as_ref()
+            .and_then(|p| p.identity_file.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| match p.to_str().and_then(|s| s.strip_prefix("~/")) {
+                Some(rest) => home().map(|h| h.join(rest)).unwrap_or(p),
+                None => p,
+            })
+            .find(|p| p.exists());
+        Ok(Login {
+            name: name.to_string(),
+            host: from_ssh(|p| p.host_name.clone()).unwrap_or_else(|| alias.to_string()),
+            port: port
+                .or_else(|| params.as_ref().and_then(|p| p.port))
+                .unwrap_or(22),
+            user,
+            identity: match identity {
+                Some(i) => Some(expand(i)?),
+                None => ssh_identity.or_else(|| self.default_identity.clone()),
+            },
         })
-        .find(|p| p.exists());
-    Ok(Login {
-        name: name.to_string(),
-        host: from_ssh(|p| p.host_name.clone()).unwrap_or_else(|| alias.to_string()),
-        port: port
-            .or_else(|| params.as_ref().and_then(|p| p.port))
-            .unwrap_or(22),
-        user,
-        identity: match identity {
-            Some(i) => Some(expand(i)?),
-            None => ssh_identity.or_else(|| default_identity.cloned()),
-        },
-    })
+    }
 }
 
 /// Where each SSH login's host keys are, as the ssh config says for it: the merge

@@ -2,6 +2,7 @@
 //! another version, into `~/.local/bin/relayup`, when their OS and architecture match.
 
 use anyhow::{anyhow, bail, Context, Result};
+use ssh2::Session;
 use std::fs::File;
 use std::path::Path;
 use std::process::ExitCode;
@@ -128,18 +129,8 @@ fn install(
         None,
         crate::config::DEFAULT_IO_TIMEOUT,
     )?;
-    let probe = format!(
-        "printf 'os %s\\n' \"$(uname -sm)\"\n\
-         v=$({} --version 2>/dev/null) && printf 'version %s\\n' \"$v\"\n\
-         exit 0",
-        p.invocation()
-    );
-    let out = ssh::run(&session, &probe)?;
-    let (os, before) = parse_probe(&out.stdout);
-    row.os = os.clone();
-    row.before = before.clone();
-    let os = os.ok_or_else(|| anyhow!("cannot run uname there: {}", out.stderr.trim()))?;
-    if before.as_deref() == Some(want.as_str()) && !force {
+    let os = look(&session, p, row)?;
+    if row.before.as_deref() == Some(want.as_str()) && !force {
         row.action = "up to date";
         return Ok(());
     }
@@ -151,6 +142,32 @@ fn install(
     }
     // Upload under a temporary name, prove it runs there, then rename into place: a
     // binary that does not start (an older C library, say) never replaces a working one.
+    let tmp = upload(&session)?;
+    put_in_place(&session, &tmp, &want)?;
+    row.action = "installed";
+    row.note = configured_elsewhere(&session, p, &want)?;
+    Ok(())
+}
+
+/// Runs the probe script: the peer's `uname -sm` (returned, and put in the row with
+/// the version of relayup that runs there now).
+fn look(session: &Session, p: &Peer, row: &mut Row) -> Result<String> {
+    let probe = format!(
+        "printf 'os %s\\n' \"$(uname -sm)\"\n\
+         v=$({} --version 2>/dev/null) && printf 'version %s\\n' \"$v\"\n\
+         exit 0",
+        p.invocation()
+    );
+    let out = ssh::run(session, &probe)?;
+    let (os, before) = parse_probe(&out.stdout);
+    row.os = os.clone();
+    row.before = before.clone();
+    os.ok_or_else(|| anyhow!("cannot run uname there: {}", out.stderr.trim()))
+}
+
+/// Copies this very binary to a temporary name next to [`DEPLOY_PATH`] on the peer
+/// (creating its directory); returns that name, relative to the peer's home.
+fn upload(session: &Session) -> Result<String> {
     let exe = std::env::current_exe().context("finding this relayup's own binary")?;
     let mut src = File::open(&exe).with_context(|| format!("opening {}", exe.display()))?;
     let len = src.metadata()?.len();
@@ -169,19 +186,25 @@ fn install(
     let tmp = format!("{DEPLOY_PATH}.new.{}", std::process::id());
     write_file(&sftp, Path::new(&tmp), &mut src, len, None, &mut |_| {})
         .with_context(|| format!("copying {} to ~/{tmp}", exe.display()))?;
+    Ok(tmp)
+}
+
+/// Makes the uploaded copy executable, checks that it prints `want`, and renames it
+/// to [`DEPLOY_PATH`]; a copy that does not run is removed.
+fn put_in_place(session: &Session, tmp: &str, want: &str) -> Result<()> {
     let script = format!(
         "cd || exit 1\n\
          chmod 755 {tmp} || exit 1\n\
          v=$(./{tmp} --version 2>&1) || {{ rm -f {tmp}; echo \"$v\" >&2; exit 20; }}\n\
          [ \"$v\" = {want} ] || {{ rm -f {tmp}; echo \"it printed $v\" >&2; exit 20; }}\n\
          mv -f -- {tmp} {dest} || exit 1\n",
-        tmp = quote::sh(&tmp),
-        want = quote::sh(&want),
+        tmp = quote::sh(tmp),
+        want = quote::sh(want),
         dest = quote::sh(DEPLOY_PATH),
     );
-    let out = ssh::run(&session, &script)?;
+    let out = ssh::run(session, &script)?;
     match out.status {
-        0 => {}
+        0 => Ok(()),
         20 => bail!(
             "the copied binary does not run there ({}); build relayup on that machine instead",
             out.stderr.trim()
@@ -191,22 +214,59 @@ fn install(
             out.stderr.trim()
         ),
     }
-    row.action = "installed";
-    // The send runs what `invocation()` names: make sure that is what was installed.
-    let check = ssh::run(&session, &format!("{} --version", p.invocation()))?;
-    if check.stdout.trim() != want {
-        row.note = Some(format!(
-            "installed ~/{DEPLOY_PATH}, but this peer is configured with relayup = {:?}, which is {}: \
-             remove that line from the config to use the installed one",
-            p.relayup.as_deref().unwrap_or("relayup"),
-            if check.status == 0 {
-                check.stdout.trim().to_string()
-            } else {
-                "not runnable".into()
-            }
-        ));
+}
+
+/// The send runs what `invocation()` names: a note when that is not what was
+/// installed.
+fn configured_elsewhere(session: &Session, p: &Peer, want: &str) -> Result<Option<String>> {
+    let check = ssh::run(session, &format!("{} --version", p.invocation()))?;
+    if check.stdout.trim() == want {
+        return Ok(None);
     }
-    Ok(())
+    Ok(Some(format!(
+        "installed ~/{DEPLOY_PATH}, but this peer is configured with relayup = {:?}, which is {}: \
+         remove that line from the config to use the installed one",
+        p.relayup.as_deref().unwrap_or("relayup"),
+        if check.status == 0 {
+            check.stdout.trim().to_string()
+        } else {
+            "not runnable".into()
+        }
+    )))
+}
+
+/// `--json`: one row per line; else the table.
+fn report(rows: &[Row], as_json: bool) {
+    if as_json {
+        for r in rows {
+            crate::progress::emit(&DeployRow {
+                name: r.name.clone(),
+                address: r.address.clone(),
+                os: r.os.clone(),
+                before: r.before.clone(),
+                action: (!r.action.is_empty()).then_some(r.action),
+                ok: r.problem.is_none(),
+                problem: r.problem.clone(),
+                note: r.note.clone(),
+            });
+        }
+    } else {
+        println!(
+            "{:<16} {:<32} {:<16} {:<16} {:<10} problem",
+            "peer", "address", "os", "before", "action"
+        );
+        for r in rows {
+            println!(
+                "{:<16} {:<32} {:<16} {:<16} {:<10} {}",
+                r.name,
+                r.address,
+                r.os.as_deref().unwrap_or("-"),
+                r.before.as_deref().unwrap_or("-"),
+                if r.action.is_empty() { "-" } else { r.action },
+                r.problem.as_deref().or(r.note.as_deref()).unwrap_or("")
+            );
+        }
+    }
 }
 
 pub fn run(
@@ -246,36 +306,7 @@ pub fn run(
             .map(|h| h.join().expect("deploy does not panic"))
             .collect()
     });
-    if as_json {
-        for r in &rows {
-            crate::progress::emit(&DeployRow {
-                name: r.name.clone(),
-                address: r.address.clone(),
-                os: r.os.clone(),
-                before: r.before.clone(),
-                action: (!r.action.is_empty()).then_some(r.action),
-                ok: r.problem.is_none(),
-                problem: r.problem.clone(),
-                note: r.note.clone(),
-            });
-        }
-    } else {
-        println!(
-            "{:<16} {:<32} {:<16} {:<16} {:<10} problem",
-            "peer", "address", "os", "before", "action"
-        );
-        for r in &rows {
-            println!(
-                "{:<16} {:<32} {:<16} {:<16} {:<10} {}",
-                r.name,
-                r.address,
-                r.os.as_deref().unwrap_or("-"),
-                r.before.as_deref().unwrap_or("-"),
-                if r.action.is_empty() { "-" } else { r.action },
-                r.problem.as_deref().or(r.note.as_deref()).unwrap_or("")
-            );
-        }
-    }
+    report(&rows, as_json);
     let failed = rows.iter().filter(|r| r.problem.is_some()).count();
     if failed > 0 {
         return Err(anyhow!(

@@ -2,5 +2,7 @@
 //! `clean`.
 
 pub mod check;
+mod cleanup;
 pub mod deploy;
+mod probe;
 pub mod status;

@@ -1,0 +1,57 @@
+//! `relayup clean`'s remote work for one unfinished send: its temp dir on the server
+//! and what its relays staged on the peers.
+
+use anyhow::{anyhow, Context, Result};
+use std::path::Path;
+
+use crate::config;
+use crate::error::{with_code, Code};
+use crate::progress;
+use crate::remote::quote;
+use crate::remote::ssh::{self, Trust};
+use crate::send::lock::LocalLock;
+use crate::server::merge;
+use crate::server::names;
+
+/// Removes the temporary data of the unfinished send `id` on the server and the
+/// peers, reaching them as `config_file` says.
+pub fn clean_one(id: &str, config_file: &Path) -> Result<()> {
+    // A send that is still running owns its temp data: never pull it from under it.
+    if let Some(busy) = LocalLock::held(id) {
+        return Err(anyhow!("{busy}; not cleaned")).context(Code::Busy);
+    }
+    let settings = config::load(config_file).map_err(|e| with_code(e, Code::Usage))?;
+    let session = ssh::connect(
+        &settings.merge.login,
+        Trust::KnownHosts(&settings.known_hosts),
+        None,
+        settings.io_timeout,
+    )?;
+    merge::remove_temp(&session, &settings.merge.dir, id).map_err(|e| {
+        match e.downcast_ref::<merge::Busy>() {
+            Some(busy) => anyhow!("{busy}; not cleaned").context(Code::Busy),
+            None => e,
+        }
+    })?;
+    // Relays remove what they staged when they exit; this catches a peer that crashed.
+    for peer in &settings.peers {
+        let staging = peer
+            .staging
+            .clone()
+            .unwrap_or_else(|| names::DEFAULT_STAGING.into());
+        // Every run's staged parts of this upload (names::staged).
+        let script = format!("rm -f -- {}/{}-*.part", quote::sh_home(&staging), id);
+        match ssh::connect(
+            &peer.login,
+            Trust::KnownHosts(&settings.known_hosts),
+            None,
+            settings.io_timeout,
+        ) {
+            Ok(s) => {
+                let _ = ssh::run(&s, &script);
+            }
+            Err(e) => progress::warn(&format!("peer {} not cleaned: {e:#}", peer.login.name)),
+        }
+    }
+    Ok(())
+}
