@@ -21,12 +21,7 @@ pub fn clean_one(id: &str, config_file: &Path) -> Result<()> {
         return Err(anyhow!("{busy}; not cleaned")).context(Code::Busy);
     }
     let settings = config::load(config_file).map_err(|e| with_code(e, Code::Usage))?;
-    let session = ssh::connect(
-        &settings.merge.login,
-        Trust::KnownHosts(&settings.known_hosts),
-        None,
-        settings.io_timeout,
-    )?;
+    let session = merge::login(&settings)?;
     merge::remove_temp(&session, &settings.merge.dir, id).map_err(|e| {
         match e.downcast_ref::<merge::Busy>() {
             Some(busy) => anyhow!("{busy}; not cleaned").context(Code::Busy),

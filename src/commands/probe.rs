@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use crate::config::{KnownHosts, Peer, Settings, DEFAULT_IO_TIMEOUT};
 use crate::remote::peer::PeerLink;
 use crate::remote::protocol::{Event, ServerSpec};
-use crate::remote::ssh::{self, Trust};
 use crate::send::hashes;
 use crate::send::lock;
 use crate::server::merge;
@@ -107,14 +106,9 @@ impl Target {
     ) -> Result<Vec<(usize, Result<f64>)>> {
         let m = &settings.merge;
         let id = self.id.as_str();
-        let prepared = ssh::connect(
-            &m.login,
-            Trust::KnownHosts(&settings.known_hosts),
-            None,
-            settings.io_timeout,
-        )
-        .context("merge login")
-        .and_then(|session| merge::create_temp(&session, &m.dir, id).map(|_| session));
+        let prepared = merge::login(settings)
+            .context("merge login")
+            .and_then(|session| merge::create_temp(&session, &m.dir, id).map(|_| session));
         let session = match prepared {
             Ok(session) => session,
             Err(e) => {

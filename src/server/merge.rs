@@ -163,6 +163,16 @@ fn lock_lines(tmp: &str, owner: &Owner) -> String {
     )
 }
 
+/// The merge login: an SSH session on the server as `merge.user`.
+pub fn login(settings: &Settings) -> Result<Session> {
+    ssh::connect(
+        &settings.merge.login,
+        Trust::KnownHosts(&settings.known_hosts),
+        None,
+        settings.io_timeout,
+    )
+}
+
 /// Checks the merge login and the upload directory and the destination, creates the
 /// temp dir (or checks the one there is ours), locks it for this run, and lists the
 /// parts an earlier run left there (with their size and MD5, computed on the server).
@@ -171,12 +181,7 @@ fn lock_lines(tmp: &str, owner: &Owner) -> String {
 pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> Result<Prepared> {
     let (upload_id, run) = (ids.upload.as_str(), ids.run.as_str());
     let m = &settings.merge;
-    let session = ssh::connect(
-        &m.login,
-        Trust::KnownHosts(&settings.known_hosts),
-        None,
-        settings.io_timeout,
-    )?;
+    let session = login(settings)?;
     let script = preflight_script(&m.dir, dest, upload_id, overwrite);
     let who = m.login.describe();
     let mut ch = ssh::start_script(&session, &script, true)?;
@@ -355,12 +360,7 @@ pub fn take_over(settings: &Settings, upload_id: &str, busy: &Busy) -> Result<()
         bail!("bad process group {group}");
     }
     let m = &settings.merge;
-    let session = ssh::connect(
-        &m.login,
-        Trust::KnownHosts(&settings.known_hosts),
-        None,
-        settings.io_timeout,
-    )?;
+    let session = login(settings)?;
     let tmp = sh(&temp_name(upload_id));
     let script = format!(
         "cd -- {dir} || exit 1\n\
