@@ -105,7 +105,12 @@ pub fn run() -> Result<()> {
 /// that go into file names. `None`: stdin closed before a hello.
 fn read_hello(input: &mut impl BufRead, out: &Out) -> Result<Option<Hello>> {
     let hello = match protocol::read_line(input)? {
-        Some(line) => protocol::parse_request(&line)?,
+        Some(mut line) => {
+            let parsed = protocol::parse_request(&line);
+            // The line holds the server password in clear: wipe it before it is freed.
+            zeroize::Zeroize::zeroize(&mut line);
+            parsed?
+        }
         None => return Ok(None),
     };
     let Request::Hello {
