@@ -188,18 +188,6 @@ pub struct KnownHosts {
     pub accept_new: bool,
 }
 
-impl Settings {
-    /// How this machine reaches the server: host keys as for every login, the merge
-    /// login's key for `sftp://` without a password.
-    pub fn server_access(&self) -> crate::transport::Access {
-        crate::transport::Access {
-            trust: crate::transport::ServerTrust::KnownHosts(self.known_hosts.clone()),
-            identity: self.merge.login.identity.clone(),
-            io_timeout: self.io_timeout,
-        }
-    }
-}
-
 impl KnownHosts {
     /// The rules for `login`; the first for a login wins (the merge login's, when an
     /// `sftp://` server is the same host). None: the defaults, for a login the config

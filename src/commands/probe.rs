@@ -67,7 +67,7 @@ impl Target {
             &settings.server,
             &self.id,
             "local",
-            settings.server_access(),
+            crate::transport::Access::of(settings),
         )?;
         self.server.host_key = key;
         Ok(Uplink(conn))

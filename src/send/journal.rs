@@ -69,6 +69,13 @@ mod exact_path {
     }
 }
 
+/// Whether `id` has the shape of an upload id (16 lowercase hex digits). Ids read back
+/// from the journal or given to `relayup clean` are checked before they reach a path
+/// or a remote command.
+pub fn valid_upload_id(id: &str) -> bool {
+    id.len() == 16 && id.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+}
+
 pub fn dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         Some(p) => PathBuf::from(p),
@@ -177,7 +184,7 @@ impl Journal {
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
             // Read back from disk: an id that is not ours never reaches a path or command.
-            .filter(|j: &Journal| crate::send::lock::valid_upload_id(&j.id))
+            .filter(|j: &Journal| valid_upload_id(&j.id))
             .collect();
         all.sort_by_key(|j| j.started);
         all
@@ -187,6 +194,20 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_ids_are_checked() {
+        assert!(valid_upload_id("0123456789abcdef"));
+        for bad in [
+            "",
+            "0123456789abcde",
+            "0123456789ABCDEF",
+            "../../../etc/x",
+            "0123456789abcdeg",
+        ] {
+            assert!(!valid_upload_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn plan_round_trips_and_rejects_damage() {

@@ -220,7 +220,7 @@ fn log_in(t: &Target, ids: &Ids, signals: &Signals) -> Result<Option<(Box<dyn As
                 &settings.server,
                 &ids.upload,
                 &tag,
-                settings.server_access(),
+                crate::transport::Access::of(settings),
             )
         });
         let m = m.join().map_err(|_| anyhow!("merge pre-flight panicked"))?;

@@ -58,6 +58,18 @@ pub struct Access {
     pub io_timeout: std::time::Duration,
 }
 
+impl Access {
+    /// How this machine reaches the server: host keys as for every login, the merge
+    /// login's key for `sftp://` without a password.
+    pub fn of(settings: &crate::config::Settings) -> Access {
+        Access {
+            trust: ServerTrust::KnownHosts(settings.known_hosts.clone()),
+            identity: settings.merge.login.identity.clone(),
+            io_timeout: settings.io_timeout,
+        }
+    }
+}
+
 /// Attempts per part before the error goes up (to the scheduler, which gives the part
 /// to another host).
 const ATTEMPTS: u32 = 3;
