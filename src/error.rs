@@ -58,12 +58,33 @@ pub fn message(err: &anyhow::Error) -> String {
     parts.join(": ").replace(['\n', '\r'], " ")
 }
 
-/// The exit code the error's [`Code`] decides (4 when none was attached).
+/// The exit code of an error, decided here and only here: by its kind where the kind
+/// alone says it (a host key problem or an unreachable host: 3; another run holding
+/// the lock: 6), else by the [`Code`] the code that saw it attached (4 when none).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    err.downcast_ref::<Code>()
-        .copied()
-        .unwrap_or(Code::Transfer)
-        .exit_code()
+    kind(err).unwrap_or(Code::Transfer).exit_code()
+}
+
+/// What an error is, for its exit code.
+fn kind(err: &anyhow::Error) -> Option<Code> {
+    if err.downcast_ref::<crate::send::lock::Busy>().is_some()
+        || err.downcast_ref::<crate::server::merge::Busy>().is_some()
+    {
+        return Some(Code::Busy);
+    }
+    if let Some(code) = err.downcast_ref::<Code>() {
+        return Some(*code);
+    }
+    if err
+        .downcast_ref::<crate::remote::ssh::HostKeyProblem>()
+        .is_some()
+        || err
+            .downcast_ref::<crate::remote::ssh::Unreachable>()
+            .is_some()
+    {
+        return Some(Code::Connect);
+    }
+    None
 }
 
 /// Prints the error once, on one line, on stderr; with `json` (the command's `--json`)
@@ -100,6 +121,16 @@ mod tests {
         assert_eq!(e.downcast_ref::<Code>(), Some(&Code::Connect));
         assert_eq!(message(&e), "x");
         assert_eq!(exit_code(&e), 3);
+    }
+
+    #[test]
+    fn the_kind_decides_where_it_alone_says_it() {
+        let busy: anyhow::Error = crate::send::lock::Busy("another send".into()).into();
+        // Wrapped as a connection problem by the pre-flight, it still exits 6.
+        let busy = with_code(busy.context("merge login"), Code::Connect);
+        assert_eq!(exit_code(&busy), 6);
+        assert_eq!(exit_code(&with_code(anyhow!("x"), Code::Verify)), 5);
+        assert_eq!(exit_code(&anyhow!("no code")), 4);
     }
 
     #[test]

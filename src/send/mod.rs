@@ -131,7 +131,7 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<Outcome> {
     }
     // One run of this send at a time on this machine; the server lock (pre-flight)
     // covers runs elsewhere.
-    let _lock = LocalLock::acquire(&id).map_err(|e| with_code(e, Code::Busy))?;
+    let _lock = LocalLock::acquire(&id)?;
     let ids = Ids {
         upload: id,
         run: lock::new_run_id(),
