@@ -23,7 +23,10 @@ impl Cli {
             Command::Send(args) => args.json,
             Command::Status { json } => *json,
             Command::Peers {
-                command: PeersCommand::Check { json, .. } | PeersCommand::Deploy { json, .. },
+                command: PeersCommand::Check(CheckArgs { json, .. }),
+            }
+            | Command::Peers {
+                command: PeersCommand::Deploy(DeployArgs { json, .. }),
             } => *json,
             Command::Clean { .. } | Command::Completions { .. } | Command::Man | Command::Relay => {
                 false
@@ -71,19 +74,7 @@ pub enum Command {
 pub enum PeersCommand {
     /// Check every peer (reachable, host key, login, relayup version, server login, staging
     /// space, upload rate) and the merge login.
-    Check {
-        #[arg(long, value_name = "PATH")]
-        config: Option<PathBuf>,
-        /// One JSON object per line on stdout instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Skip the upload-rate probe (a few seconds of upload from every host, removed afterwards).
-        #[arg(long)]
-        no_rate: bool,
-        /// Trust unknown SSH host keys on first use and add them to known_hosts.
-        #[arg(long)]
-        accept_new_host_keys: bool,
-    },
+    Check(CheckArgs),
     /// Install this relayup binary on peers that lack it or run another version.
     ///
     /// Copies it over SFTP to ~/.local/bin/relayup on each peer whose OS and
@@ -92,22 +83,42 @@ pub enum PeersCommand {
     #[command(
         after_help = "Examples:\n  relayup peers deploy\n  relayup peers deploy --peers alice-pc,bob-pc --force"
     )]
-    Deploy {
-        #[arg(long, value_name = "PATH")]
-        config: Option<PathBuf>,
-        /// Only these peers (comma-separated names from the config).
-        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
-        peers: Option<Vec<String>>,
-        /// Copy the binary even to peers that already run this version.
-        #[arg(long)]
-        force: bool,
-        /// One JSON object per line on stdout instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Trust unknown SSH host keys on first use and add them to known_hosts.
-        #[arg(long)]
-        accept_new_host_keys: bool,
-    },
+    Deploy(DeployArgs),
+}
+
+/// `relayup peers check`.
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// One JSON object per line on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip the upload-rate probe (a few seconds of upload from every host, removed afterwards).
+    #[arg(long)]
+    pub no_rate: bool,
+    /// Trust unknown SSH host keys on first use and add them to known_hosts.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+}
+
+/// `relayup peers deploy`.
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Only these peers (comma-separated names from the config).
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Copy the binary even to peers that already run this version.
+    #[arg(long)]
+    pub force: bool,
+    /// One JSON object per line on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Trust unknown SSH host keys on first use and add them to known_hosts.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,30 +31,11 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Send(args) => send::run(args),
         cli::Command::Peers {
-            command:
-                cli::PeersCommand::Check {
-                    config,
-                    json,
-                    no_rate,
-                    accept_new_host_keys,
-                },
-        } => commands::check::run(config.as_deref(), json, !no_rate, accept_new_host_keys),
+            command: cli::PeersCommand::Check(args),
+        } => commands::check::run(&args),
         cli::Command::Peers {
-            command:
-                cli::PeersCommand::Deploy {
-                    config,
-                    peers,
-                    force,
-                    json,
-                    accept_new_host_keys,
-                },
-        } => commands::deploy::run(
-            config.as_deref(),
-            peers.as_deref(),
-            force,
-            json,
-            accept_new_host_keys,
-        ),
+            command: cli::PeersCommand::Deploy(args),
+        } => commands::deploy::run(&args),
         cli::Command::Status { json } => commands::status::status(json),
         cli::Command::Clean { ids, config } => commands::status::clean(&ids, config.as_deref()),
         cli::Command::Completions { shell } => {

@@ -2,7 +2,6 @@
 //! The data-path probes (server logins, relays, upload rates) are in `probe.rs`.
 
 use anyhow::{anyhow, Context, Result};
-use std::path::Path;
 use std::process::ExitCode;
 
 use super::probe::{Relay, Target, Uplink};
@@ -271,15 +270,12 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-pub fn run(
-    config_path: Option<&Path>,
-    as_json: bool,
-    rates: bool,
-    accept_new: bool,
-) -> Result<ExitCode> {
-    let path = config::config_path(config_path).map_err(|e| with_code(e, Code::Usage))?;
+pub fn run(args: &crate::cli::CheckArgs) -> Result<ExitCode> {
+    let (as_json, rates) = (args.json, !args.no_rate);
+    let path =
+        config::config_path(args.config.as_deref()).map_err(|e| with_code(e, Code::Usage))?;
     let mut settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
-    settings.known_hosts.accept_new = accept_new;
+    settings.known_hosts.accept_new = args.accept_new_host_keys;
     let mut target = Target::new(&settings);
     let (upload, mut local) = check_upload(&settings, &mut target);
     let (mut rows, relays) = check_peers(&settings, &target);

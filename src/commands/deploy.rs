@@ -13,6 +13,7 @@ use crate::events::DeployRow;
 use crate::remote::quote;
 use crate::remote::ssh::{self, Trust};
 use crate::transport::sftp::write_file;
+use crate::transport::Body;
 
 /// What deploy did for one peer.
 struct Row {
@@ -184,7 +185,13 @@ fn upload(session: &Session) -> Result<String> {
         }
     }
     let tmp = format!("{DEPLOY_PATH}.new.{}", std::process::id());
-    write_file(&sftp, Path::new(&tmp), &mut src, len, None, &mut |_| {})
+    let body = Body {
+        src: &mut src,
+        len,
+        pace: None,
+        progress: &mut |_| {},
+    };
+    write_file(&sftp, Path::new(&tmp), body)
         .with_context(|| format!("copying {} to ~/{tmp}", exe.display()))?;
     Ok(tmp)
 }
@@ -269,17 +276,13 @@ fn report(rows: &[Row], as_json: bool) {
     }
 }
 
-pub fn run(
-    config_path: Option<&Path>,
-    only: Option<&[String]>,
-    force: bool,
-    as_json: bool,
-    accept_new: bool,
-) -> Result<ExitCode> {
-    let path = config::config_path(config_path).map_err(|e| with_code(e, Code::Usage))?;
+pub fn run(args: &crate::cli::DeployArgs) -> Result<ExitCode> {
+    let (force, as_json) = (args.force, args.json);
+    let path =
+        config::config_path(args.config.as_deref()).map_err(|e| with_code(e, Code::Usage))?;
     let mut settings = config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
-    settings.known_hosts.accept_new = accept_new;
-    if let Some(names) = only {
+    settings.known_hosts.accept_new = args.accept_new_host_keys;
+    if let Some(names) = &args.peers {
         settings
             .keep_peers(names)
             .map_err(|e| with_code(e, Code::Usage))?;

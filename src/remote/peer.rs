@@ -10,13 +10,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::Peer;
-use crate::remote::protocol::{self, Event, Request, ServerSpec, PROTOCOL};
+use crate::remote::protocol::{self, Event, Hello, Request, ServerSpec, PROTOCOL};
 use crate::remote::quote;
 use crate::remote::ssh::{self, Trust};
 use crate::send::hashes::Hashes;
 use crate::send::hosts::{Host, Report};
 use crate::send::plan::Part;
 use crate::transport::sftp::write_file;
+use crate::transport::Body;
 use crate::transport::Cancellable;
 
 /// A part fails this many times on one peer before the peer is dropped.
@@ -97,7 +98,7 @@ impl PeerLink {
     pub fn hello(&mut self, upload_id: &str, run: &str, server: ServerSpec) -> Result<()> {
         let link = self;
         link.limit = server.bwlimit;
-        link.send(&Request::Hello {
+        link.send(&Request::Hello(Hello {
             protocol: PROTOCOL,
             upload_id: upload_id.to_string(),
             run: run.to_string(),
@@ -105,7 +106,7 @@ impl PeerLink {
             server: Box::new(server),
             staging: link.peer.staging.clone(),
             stall_timeout: link.io_timeout.as_secs(),
-        })?;
+        }))?;
         match link.next_event()? {
             Event::Ready {
                 version,
@@ -226,15 +227,14 @@ impl PeerLink {
             inner: src,
             cancel: crate::interrupt::flag(),
         };
-        write_file(
-            &self.sftp,
-            Path::new(&path),
-            &mut reader,
+        let body = Body {
+            src: &mut reader,
             len,
-            None,
-            &mut |_| {},
-        )
-        .with_context(|| format!("staging part {index} at {path}"))
+            pace: None,
+            progress: &mut |_| {},
+        };
+        write_file(&self.sftp, Path::new(&path), body)
+            .with_context(|| format!("staging part {index} at {path}"))
     }
 
     /// Asks the relay to upload the staged file `file` as part `index`.

@@ -24,6 +24,26 @@ pub fn relay_idle_limit(stall_timeout: u64) -> std::time::Duration {
     std::time::Duration::from_secs(stall_timeout.max(1) + 30)
 }
 
+/// The first request: who the relay works for and where it uploads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub protocol: u32,
+    pub upload_id: String,
+    /// This run's own id: in every name the relay writes (staged parts and temporary
+    /// upload names), so two runs of one send never share a file.
+    pub run: String,
+    /// The client's name for this peer (tags its temporary upload names).
+    pub host: String,
+    pub server: Box<ServerSpec>,
+    /// Staging directory on the peer; `None` = `~/.cache/relayup`.
+    pub staging: Option<String>,
+    /// `--stall-timeout` in seconds: the relay's network calls to the server give up
+    /// after that long without a byte moving, as the client's do.
+    #[serde(default = "default_stall")]
+    pub stall_timeout: u64,
+}
+
 /// Longest line either side accepts; anything longer is an error, not an allocation.
 pub const MAX_LINE: usize = 64 * 1024;
 
@@ -67,22 +87,7 @@ pub struct ServerSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Hello {
-        protocol: u32,
-        upload_id: String,
-        /// This run's own id: in every name the relay writes (staged parts and
-        /// temporary upload names), so two runs of one send never share a file.
-        run: String,
-        /// The client's name for this peer (tags its temporary upload names).
-        host: String,
-        server: Box<ServerSpec>,
-        /// Staging directory on the peer; `None` = `~/.cache/relayup`.
-        staging: Option<String>,
-        /// `--stall-timeout` in seconds: the relay's network calls to the server give
-        /// up after that long without a byte moving, as the client's do.
-        #[serde(default = "default_stall")]
-        stall_timeout: u64,
-    },
+    Hello(Hello),
     /// Nothing to do: the client is there. A relay that hears nothing from its client
     /// for [`relay_idle_limit`] stops (see `relay::run`).
     Ping,
@@ -96,7 +101,9 @@ pub enum Request {
     },
     /// From now on, upload at most this many bytes per second (at least 1), also in
     /// the part being uploaded: this peer's share of `--bwlimit-total` changed.
-    Limit { bytes_per_sec: u64 },
+    Limit {
+        bytes_per_sec: u64,
+    },
     /// The client is done with this relay (nothing in flight); end of input follows.
     /// End of input *without* it means the client went away, perhaps mid-staging.
     Bye,
@@ -195,25 +202,7 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let hello = Request::Hello {
-            protocol: PROTOCOL,
-            upload_id: "abc".into(),
-            run: "r1".into(),
-            host: "alice".into(),
-            server: Box::new(ServerSpec {
-                scheme: "ftp".into(),
-                host: "h".into(),
-                port: 21,
-                dir: "/up".into(),
-                user: "u".into(),
-                password: Some(Secret::new("pw")),
-                host_key: None,
-                bwlimit: Some(1000),
-                ca_pem: None,
-            }),
-            staging: None,
-            stall_timeout: 30,
-        };
+        let hello = hello_with(|s| s.bwlimit = Some(1000));
         let line = to_line(&hello);
         assert!(line.ends_with('\n'));
         assert_eq!(parse_request(line.trim_end()).unwrap(), hello);
@@ -312,26 +301,36 @@ mod tests {
         assert!(read_line(&mut bin).is_err());
     }
 
-    fn hello_with_ca(pem: String) -> Request {
-        Request::Hello {
+    /// A hello for an `ftp://` server, changed by `edit`.
+    fn hello_with(edit: impl FnOnce(&mut ServerSpec)) -> Request {
+        let mut server = ServerSpec {
+            scheme: "ftp".into(),
+            host: "h".into(),
+            port: 21,
+            dir: "/up".into(),
+            user: "u".into(),
+            password: Some(Secret::new("pw")),
+            host_key: None,
+            bwlimit: None,
+            ca_pem: None,
+        };
+        edit(&mut server);
+        Request::Hello(Hello {
             protocol: PROTOCOL,
             upload_id: "abc".into(),
             run: "r1".into(),
             host: "alice".into(),
-            server: Box::new(ServerSpec {
-                scheme: "ftps".into(),
-                host: "h".into(),
-                port: 21,
-                dir: "/up".into(),
-                user: "u".into(),
-                password: Some(Secret::new("pw")),
-                host_key: None,
-                bwlimit: None,
-                ca_pem: Some(pem),
-            }),
+            server: Box::new(server),
             staging: None,
             stall_timeout: 30,
-        }
+        })
+    }
+
+    fn hello_with_ca(pem: String) -> Request {
+        hello_with(|s| {
+            s.scheme = "ftps".into();
+            s.ca_pem = Some(pem);
+        })
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::remote::protocol::{self, Event, Request, ServerSpec, PROTOCOL};
+use crate::remote::protocol::{self, Event, Hello, Request, PROTOCOL};
 use crate::transport::pace::Rate;
 use crate::transport::{Access, Server, ServerTrust};
 
@@ -55,16 +55,6 @@ struct Job {
     path: PathBuf,
     size: u64,
     xxh3: String,
-}
-
-/// The client's hello, checked: what the relay needs to set itself up.
-struct Hello {
-    upload_id: String,
-    run: String,
-    host: String,
-    server: Box<ServerSpec>,
-    staging: Option<String>,
-    stall_timeout: u64,
 }
 
 /// A line from stdin as the reader thread passes it on (`None`: stdin closed).
@@ -113,18 +103,10 @@ fn read_hello(input: &mut impl BufRead, out: &Out) -> Result<Option<Hello>> {
         }
         None => return Ok(None),
     };
-    let Request::Hello {
-        protocol: theirs,
-        upload_id,
-        run,
-        host,
-        server,
-        staging,
-        stall_timeout,
-    } = hello
-    else {
+    let Request::Hello(hello) = hello else {
         bail!("the first request must be hello");
     };
+    let theirs = hello.protocol;
     if theirs != PROTOCOL {
         let err = anyhow!(
             "relayup {} on this peer speaks protocol {PROTOCOL}, the sender speaks {theirs}: run `relayup peers deploy` on the sending machine to install its relayup here",
@@ -133,22 +115,15 @@ fn read_hello(input: &mut impl BufRead, out: &Out) -> Result<Option<Hello>> {
         out.error(None, &err);
         return Err(err);
     }
-    for id in [&upload_id, &run] {
+    for id in [&hello.upload_id, &hello.run] {
         if !id.chars().all(|c| c.is_ascii_alphanumeric()) || id.is_empty() || id.len() > 64 {
             bail!("bad upload or run id {id:?}");
         }
     }
-    if !valid_file_name(&host) {
-        bail!("bad host name {host:?}");
+    if !valid_file_name(&hello.host) {
+        bail!("bad host name {:?}", hello.host);
     }
-    Ok(Some(Hello {
-        upload_id,
-        run,
-        host,
-        server,
-        staging,
-        stall_timeout,
-    }))
+    Ok(Some(hello))
 }
 
 /// Sets up the staging directory and logs in to the server, then tells the client
@@ -423,7 +398,7 @@ fn serve(lines: &mpsc::Receiver<Line>, idle: Duration, to: &Dispatch) -> Result<
                 }
                 to.rate.set(Some(bytes_per_sec));
             }
-            Request::Hello { .. } => bail!("hello sent twice"),
+            Request::Hello(_) => bail!("hello sent twice"),
             Request::Ping => {}
             Request::Bye => return Ok(true),
         }

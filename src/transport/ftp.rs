@@ -1,13 +1,12 @@
 //! FTP and FTPS uploads (suppaftp), binary mode, large writes, size checked after.
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::io::Read;
 use std::net::TcpStream;
 use std::sync::Arc;
 use suppaftp::types::FileType;
 use suppaftp::{RustlsConnector, RustlsFtpStream};
 
-use super::{copy_exact, temp_dir, Pacer, Uploader};
+use super::{temp_dir, Body, Uploader};
 use crate::remote::protocol::ServerSpec;
 use crate::remote::ssh::{tcp, CONNECT_TIMEOUT};
 use std::time::Duration;
@@ -101,14 +100,8 @@ fn tls_config(ca_pem: Option<&str>) -> Result<suppaftp::rustls::ClientConfig> {
 }
 
 impl Uploader for Ftp {
-    fn put(
-        &mut self,
-        name: &str,
-        src: &mut dyn Read,
-        len: u64,
-        pace: &mut Pacer,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<()> {
+    fn put(&mut self, name: &str, body: Body<'_>) -> Result<()> {
+        let len = body.len;
         if name.contains(['\r', '\n']) {
             bail!("refusing FTP file name with a line break");
         }
@@ -124,7 +117,7 @@ impl Uploader for Ftp {
             .stream
             .put_with_stream(name)
             .map_err(|e| anyhow!("{what}: STOR {name} refused: {e}"))?;
-        copy_exact(src, &mut data, len, Some(pace), progress)
+        body.copy_to(&mut data)
             .with_context(|| format!("{what}: uploading {name}"))?;
         data.finish()
             .map_err(|e| anyhow!("{what}: upload of {name} not confirmed: {e}"))?;

@@ -25,14 +25,7 @@ pub trait Uploader: Send {
     /// Uploads `len` bytes from `src` as `name` inside the upload's temp dir, no faster
     /// than `pace` allows, calling `progress` with the running byte count, then checks
     /// the size the server reports.
-    fn put(
-        &mut self,
-        name: &str,
-        src: &mut dyn Read,
-        len: u64,
-        pace: &mut Pacer,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<()>;
+    fn put(&mut self, name: &str, body: Body<'_>) -> Result<()>;
 
     /// Renames `from` to `to` inside the temp dir, replacing `to` if it exists.
     fn rename(&mut self, from: &str, to: &str) -> Result<()>;
@@ -154,7 +147,13 @@ impl Server {
                 // name only ever holds a complete, size-checked part.
                 self.uploads += 1;
                 let tmp = crate::server::names::uploading(name, &self.tag, self.uploads);
-                conn.put(&tmp, &mut reader, len, &mut self.pace, progress)?;
+                let body = Body {
+                    src: &mut reader,
+                    len,
+                    pace: Some(&mut self.pace),
+                    progress,
+                };
+                conn.put(&tmp, body)?;
                 conn.rename(&tmp, name)
             })();
             match result {
@@ -206,9 +205,29 @@ impl<R: Read> Read for Cancellable<'_, R> {
     }
 }
 
-/// Copies exactly `len` bytes in writes of at most [`CHUNK`], no faster than `pace`
-/// allows if there is one.
-pub(crate) fn copy_exact(
+/// The bytes of one upload and how they go: exactly `len` bytes from `src`, no
+/// faster than `pace` allows if there is one, `progress` told the running count.
+pub struct Body<'a> {
+    pub src: &'a mut dyn Read,
+    pub len: u64,
+    pub pace: Option<&'a mut Pacer>,
+    pub progress: &'a mut dyn FnMut(u64),
+}
+
+impl Body<'_> {
+    /// Writes the body to `dst` in writes of at most [`CHUNK`].
+    pub fn copy_to(self, dst: &mut dyn std::io::Write) -> Result<()> {
+        let Body {
+            src,
+            len,
+            pace,
+            progress,
+        } = self;
+        copy_exact(src, dst, len, pace, progress)
+    }
+}
+
+fn copy_exact(
     src: &mut dyn Read,
     dst: &mut dyn std::io::Write,
     len: u64,

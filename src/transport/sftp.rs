@@ -2,10 +2,9 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use ssh2::{OpenFlags, OpenType, Session, Sftp};
-use std::io::Read;
 use std::path::Path;
 
-use super::{copy_exact, temp_dir, Pacer, ServerTrust, Uploader};
+use super::{temp_dir, Body, ServerTrust, Uploader};
 use crate::config::Login;
 use crate::remote::protocol::ServerSpec;
 use crate::remote::ssh::{self, Trust};
@@ -56,17 +55,10 @@ impl SftpUpload {
 }
 
 impl Uploader for SftpUpload {
-    fn put(
-        &mut self,
-        name: &str,
-        src: &mut dyn Read,
-        len: u64,
-        pace: &mut Pacer,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<()> {
+    fn put(&mut self, name: &str, body: Body<'_>) -> Result<()> {
         let what = &self.what;
         let path = format!("{}/{name}", self.dir);
-        write_file(&self.sftp, Path::new(&path), src, len, Some(pace), progress)
+        write_file(&self.sftp, Path::new(&path), body)
             .with_context(|| format!("{what}: uploading {path}"))
     }
 
@@ -82,16 +74,10 @@ impl Uploader for SftpUpload {
     }
 }
 
-/// Writes `len` bytes to `path` (mode 0600), then fsync, close and stat: `File`'s drop
+/// Writes `body` to `path` (mode 0600), then fsync, close and stat: `File`'s drop
 /// would swallow a failed close.
-pub fn write_file(
-    sftp: &Sftp,
-    path: &Path,
-    src: &mut dyn Read,
-    len: u64,
-    pace: Option<&mut Pacer>,
-    progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+pub fn write_file(sftp: &Sftp, path: &Path, body: Body<'_>) -> Result<()> {
+    let len = body.len;
     let mut file = sftp
         .open_mode(
             path,
@@ -100,7 +86,7 @@ pub fn write_file(
             OpenType::File,
         )
         .map_err(|e| anyhow!("cannot create it: {e}"))?;
-    copy_exact(src, &mut file, len, pace, progress)?;
+    body.copy_to(&mut file)?;
     // Not every server has fsync@openssh.com; close and the size check still run.
     let _ = file.fsync();
     file.close()
