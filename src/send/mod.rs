@@ -9,7 +9,9 @@ pub mod hosts;
 pub mod journal;
 pub mod local;
 pub mod lock;
+mod peers;
 pub mod plan;
+mod preflight;
 pub mod schedule;
 mod start;
 mod target;
@@ -23,7 +25,8 @@ use crate::error::{with_code, Code};
 use crate::interrupt;
 use crate::progress;
 use lock::{Ids, LocalLock};
-use start::{HostEnd, Latch, Lead, Signals};
+use peers::{HostEnd, Latch, Signals};
+use start::Lead;
 use target::Target;
 
 /// How one run of a send ended, when it did not fail.
@@ -154,7 +157,7 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<Outcome> {
             .map(|host| {
                 let ready = ready_tx.clone();
                 let (t, ids, signals) = (&t, &ids, &signals);
-                s.spawn(move || start::peer_thread(host, t, ids, signals, ready))
+                s.spawn(move || peers::peer_thread(host, t, ids, signals, ready))
             })
             .collect();
         drop(ready_tx);
