@@ -213,7 +213,11 @@ impl Meter {
 
     /// Records a sample; true once the probe has run long enough.
     fn sample(&mut self, bytes: u64) -> bool {
-        let elapsed = self.start.elapsed();
+        self.sample_at(bytes, self.start.elapsed())
+    }
+
+    /// [`Meter::sample`] at `elapsed` since the start.
+    fn sample_at(&mut self, bytes: u64, elapsed: std::time::Duration) -> bool {
         self.last = (bytes, elapsed.as_secs_f64());
         if elapsed >= PROBE_WARMUP && self.warm.is_none() {
             self.warm = Some(self.last);
@@ -290,4 +294,29 @@ fn peer_rate(mut link: PeerLink, id: &str) -> Result<f64> {
     // Closing stdin stops the relay's upload and removes its staged file.
     link.close();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_rate_leaves_out_the_warm_up_unless_the_upload_completed() {
+        let mut m = Meter::new();
+        // Socket buffers fill fast at first: 10 MB in the first half second.
+        assert!(!m.sample_at(10_000_000, Duration::from_millis(500)));
+        assert!(!m.sample_at(12_000_000, PROBE_WARMUP));
+        assert!(m.sample_at(12_000_000 + 3_000_000 * 3, PROBE_TIME));
+        let secs = (PROBE_TIME - PROBE_WARMUP).as_secs_f64();
+        let cut = m.rate(false).unwrap();
+        assert!((cut - 9_000_000.0 / secs).abs() < 1.0, "{cut}");
+        // A probe that completed counts every byte from the start.
+        let whole = m.rate(true).unwrap();
+        assert!(
+            (whole - 21_000_000.0 / PROBE_TIME.as_secs_f64()).abs() < 1.0,
+            "{whole}"
+        );
+        assert!(Meter::new().rate(true).is_err(), "no byte, no rate");
+    }
 }
