@@ -181,6 +181,10 @@ pub struct CheckRow {
     pub upload_bytes_per_sec: Option<f64>,
     pub ok: bool,
     pub problem: Option<String>,
+    /// What the server offers, on the `server (upload)` row once its login worked
+    /// (the other rows leave it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offers: Option<crate::transport::Offers>,
 }
 
 /// One line of `peers deploy --json`.
@@ -407,6 +411,39 @@ mod tests {
     }
 
     #[test]
+    fn upload_row_with_offers() {
+        let offers = crate::transport::Offers {
+            rest: true,
+            hash: vec!["MD5".into(), "SHA-1".into()],
+            xmd5: true,
+            ..Default::default()
+        };
+        same(
+            &CheckRow {
+                name: "server (upload)".into(),
+                address: "u@ftp://h:21".into(),
+                reachable: None,
+                host_key: None,
+                authenticated: None,
+                relayup: None,
+                server_login: Some(true),
+                staging_free_bytes: None,
+                upload_bytes_per_sec: None,
+                ok: true,
+                problem: None,
+                offers: Some(offers),
+            },
+            json!({"name": "server (upload)", "address": "u@ftp://h:21", "reachable": null,
+                "host_key": null, "authenticated": null, "relayup": null, "server_login": true,
+                "staging_free_bytes": null, "upload_bytes_per_sec": null, "ok": true,
+                "problem": null, "offers": {"rest": true, "hash": ["MD5", "SHA-1"],
+                "rang": false, "xmd5": true, "xcrc": false, "xsha1": false,
+                "sftp_extensions": null}}),
+            r#"{"name":"server (upload)","address":"u@ftp://h:21","reachable":null,"host_key":null,"authenticated":null,"relayup":null,"server_login":true,"staging_free_bytes":null,"upload_bytes_per_sec":null,"ok":true,"problem":null,"offers":{"rest":true,"hash":["MD5","SHA-1"],"rang":false,"xmd5":true,"xcrc":false,"xsha1":false,"sftp_extensions":null}}"#,
+        );
+    }
+
+    #[test]
     fn rows() {
         same(
             &CheckRow {
@@ -421,6 +458,7 @@ mod tests {
                 upload_bytes_per_sec: Some(1234.0),
                 ok: false,
                 problem: Some("auth".into()),
+                offers: None,
             },
             json!({"name": "p1", "address": "u@h:22", "reachable": true, "host_key": true,
                 "authenticated": false, "relayup": null, "server_login": null,

@@ -11,6 +11,7 @@ use crate::events::CheckRow;
 use crate::progress;
 use crate::remote::quote;
 use crate::remote::ssh::{self, Trust};
+use crate::transport::Offers;
 
 #[derive(Default)]
 struct Row {
@@ -28,6 +29,8 @@ struct Row {
     /// Measured upload rate to the server, bytes per second.
     rate: Option<f64>,
     problem: Option<String>,
+    /// What the server offers (the `server (upload)` row, once logged in).
+    offers: Option<Offers>,
 }
 
 fn classify(e: &anyhow::Error) -> &'static str {
@@ -107,6 +110,7 @@ fn check_upload(settings: &Settings, target: &mut Target) -> (Row, Option<Uplink
     match target.login(settings) {
         Ok(conn) => {
             upload.server_login = Some(true);
+            upload.offers = Some(conn.offers().clone());
             local = Some(conn);
         }
         Err(e) => {
@@ -223,6 +227,7 @@ fn emit_rows(rows: &[Row]) {
             upload_bytes_per_sec: r.rate.map(|v| v.round()),
             ok: ok(r),
             problem: r.problem.clone(),
+            offers: r.offers.clone(),
         });
     }
 }
@@ -239,13 +244,30 @@ fn print_table(rows: &[Row]) {
         Some(false) => "NO",
         None => "-",
     };
+    // Only the upload row has offers: the column is as wide as its text.
+    let offers = |r: &Row| r.offers.as_ref().map_or("-".into(), Offers::summary);
+    let width = rows
+        .iter()
+        .map(|r| offers(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!(
-        "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} {:>10} problem",
-        "peer", "address", "reachable", "host key", "login", "relayup", "server", "free", "upload"
+        "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} {:>10} {:<width$} problem",
+        "peer",
+        "address",
+        "reachable",
+        "host key",
+        "login",
+        "relayup",
+        "server",
+        "free",
+        "upload",
+        "offers"
     );
     for r in rows {
         println!(
-            "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} {:>10} {}",
+            "{:<16} {:<32} {:<9} {:<8} {:<5} {:<16} {:<6} {:>10} {:>10} {:<width$} {}",
             r.name,
             r.address,
             mark(r.reachable),
@@ -255,6 +277,7 @@ fn print_table(rows: &[Row]) {
             mark(r.server_login),
             r.free.map(crate::size::human).unwrap_or_else(|| "-".into()),
             r.rate.map(human_rate).unwrap_or_else(|| "-".into()),
+            offers(r),
             r.problem.as_deref().unwrap_or("")
         );
     }

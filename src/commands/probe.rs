@@ -26,6 +26,13 @@ pub struct Target {
 /// This machine's connection to the server, kept for the rate probe.
 pub struct Uplink(Server);
 
+impl Uplink {
+    /// What the server offers, as this login read it.
+    pub fn offers(&self) -> &crate::transport::Offers {
+        self.0.offers()
+    }
+}
+
 /// A peer's relay, logged into the server as for a send; kept up for the rate probe.
 pub struct Relay {
     link: PeerLink,

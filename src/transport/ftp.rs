@@ -6,7 +6,7 @@ use std::sync::Arc;
 use suppaftp::types::FileType;
 use suppaftp::{RustlsConnector, RustlsFtpStream};
 
-use super::{temp_dir, Body, Uploader};
+use super::{temp_dir, Body, Offers, Uploader};
 use crate::remote::protocol::ServerSpec;
 use crate::remote::ssh::{tcp, CONNECT_TIMEOUT};
 use std::time::Duration;
@@ -137,6 +137,15 @@ impl Uploader for Ftp {
         self.stream
             .rename(from, to)
             .map_err(|e| anyhow!("{what}: renaming {from} to {to} failed: {e}"))
+    }
+
+    fn offers(&mut self) -> Offers {
+        // FEAT is answered before or after login alike; a server without it (RFC 959
+        // only) replies 500 on one line, which leaves the control connection in step.
+        self.stream
+            .feat()
+            .map(|features| Offers::from_feat(&features))
+            .unwrap_or_default()
     }
 }
 

@@ -2,6 +2,7 @@
 //! use the same code, so a part travels the same way whoever sends it.
 
 mod ftp;
+mod offers;
 pub mod pace;
 pub mod sftp;
 
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::remote::protocol::ServerSpec;
+pub use offers::Offers;
 pub use pace::{Pacer, Rate};
 
 /// Bytes per write to the server. Big writes matter: libssh2 pipelines only within one
@@ -29,6 +31,10 @@ pub trait Uploader: Send {
 
     /// Renames `from` to `to` inside the temp dir, replacing `to` if it exists.
     fn rename(&mut self, from: &str, to: &str) -> Result<()>;
+
+    /// Asks what the server offers (FTP `FEAT`). A server that does not answer offers
+    /// nothing known: that is no reason to fail a login that uploads fine.
+    fn offers(&mut self) -> Offers;
 }
 
 /// How an SFTP server's host key is checked.
@@ -82,6 +88,9 @@ pub struct Server {
     /// This host's pacing, kept across parts and reconnections: a new part or a retry
     /// brings no fresh burst.
     pace: Pacer,
+    /// What the server offers, asked at the first login (reconnections do not ask
+    /// again: it is the same server).
+    offers: Offers,
 }
 
 impl Server {
@@ -95,7 +104,8 @@ impl Server {
         tag: &str,
         access: Access,
     ) -> Result<(Server, Option<String>)> {
-        let (conn, key) = open(spec, upload_id, &access)?;
+        let (mut conn, key) = open(spec, upload_id, &access)?;
+        let offers = conn.offers();
         Ok((
             Server {
                 tag: tag.to_string(),
@@ -105,9 +115,15 @@ impl Server {
                 access,
                 conn: Some(conn),
                 pace: Pacer::new(Rate::new(spec.bwlimit)),
+                offers,
             },
             key,
         ))
+    }
+
+    /// What the server offers, as its first login read it.
+    pub fn offers(&self) -> &Offers {
+        &self.offers
     }
 
     /// The live upload rate limit of this login (a relay sets it when its share of a

@@ -4,7 +4,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ssh2::{OpenFlags, OpenType, Session, Sftp};
 use std::path::Path;
 
-use super::{temp_dir, Body, ServerTrust, Uploader};
+use super::{temp_dir, Body, Offers, ServerTrust, Uploader};
 use crate::config::Login;
 use crate::remote::protocol::ServerSpec;
 use crate::remote::ssh::{self, Trust};
@@ -71,6 +71,15 @@ impl Uploader for SftpUpload {
         self.sftp
             .rename(Path::new(&from), Path::new(&to), None)
             .map_err(|e| anyhow!("{}: renaming {from} to {to} failed: {e}", self.what))
+    }
+
+    /// Only what SFTP v3 itself guarantees. libssh2 reads the server's extension list
+    /// (`posix-rename@openssh.com`, `fsync@openssh.com`, …) from its version packet but
+    /// keeps only posix-rename's version, for its own use; neither its C API nor the
+    /// ssh2 crate hands the list out, so whether an extension is there is only learnt
+    /// by trying it.
+    fn offers(&mut self) -> Offers {
+        Offers::sftp()
     }
 }
 

@@ -1,6 +1,7 @@
 //! `TestEnv`: real OpenSSH `sshd` processes (one per peer, one for the server) and a real
 //! vsftpd on loopback ports, each peer logging in as its own Unix user, all owned by the
-//! test and killed when it ends. Needs root, `sshd` and `vsftpd` (`.ci/run` installs them).
+//! test and killed when it ends. Needs root, `sshd` and `vsftpd` (`.ci/run` installs them);
+//! a test may add a ProFTPD with `mod_digest` (`.ci/run` unpacks it into [`PROFTPD_DIR`]).
 
 use std::fs;
 use std::io::Write;
@@ -17,6 +18,9 @@ pub const PEER_USERS: [&str; 3] = ["relayup-t-p1", "relayup-t-p2", "relayup-t-p3
 pub const SERVER_PASSWORD: &str = "relayup-test-Pw-7c1e";
 /// An account whose login shell is tcsh (as server account and as peer).
 pub const CSH_USER: &str = "relayup-t-csh";
+/// Where `.ci/run` unpacks Debian's `proftpd-core` (not installed: it conflicts with
+/// vsftpd): ProFTPD with `mod_digest`, for the tests of what an FTP server offers.
+pub const PROFTPD_DIR: &str = "/var/cache/relayup-ci/proftpd";
 
 fn sh(cmd: &str) -> Output {
     Command::new("sh")
@@ -338,6 +342,55 @@ impl TestEnv {
         wait_port(self.ftp_port, &mut child, "vsftpd");
         self.ftp_pid = Some(child.id());
         self.children.push(child);
+    }
+
+    /// Starts a ProFTPD with `mod_digest` (HASH, XMD5, …) beside vsftpd, on a free
+    /// loopback port: the same account, password and upload directory. It runs in the
+    /// foreground as a child of this test (its command line names the test's dir, and
+    /// its sessions are its descendants), so it stops with the test. Returns its port.
+    pub fn start_proftpd(&mut self) -> u16 {
+        let dir = Path::new(PROFTPD_DIR);
+        let bin = dir.join("usr/sbin/proftpd");
+        assert!(
+            bin.exists(),
+            "{} is missing: .ci/run downloads proftpd-core (apt-get download) and unpacks it there with dpkg -x",
+            bin.display()
+        );
+        let port = free_port();
+        let p = &self.private;
+        let conf = p.join("proftpd.conf");
+        fs::write(
+            &conf,
+            format!(
+                "ServerType standalone\nServerName \"relayup test\"\nPort {port}\nUseIPv6 off\n\
+                 DefaultAddress 127.0.0.1\nSocketBindTight on\nModulePath {modules}\n\
+                 LoadModule mod_digest.c\nUser {SERVER_USER}\nGroup {SERVER_USER}\n\
+                 AuthOrder mod_auth_unix.c\nRequireValidShell off\nUseReverseDNS off\n\
+                 ScoreboardFile {p}/proftpd.scoreboard\nPidFile {p}/proftpd.pid\n\
+                 DelayTable {p}/proftpd.delay\nSystemLog {p}/proftpd.log\nWtmpLog off\n\
+                 TransferLog none\nMaxInstances 200\nUmask 022\nAllowOverwrite on\n\
+                 AllowStoreRestart on\nDigestEngine on\n",
+                modules = dir.join("usr/lib/proftpd").display(),
+                p = p.display(),
+            ),
+        )
+        .unwrap();
+        let mut child = spawn(Command::new(&bin).arg("-n").arg("-c").arg(&conf));
+        wait_port(port, &mut child, "proftpd");
+        self.children.push(child);
+        port
+    }
+
+    /// A config like [`TestEnv::write_config`]'s `ftp://` one, but uploading to the
+    /// ProFTPD on `port` (same account and directory, so the merge login is unchanged).
+    pub fn write_proftpd_config(&self, name: &str, port: u16) -> PathBuf {
+        let path = self.write_config(name, "ftp", &[]);
+        let from = format!("ftp://127.0.0.1:{}/", self.ftp_port);
+        edit_file(&path, |t| {
+            assert!(t.contains(&from), "{t}");
+            t.replacen(&from, &format!("ftp://127.0.0.1:{port}/"), 1)
+        });
+        path
     }
 
     /// Stops this test's vsftpd and every session it serves: a server outage.

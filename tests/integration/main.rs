@@ -6,6 +6,7 @@ mod hardening;
 mod harness;
 mod hostkeys;
 mod integrity;
+mod offers;
 mod ratelimit;
 mod security;
 mod send;
