@@ -9,7 +9,9 @@
 #   relayup  --strategy equal, and the default adaptive strategy
 # and writes bench/results.md (table, machine, caps), bench/throughput.svg
 # (per-host throughput of one adaptive run in scenario b) and the client's
-# peak RSS sending a 2 GiB file.  Run `bench.sh --help`.
+# peak RSS sending a 2 GiB file.  For relayup it also measures the client's CPU
+# (GNU time) and how soon after the command starts the first byte goes out
+# (from its --json events).  Run `bench.sh --help`.
 set -euo pipefail
 umask 022
 
@@ -27,6 +29,8 @@ RUNS=3
 SCENARIOS=a,b,c
 RATE=80           # Mbit/s of every host in the equal-cap scenarios a and c
 TARGET=12         # seconds the parallel methods would take at 100% of the caps
+SIZE_ARG=""       # --size: one file size for every scenario instead of TARGET
+FIXED_BYTES=0
 RSS_MIB=2048      # file size of the peak-RSS run
 DO_RSS=1
 BUILD=1
@@ -59,13 +63,31 @@ Methods, each timed wall-clock, --runs times, on the same file:
 The file of each scenario is sized so that a parallel method would take
 --seconds at 100% of the summed caps; the direct methods then take
 (sum of caps / client cap) times longer: ~4x in a, ~2.75x in b, ~8x in c.
-A full run (3 runs of everything plus the 2 GiB RSS run) takes ~35 minutes.
+With --size every scenario sends a file of that size instead, and the ideal
+time is size / sum of the caps (so fixed start-up and end costs show at
+small sizes).  A full run (3 runs of everything plus the 2 GiB RSS run)
+takes ~35 minutes.
+
+For the relayup methods it also reports, from the same runs:
+  client CPU        user + system CPU-seconds of the relayup process (GNU
+                    /usr/bin/time; installed with apt-get if missing) per
+                    GiB of the file
+  start event       seconds from the relayup process's exec to its --json
+                    "start" line (pre-flight, logins, resume check)
+  first byte        seconds from the process's exec to the first byte on
+                    the wire, as bounds: progress events come once a second,
+                    so it lies between the last event that showed 0 bytes
+                    sent and the first that showed more (or the first
+                    part_done), each plus the start-event delay
 
 Options:
   --runs N          runs per method and scenario (default $RUNS; median reported)
   --scenarios LIST  comma-separated subset of a,b,c (default $SCENARIOS)
   --rate MBIT       cap of every host in scenarios a and c (default $RATE)
   --seconds S       ideal time of the parallel methods (default $TARGET)
+  --size SIZE       file size of every scenario instead (e.g. 300MiB, 1GiB;
+                    K/M/G and KiB/MiB/GiB are binary, KB/MB/GB decimal, a
+                    bare number is bytes)
   --quick           smoke test (~3 min): --seconds 3 --runs 1 --rss-mib 256
                     (options after it override these)
   --rss-mib N       size of the peak-RSS file in MiB (default $RSS_MIB)
@@ -86,12 +108,14 @@ die() {
 	exit 1
 }
 
+BENCH_ARGS="$*" # for the results' header
 while (($#)); do
 	case $1 in
 	--runs) RUNS=${2:?--runs needs a value}; shift 2 ;;
 	--scenarios) SCENARIOS=${2:?--scenarios needs a value}; shift 2 ;;
 	--rate) RATE=${2:?--rate needs a value}; shift 2 ;;
 	--seconds) TARGET=${2:?--seconds needs a value}; shift 2 ;;
+	--size) SIZE_ARG=${2:?--size needs a value}; shift 2 ;;
 	--quick) QUICK=1 TARGET=3 RUNS=1 RSS_MIB=256; shift ;; # later options still win
 	--rss-mib) RSS_MIB=${2:?--rss-mib needs a value}; shift 2 ;;
 	--no-rss) DO_RSS=0; shift ;;
@@ -107,6 +131,29 @@ done
 [[ $RATE =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--rate must be a number of Mbit/s"
 [[ $TARGET =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--seconds must be a number"
 [[ $RSS_MIB =~ ^[1-9][0-9]*$ ]] || die "--rss-mib must be a positive integer"
+# A human size in bytes, the way relayup reads one (K/M/G/T and the iB forms
+# binary, KB/MB/GB/TB decimal, a bare number bytes); empty if it is not one.
+parse_size() {
+	awk -v s="$1" 'BEGIN {
+		if (!match(s, /^[0-9]+(\.[0-9]+)?/)) exit
+		v = substr(s, 1, RLENGTH); u = tolower(substr(s, RLENGTH + 1))
+		if (u == "" || u == "b") m = 1
+		else if (u == "k" || u == "kib") m = 1024
+		else if (u == "m" || u == "mib") m = 1024 ^ 2
+		else if (u == "g" || u == "gib") m = 1024 ^ 3
+		else if (u == "t" || u == "tib") m = 1024 ^ 4
+		else if (u == "kb") m = 1e3
+		else if (u == "mb") m = 1e6
+		else if (u == "gb") m = 1e9
+		else if (u == "tb") m = 1e12
+		else exit
+		b = v * m
+		if (b >= 1) printf "%.0f", b }'
+}
+if [[ -n $SIZE_ARG ]]; then
+	FIXED_BYTES=$(parse_size "$SIZE_ARG")
+	[[ -n $FIXED_BYTES ]] || die "--size: '$SIZE_ARG' is not a size (e.g. 300MiB, 1GiB)"
+fi
 IFS=, read -r -a SCEN_LIST <<<"$SCENARIOS"
 for s in "${SCEN_LIST[@]}"; do [[ $s == [abc] ]] || die "--scenarios: unknown scenario '$s' (a, b, c)"; done
 [[ $(id -u) -eq 0 ]] || die "must be run as root (the lab uses network namespaces)"
@@ -152,6 +199,13 @@ method_is_direct() { [[ $1 == curl || $1 == rdirect ]]; }
 # --- helpers --------------------------------------------------------------------
 
 now() { date +%s.%N; }
+# 314572800 -> "300 MiB", 1073741824 -> "1 GiB", 1500000000 -> "1430.5 MiB"
+human() {
+	awk -v b="$1" 'BEGIN {
+		if (b >= 1073741824 && b % 1073741824 == 0) printf "%d GiB", b / 1073741824
+		else if (b % 1048576 == 0) printf "%d MiB", b / 1048576
+		else printf "%.1f MiB", b / 1048576 }'
+}
 fmt() { awk -v x="$2" "BEGIN { printf \"$1\", x }"; }   # fmt %.1f 3.14159
 
 # Median of the numbers on stdin, one a line, "FAILED" skipped (mean of the
@@ -205,7 +259,7 @@ if [[ -n $BIN ]]; then
 	[[ -f $BIN && -x $BIN ]] || die "--relayup: '$BIN' is not an executable file"
 	BUILT_FROM="binary $(realpath -- "$BIN") (--relayup)"
 else
-	BIN=target/release/relayup
+	BIN=${CARGO_TARGET_DIR:-target}/release/relayup
 	[[ -x $BIN ]] || die "$BIN is missing (build it, or drop --no-build)"
 	BUILT_FROM="commit $(git --no-optional-locks -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")"
 	if ! git --no-optional-locks -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
@@ -219,10 +273,37 @@ install -m 0755 "$BIN" "$WORK/relayup"
 readonly RELAYUP=$WORK/relayup
 RELAYUP_VERSION=$("$RELAYUP" --version 2>/dev/null || echo "relayup ?")
 
-if [[ ! -x /usr/bin/time ]] && ((DO_RSS)); then
-	log "installing GNU time (apt-get install -y time) for the peak-RSS measurement"
-	apt-get install -y time >&2 || { log "warning: could not install time; skipping the RSS run"; DO_RSS=0; }
+# GNU time: the client's CPU in every relayup run, and the peak-RSS run.
+HAVE_TIME=1
+if [[ ! -x /usr/bin/time ]]; then
+	log "installing GNU time (apt-get install -y time) for the client's CPU and peak RSS"
+	apt-get install -y time >&2 || {
+		log "warning: could not install time; no client CPU figures, no RSS run"
+		HAVE_TIME=0 DO_RSS=0
+	}
 fi
+
+# stamp.py OUT STAMPS CMD...: runs CMD with its stdout copied to OUT, and writes
+# to STAMPS the wall-clock time it launched CMD, then for each line the time it
+# arrived and its JSON "type".  Exits with CMD's status (128+N for signal N).
+cat >"$WORK/stamp.py" <<'PY'
+import json, subprocess, sys, time
+out, stamps, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+with open(out, "wb") as o, open(stamps, "w") as s:
+    s.write("%.6f launch\n" % time.time())
+    s.flush()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    for line in iter(p.stdout.readline, b""):
+        t = time.time()
+        o.write(line)
+        try:
+            kind = json.loads(line).get("type", "?")
+        except (ValueError, AttributeError):
+            kind = "?"
+        s.write("%.6f %s\n" % (t, kind))
+    rc = p.wait()
+sys.exit(128 - rc if rc < 0 else rc)
+PY
 
 # --- the lab -----------------------------------------------------------------------
 
@@ -264,11 +345,81 @@ method_curl() {
 }
 
 # relayup_send CONFIG FILE DEST LOG JSON [ARG...]
+# Besides JSON (stdout) it leaves JSON.t (when each line arrived, stamp.py),
+# JSON.exec (the wall-clock time relayup was exec'd, from bash's $EPOCHREALTIME
+# just before) and JSON.time (GNU time: elapsed, user and system seconds, peak
+# RSS kB of relayup alone).
 relayup_send() {
 	local config=$1 file=$2 dest=$3 logf=$4 json=$5
 	shift 5
-	timeout -k 10 "$TIMEOUT" "$LAB" exec client \
-		"$RELAYUP" send "$file" --config "$config" --dest "$dest" --json "$@" >"$json" 2>"$logf"
+	local timed=()
+	((HAVE_TIME)) && timed=(/usr/bin/time -f '%e %U %S %M' -o "$json.time")
+	rm -f -- "$json.t" "$json.exec" "$json.time"
+	# shellcheck disable=SC2016 # $EPOCHREALTIME is the inner bash's
+	python3 "$WORK/stamp.py" "$json" "$json.t" \
+		timeout -k 10 "$TIMEOUT" "$LAB" exec client \
+		bash -c 'printf "%s\n" "$EPOCHREALTIME" >"$1"; shift; exec "$@"' bash "$json.exec" \
+		"${timed[@]}" "$RELAYUP" send "$file" --config "$config" --dest "$dest" --json "$@" 2>"$logf"
+}
+
+# run_stats JSON HOST=MBIT...: one line "CPU START LO HI" for a finished relayup
+# run: CPU = user + system seconds, START = seconds from exec to the "start"
+# line, LO and HI = bounds of the first byte on the wire since exec (see
+# --help).  A field it cannot tell is "-".
+run_stats() {
+	python3 - "$@" <<'PY'
+import json, sys
+j = sys.argv[1]
+caps = {h: float(c) * 1e6 / 8 for h, c in (a.split("=", 1) for a in sys.argv[2:])}  # bytes/s
+def num(x):
+    return float(x.replace(",", "."))
+cpu = start = lo = hi = None
+try:
+    last = [l for l in open(j + ".time") if l.strip()][-1].split()
+    cpu = num(last[1]) + num(last[2])
+except (OSError, IndexError, ValueError):
+    pass
+try:
+    exec_at = num(open(j + ".exec").read().strip())
+    for l in open(j + ".t"):
+        t, kind = l.split()[:2]
+        if kind == "start":
+            start = num(t) - exec_at
+            break
+except (OSError, ValueError):
+    pass
+# Seconds are counted from the "start" line.  LO: the last progress event that
+# showed nothing sent.  HI: the first one that showed bytes sent, or earlier, a
+# part on the server at t: its B bytes crossed the host's cap (at most C bytes/s)
+# so its first byte left by t - B/C.
+zero, seen = 0.0, False
+for l in open(j):
+    try:
+        e = json.loads(l)
+    except ValueError:
+        continue
+    kind = e.get("type")
+    if kind == "progress" and not seen:
+        if e.get("bytes", 0) == 0:
+            zero = e["seconds"]
+        else:
+            seen = True
+            lo = zero
+            hi = e["seconds"] if hi is None else min(hi, e["seconds"])
+    elif kind == "part_done":
+        t = e["seconds"] - e.get("bytes", 0) / caps.get(e.get("host"), float("inf"))
+        hi = t if hi is None else min(hi, t)
+        if lo is None:
+            lo = zero
+if hi is not None:
+    hi = max(hi, lo)
+if start is not None and lo is not None:
+    lo, hi = lo + start, hi + start
+else:
+    lo = hi = None
+f = lambda x: "-" if x is None else "%.3f" % x
+print(f(cpu), f(start), f(lo), f(hi))
+PY
 }
 
 # The method people use by hand, step by step.
@@ -321,6 +472,8 @@ classic_upload() {
 # --- results ---------------------------------------------------------------------------
 
 declare -A TIMES ERRS NOTES
+declare -A CPUS STARTS FB_LO FB_HI   # relayup runs: one value (or "-") per successful run
+DETAILS=""                           # one line per relayup run for results.md
 declare -A SIZE IDEAL_PAR IDEAL_DIR CAPLIST SUMCAP
 RSS_LINE=""
 CHART_LINE=""
@@ -381,7 +534,19 @@ print("; ".join(out))' "$json" "$([[ $m == rdirect ]] && echo 1 || echo $((NPEER
 		log "[$sc] run $r/$RUNS $(method_label "$m"): FAILED ($err)"
 	else
 		TIMES[$sc|$m]+="$secs "
-		log "[$sc] run $r/$RUNS $(method_label "$m"): $(fmt %.1f "$secs") s (load before: $load)"
+		local extra=""
+		if [[ $m == r* ]]; then
+			local cpu st lo hi gib
+			local hostcaps=("local=${CAPS[0]}") i
+			for ((i = 1; i <= NPEERS; i++)); do hostcaps+=("p$i=${CAPS[i]}"); done
+			read -r cpu st lo hi < <(run_stats "$json" "${hostcaps[@]}" 2>/dev/null || echo "- - - -")
+			gib=$(awk -v b="${SIZE[$sc]}" 'BEGIN { print b / 1073741824 }')
+			[[ $cpu == - ]] || cpu=$(awk -v c="$cpu" -v g="$gib" 'BEGIN { printf "%.3f", c / g }')
+			CPUS[$sc|$m]+="$cpu " STARTS[$sc|$m]+="$st " FB_LO[$sc|$m]+="$lo " FB_HI[$sc|$m]+="$hi "
+			extra="; client CPU $cpu s/GiB, start event at $st s, first byte between $lo and $hi s"
+			DETAILS+="| $sc | $(method_label "$m") | $r | $(fmt %.2f "$secs") | $cpu | $st | $lo – $hi |"$'\n'
+		fi
+		log "[$sc] run $r/$RUNS $(method_label "$m"): $(fmt %.1f "$secs") s$extra (load before: $load)"
 	fi
 	clean_hosts
 }
@@ -474,18 +639,23 @@ PY
 # --- run -------------------------------------------------------------------------------
 
 START_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+if ((FIXED_BYTES)); then SIZING="every scenario sends a $(human "$FIXED_BYTES") file (--size $SIZE_ARG)"; else SIZING="each file is sized for an ideal parallel time of ${TARGET} s (--seconds)"; fi
 mkdir -p "$OUT"
 rm -f -- "$OUT/throughput.svg" # results.md and the chart always come from the same run
-log "work dir $WORK; scenarios ${SCEN_LIST[*]}; $RUNS run(s) each; ideal parallel time ${TARGET}s"
+log "work dir $WORK; scenarios ${SCEN_LIST[*]}; $RUNS run(s) each; $SIZING"
 
 for sc in "${SCEN_LIST[@]}"; do
 	mapfile -t CAPS < <(scen_caps "$sc")
 	n=$(scen_peers "$sc")
 	sum=0
 	for c in "${CAPS[@]}"; do sum=$(awk -v a="$sum" -v b="$c" 'BEGIN { print a + b }'); done
-	# File size: TARGET seconds at the summed caps, rounded up to whole MiB.
-	mib=$(awk -v t="$TARGET" -v s="$sum" 'BEGIN { x = t * s * 1e6 / 8 / 1048576; m = int(x); if (m < x) m++; print m }')
-	bytes=$((mib * 1048576))
+	if ((FIXED_BYTES)); then
+		bytes=$FIXED_BYTES
+	else
+		# File size: TARGET seconds at the summed caps, rounded up to whole MiB.
+		mib=$(awk -v t="$TARGET" -v s="$sum" 'BEGIN { x = t * s * 1e6 / 8 / 1048576; m = int(x); if (m < x) m++; print m }')
+		bytes=$((mib * 1048576))
+	fi
 	SIZE[$sc]=$bytes
 	SUMCAP[$sc]=$sum
 	CAPLIST[$sc]=$(IFS=,; echo "${CAPS[*]}")
@@ -496,7 +666,7 @@ for sc in "${SCEN_LIST[@]}"; do
 
 	lab_up "$n" "$(scen_rate_arg "$sc")"
 	SRC=$WORK/src-$sc.bin
-	log "[$sc] $(scen_desc "$sc"): ${mib} MiB random file; ideal ${IDEAL_PAR[$sc]}s in parallel, ${IDEAL_DIR[$sc]}s direct"
+	log "[$sc] $(scen_desc "$sc"): $(human "$bytes") random file; ideal ${IDEAL_PAR[$sc]}s in parallel, ${IDEAL_DIR[$sc]}s direct"
 	head -c "$bytes" /dev/urandom >"$SRC"
 	SRC_MD5=$(md5sum "$SRC" | cut -d' ' -f1)
 
@@ -519,7 +689,7 @@ for sc in "${SCEN_LIST[@]}"; do
 		if [[ -n $best ]]; then
 			hostcaps=("local=${CAPS[0]}")
 			for ((i = 1; i <= n; i++)); do hostcaps+=("p$i=${CAPS[i]}"); done
-			title="relayup (adaptive), scenario b: $((bytes / 1048576)) MiB, caps ${CAPLIST[b]} Mbit/s (run $best)"
+			title="relayup (adaptive), scenario b: $(human "$bytes"), caps ${CAPLIST[b]} Mbit/s (run $best)"
 			if chart "$WORK/json/b-radapt-$best.json" "$OUT/throughput.svg" "$title" "${hostcaps[@]}" 2>"$WORK/logs/chart.err"; then
 				CHART_LINE="![per-host throughput, scenario b](throughput.svg) — run $best of the adaptive runs in (b), from its \`--json\` progress events (per-host bytes differenced per second)."
 				log "[b] chart written: $OUT/throughput.svg"
@@ -571,10 +741,18 @@ LAB_IS_UP=0
 # shellcheck disable=SC2086 # split the list of times on purpose
 med_of() { printf '%s\n' ${TIMES[$1|$2]:-} | median; }
 
+# The median of a list of numbers ("-" and FAILED skipped) as %.2f, or "–".
+# shellcheck disable=SC2086 # split the list on purpose
+med2() {
+	local v
+	v=$(printf '%s\n' $1 | median 2>/dev/null) || { echo "–"; return; }
+	fmt %.2f "$v"
+}
+
 table() {
-	echo "| scenario | method | hosts | ideal s | median s | all runs (s) | MB/s | efficiency | speedup vs direct curl |"
-	echo "|---|---|---:|---:|---:|---|---:|---:|---:|"
-	local sc m ok med runs ideal hosts eff mbs spd ref_med all
+	echo "| scenario | method | hosts | ideal s | median s | all runs (s) | MB/s | efficiency | speedup vs direct curl | client CPU s/GiB | start event s | first byte s |"
+	echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+	local sc m ok med runs ideal hosts eff mbs spd ref_med all cpu st fb
 	for sc in "${SCEN_LIST[@]}"; do
 		ref_med=$(med_of "$sc" curl || true)
 		for m in "${METHODS[@]}"; do
@@ -604,7 +782,14 @@ table() {
 				[[ $runs == *FAILED* ]] && runs+=" (FAILED: $(printf '%s' "${ERRS[$sc|$m]}" | head -n1 | oneline 160))"
 			fi
 			[[ -n ${NOTES[$sc|$m]:-} ]] && runs+=" — ${NOTES[$sc|$m]}"
-			echo "| $sc | $(method_label "$m") | $hosts | $(fmt %.1f "$ideal") | $med | $runs | $mbs | $eff | $spd |"
+			cpu="–" st="–" fb="–"
+			if [[ $m == r* ]]; then
+				cpu=$(med2 "${CPUS[$sc|$m]:-}")
+				st=$(med2 "${STARTS[$sc|$m]:-}")
+				fb="$(med2 "${FB_LO[$sc|$m]:-}")–$(med2 "${FB_HI[$sc|$m]:-}")"
+				[[ $fb == –– ]] && fb="–"
+			fi
+			echo "| $sc | $(method_label "$m") | $hosts | $(fmt %.1f "$ideal") | $med | $runs | $mbs | $eff | $spd | $cpu | $st | $fb |"
 		done
 	done
 }
@@ -633,6 +818,18 @@ targets() {
 			verdict=$(awk -v a="$ra" -v c="$cu" 'BEGIN { print (a < c ? "met" : "**not met**") }')
 			echo "- (b) relayup $(fmt %.1f "$ra") s vs direct curl $(fmt %.1f "$cu") s, target faster: $verdict."
 		fi
+		local cpu hi lo
+		cpu=$(med2 "${CPUS[$sc|radapt]:-}")
+		if [[ $sc == a && $cpu != – ]]; then
+			verdict=$(awk -v c="$cpu" 'BEGIN { print (c <= 6 ? "met" : "**not met**") }')
+			echo "- (a) relayup client CPU $cpu s/GiB, target ≤ 6: $verdict."
+		fi
+		lo=$(med2 "${FB_LO[$sc|radapt]:-}")
+		hi=$(med2 "${FB_HI[$sc|radapt]:-}")
+		if [[ $hi != – ]]; then
+			verdict=$(awk -v l="$lo" -v h="$hi" 'BEGIN { print (h <= 0.25 ? "met" : l > 0.25 ? "**not met**" : "undecided (the bounds straddle it)") }')
+			echo "- ($sc) relayup first byte on the wire $lo–$hi s after exec, target ≤ 0.25 s: $verdict."
+		fi
 	done
 }
 
@@ -654,7 +851,7 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
 	echo "# relayup benchmark"
 	echo
-	echo "Written by \`scripts/bench.sh$( ((QUICK)) && echo " --quick")\` on $START_DATE."
+	echo "Written by \`scripts/bench.sh${BENCH_ARGS:+ $BENCH_ARGS}\` on $START_DATE."
 	echo
 	echo "- Machine: $(nproc) CPUs, ${CPU:-unknown CPU}, kernel $(uname -r), $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
 	echo "- relayup: $RELAYUP_VERSION, $BUILT_FROM; FTP upload (\`peers.toml\` of the lab)"
@@ -663,6 +860,7 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 	echo "- $RUNS run(s) per method and scenario, methods interleaved run by run; times are wall-clock of the whole command"
 	echo "  (relayup: pre-flight, SSH logins, transfer, server-side merge, MD5 check, rename). Every result was also checked"
 	echo "  independently: the MD5 of the file on the server must equal the source's."
+	echo "- File size: $SIZING."
 	echo "- 1-minute load average before the runs: $(tr ' ' '\n' <<<"$LOADS" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "min %s, median %s, max %s", v[1], v[int((NR + 1) / 2)], v[NR] }')"
 	echo "  It includes the bench's own previous run (1-2 is normal here); much more means something else was"
 	echo "  competing for the $(nproc) CPUs that every lab host shares, and the numbers are suspect."
@@ -672,12 +870,17 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 	echo "| scenario | hosts | caps, Mbit/s (client,p1,p2,...) | sum of caps | file | ideal parallel s | ideal direct s |"
 	echo "|---|---:|---|---:|---:|---:|---:|"
 	for sc in "${SCEN_LIST[@]}"; do
-		echo "| $sc: $(scen_desc "$sc") | $(($(scen_peers "$sc") + 1)) | ${CAPLIST[$sc]} | ${SUMCAP[$sc]} Mbit/s | $((${SIZE[$sc]} / 1048576)) MiB | $(fmt %.1f "${IDEAL_PAR[$sc]}") | $(fmt %.1f "${IDEAL_DIR[$sc]}") |"
+		echo "| $sc: $(scen_desc "$sc") | $(($(scen_peers "$sc") + 1)) | ${CAPLIST[$sc]} | ${SUMCAP[$sc]} Mbit/s | $(human "${SIZE[$sc]}") | $(fmt %.1f "${IDEAL_PAR[$sc]}") | $(fmt %.1f "${IDEAL_DIR[$sc]}") |"
 	done
 	echo
 	echo "ideal = file size / (sum of the participating hosts' caps in bytes/s): the client's cap alone for the direct"
 	echo "methods, every host's for the others. efficiency = ideal / median. MB/s = file size / median (1 MB = 10^6 bytes)."
 	echo "speedup = median of direct curl / median of the method."
+	echo "For the relayup methods (medians of the runs): client CPU = user + system CPU-seconds of the relayup process"
+	echo "(GNU time) per GiB of the file; start event = seconds from the process's exec to its \`--json\` \`start\` line"
+	echo "(pre-flight, logins, resume check); first byte = seconds from exec to the first byte on the wire, as bounds:"
+	echo "\`progress\` events come once a second, so it lies between the last one that showed 0 bytes sent and the first"
+	echo "that showed more (or the first \`part_done\`), each counted from the \`start\` line, plus the start-event delay."
 	echo
 	echo "## Results"
 	echo
@@ -686,6 +889,16 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 	echo "## Targets"
 	echo
 	targets
+	echo
+	echo "## relayup runs"
+	echo
+	if [[ -n $DETAILS ]]; then
+		echo "| scenario | method | run | wall s | client CPU s/GiB | start event s | first byte s |"
+		echo "|---|---|---:|---:|---:|---:|---:|"
+		printf '%s' "$DETAILS"
+	else
+		echo "None succeeded."
+	fi
 	echo
 	echo "## Client memory"
 	echo
