@@ -18,6 +18,10 @@ pub struct Owner {
     pub pid: u32,
     /// Seconds since the epoch when the run started.
     pub since: u64,
+    /// The machine's id (`/etc/machine-id`), where it has one: host names repeat
+    /// (containers, CI runners), and only a run of this very machine may be judged
+    /// dead by its pid.
+    pub machine: Option<String>,
 }
 
 impl Owner {
@@ -30,12 +34,17 @@ impl Owner {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            machine: machine_id(),
         }
     }
 
-    /// `host pid since`, the form kept in lock files. Host names hold no spaces.
+    /// `host pid since [machine]`, the form kept in lock files. Host names hold no
+    /// spaces.
     pub fn to_line(&self) -> String {
-        format!("{} {} {}", self.host, self.pid, self.since)
+        match &self.machine {
+            Some(m) => format!("{} {} {} {m}", self.host, self.pid, self.since),
+            None => format!("{} {} {}", self.host, self.pid, self.since),
+        }
     }
 
     /// The inverse of [`Owner::to_line`]; `None` for anything else (a lock file is
@@ -45,20 +54,32 @@ impl Owner {
         let host = f.next()?;
         let pid = f.next()?.parse().ok()?;
         let since = f.next()?.parse().ok()?;
+        let machine = match f.next() {
+            Some(m) if m.len() <= 64 && m.chars().all(|c| c.is_ascii_hexdigit()) => {
+                Some(m.to_string())
+            }
+            Some(_) => return None,
+            None => None,
+        };
         let host_ok = host.len() <= 255
             && host
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
-        host_ok.then(|| Owner {
+        (host_ok && f.next().is_none()).then(|| Owner {
             host: host.to_string(),
             pid,
             since,
+            machine,
         })
     }
 
     /// Whether this owner is a process of this machine that no longer runs.
     pub fn is_dead_here(&self) -> bool {
         if self.host != hostname() || self.pid == 0 {
+            return false;
+        }
+        // A lock written without a machine id is judged by the host name alone.
+        if self.machine.is_some() && self.machine != machine_id() {
             return false;
         }
         let Ok(pid) = libc::pid_t::try_from(self.pid) else {
@@ -174,6 +195,21 @@ pub fn new_run_id() -> String {
     format!("{:x}", h.finalize())[..8].to_string()
 }
 
+/// An id of this machine for relayup's lock files, if it has an `/etc/machine-id`:
+/// derived from it, not the id itself, which is not to be shown to others.
+fn machine_id() -> Option<String> {
+    use md5::{Digest, Md5};
+    let id = std::fs::read_to_string("/etc/machine-id").ok()?;
+    let id = id.trim();
+    if id.is_empty() {
+        return None;
+    }
+    let mut h = Md5::new();
+    h.update(b"relayup lock owner\0");
+    h.update(id.as_bytes());
+    Some(format!("{:x}", h.finalize())[..16].to_string())
+}
+
 /// This machine's host name (`localhost` if it has none).
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
@@ -197,15 +233,30 @@ mod tests {
             host: "build-7.example".into(),
             pid: 4242,
             since: 1_795_000_000,
+            machine: Some("0123456789abcdef".into()),
         };
         assert_eq!(Owner::parse(&o.to_line()), Some(o.clone()));
+        let old = Owner {
+            machine: None,
+            ..o.clone()
+        };
+        assert_eq!(Owner::parse("build-7.example 4242 1795000000"), Some(old));
         let shown = o.to_string();
         assert!(
             shown.starts_with("on build-7.example since 2026-"),
             "{shown}"
         );
         assert!(shown.ends_with("; pid 4242"), "{shown}");
-        for bad in ["", "h", "h x 1", "h 1 x", "h;rm 1 1", "h$(x) 1 1"] {
+        for bad in [
+            "",
+            "h",
+            "h x 1",
+            "h 1 x",
+            "h;rm 1 1",
+            "h$(x) 1 1",
+            "h 1 1 nothex",
+            "h 1 1 ab cd",
+        ] {
             assert_eq!(Owner::parse(bad), None, "{bad:?}");
         }
     }
@@ -225,8 +276,21 @@ mod tests {
         assert!(!me.is_dead_here());
         let other = Owner {
             host: "not-this-host-x".into(),
-            ..me
+            ..me.clone()
         };
         assert!(!other.is_dead_here());
+        // The same host name on another machine (a container, a CI runner): never
+        // judged by a pid of this one, even one that does not run here.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let twin = Owner {
+            pid: dead,
+            machine: Some("ffffffffffffffff".into()),
+            ..me.clone()
+        };
+        assert!(machine_id().is_none() || !twin.is_dead_here());
+        let gone_here = Owner { pid: dead, ..me };
+        assert!(gone_here.is_dead_here());
     }
 }
