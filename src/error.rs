@@ -60,16 +60,15 @@ pub fn message(err: &anyhow::Error) -> String {
 
 /// The exit code of an error, decided here and only here: by its kind where the kind
 /// alone says it (a host key problem or an unreachable host: 3; another run holding
-/// the lock: 6), else by the [`Code`] the code that saw it attached (4 when none).
+/// this machine's lock: 6), else by the [`Code`] the code that saw it attached (4 when
+/// none; the server's lock is marked 6 by the pre-flight that met it).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     kind(err).unwrap_or(Code::Transfer).exit_code()
 }
 
 /// What an error is, for its exit code.
 fn kind(err: &anyhow::Error) -> Option<Code> {
-    if err.downcast_ref::<crate::send::lock::Busy>().is_some()
-        || err.downcast_ref::<crate::server::merge::Busy>().is_some()
-    {
+    if err.downcast_ref::<crate::send::lock::Busy>().is_some() {
         return Some(Code::Busy);
     }
     if let Some(code) = err.downcast_ref::<Code>() {

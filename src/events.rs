@@ -184,7 +184,7 @@ pub struct CheckRow {
     /// What the server offers, on the `server (upload)` row once its login worked
     /// (the other rows leave it out).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub offers: Option<crate::transport::Offers>,
+    pub offers: Option<crate::transport::offers::Offers>,
 }
 
 /// One line of `peers deploy --json`.
@@ -412,7 +412,7 @@ mod tests {
 
     #[test]
     fn upload_row_with_offers() {
-        let offers = crate::transport::Offers {
+        let offers = crate::transport::offers::Offers {
             rest: true,
             hash: vec!["MD5".into(), "SHA-1".into()],
             xmd5: true,

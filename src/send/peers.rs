@@ -3,13 +3,16 @@
 //! join it); a peer that fails any of it is left out and the send goes on.
 
 use anyhow::{anyhow, Result};
-use std::sync::mpsc;
-use std::sync::{Condvar, Mutex};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 
+use super::hashes::Hashes;
+use super::health::Health;
 use super::hosts;
 use super::lock::Ids;
-use super::start::Go;
+use super::schedule::Scheduler;
 use super::target::Target;
+use crate::progress::Progress;
 use crate::remote::peer::{self, PeerLink};
 use crate::remote::protocol::ServerSpec;
 
@@ -60,6 +63,37 @@ pub struct HostEnd {
     pub result: Result<()>,
     /// It never took part (failed pre-flight), as opposed to dropping out.
     pub left_out: bool,
+}
+
+/// What a peer needs once the transfer starts.
+#[derive(Clone)]
+pub struct Go {
+    pub sched: Arc<Scheduler>,
+    pub progress: Arc<Progress>,
+    pub merged: Sender<usize>,
+    pub hashes: Arc<Hashes>,
+    /// Staging space a peer needs: two of the plan's largest parts (one uploading,
+    /// the next staged).
+    pub staging_need: u64,
+    /// Whether a failing host fails alone or the server is away.
+    pub health: Arc<Health>,
+    /// `--stall-timeout`.
+    pub stall: std::time::Duration,
+}
+
+impl Go {
+    /// What host `host`'s loop needs.
+    pub fn job(&self, host: usize) -> hosts::Job<'_> {
+        hosts::Job {
+            host,
+            sched: &self.sched,
+            progress: &self.progress,
+            merged: &self.merged,
+            hashes: &self.hashes,
+            health: &self.health,
+            stall: self.stall,
+        }
+    }
 }
 
 /// One peer, from login to its last part. `host` is its number (peers from 1).

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use std::collections::HashSet;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use super::hashes::Hashes;
@@ -14,7 +14,7 @@ use super::hosts;
 use super::journal::Journal;
 use super::local::LocalHost;
 use super::lock::Ids;
-use super::peers::{HostEnd, Signals};
+use super::peers::{Go, HostEnd, Signals};
 use super::plan::{Plan, Strategy};
 use super::preflight;
 use super::schedule::Scheduler;
@@ -23,37 +23,6 @@ use crate::error::{with_code, Code};
 use crate::events;
 use crate::progress::{self, Mode, Progress};
 use crate::server::assembly::Assembly;
-
-/// What a peer needs once the transfer starts.
-#[derive(Clone)]
-pub struct Go {
-    pub sched: Arc<Scheduler>,
-    pub progress: Arc<Progress>,
-    pub merged: Sender<usize>,
-    pub hashes: Arc<Hashes>,
-    /// Staging space a peer needs: two of the plan's largest parts (one uploading,
-    /// the next staged).
-    pub staging_need: u64,
-    /// Whether a failing host fails alone or the server is away.
-    pub health: Arc<Health>,
-    /// `--stall-timeout`.
-    pub stall: std::time::Duration,
-}
-
-impl Go {
-    /// What host `host`'s loop needs.
-    pub fn job(&self, host: usize) -> hosts::Job<'_> {
-        hosts::Job {
-            host,
-            sched: &self.sched,
-            progress: &self.progress,
-            merged: &self.merged,
-            hashes: &self.hashes,
-            health: &self.health,
-            stall: self.stall,
-        }
-    }
-}
 
 /// How the pre-flight and this machine's part of the transfer ended.
 pub enum Lead {

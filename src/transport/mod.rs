@@ -2,7 +2,7 @@
 //! use the same code, so a part travels the same way whoever sends it.
 
 mod ftp;
-mod offers;
+pub mod offers;
 pub mod pace;
 pub mod sftp;
 
