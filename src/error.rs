@@ -58,19 +58,16 @@ pub fn message(err: &anyhow::Error) -> String {
     parts.join(": ").replace(['\n', '\r'], " ")
 }
 
-/// The exit code of an error, decided here and only here: by its kind where the kind
-/// alone says it (a host key problem or an unreachable host: 3; another run holding
-/// this machine's lock: 6), else by the [`Code`] the code that saw it attached (4 when
-/// none; the server's lock is marked 6 by the pre-flight that met it).
+/// The exit code of an error, decided here and only here: by the [`Code`] attached
+/// where it was seen (a lock held by another run is marked 6 where it is met), else by
+/// its kind where the kind alone says it (a host key problem or an unreachable host:
+/// 3), else 4.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     kind(err).unwrap_or(Code::Transfer).exit_code()
 }
 
 /// What an error is, for its exit code.
 fn kind(err: &anyhow::Error) -> Option<Code> {
-    if err.downcast_ref::<crate::send::lock::Busy>().is_some() {
-        return Some(Code::Busy);
-    }
     if let Some(code) = err.downcast_ref::<Code>() {
         return Some(*code);
     }
@@ -123,8 +120,8 @@ mod tests {
     }
 
     #[test]
-    fn the_kind_decides_where_it_alone_says_it() {
-        let busy: anyhow::Error = crate::send::lock::Busy("another send".into()).into();
+    fn the_code_attached_where_it_was_seen_decides() {
+        let busy = anyhow!("another send").context(Code::Busy);
         // Wrapped as a connection problem by the pre-flight, it still exits 6.
         let busy = with_code(busy.context("merge login"), Code::Connect);
         assert_eq!(exit_code(&busy), 6);

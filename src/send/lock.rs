@@ -7,6 +7,8 @@
 //! stops at once with [`Busy`] (exit 6) and names the other run.
 
 use anyhow::{Context, Result};
+
+use crate::error::Code;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::time::{Duration, SystemTime};
@@ -55,7 +57,7 @@ impl Owner {
         let pid = f.next()?.parse().ok()?;
         let since = f.next()?.parse().ok()?;
         let machine = match f.next() {
-            Some(m) if m.len() <= 64 && m.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Some(m) if m.len() == 16 && m.chars().all(|c| c.is_ascii_hexdigit()) => {
                 Some(m.to_string())
             }
             Some(_) => return None,
@@ -151,7 +153,7 @@ impl LocalLock {
                 let _ = file.read_to_string(&mut text);
                 let owner = Owner::parse(text.trim());
                 let what = format!("lock {}", path.display());
-                return Err(busy(owner.as_ref(), &what).into());
+                return Err(anyhow::Error::new(busy(owner.as_ref(), &what)).context(Code::Busy));
             }
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()))

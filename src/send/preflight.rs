@@ -72,20 +72,11 @@ fn prepare(t: &Target, ids: &Ids) -> Result<Prepared> {
             Some(busy) if busy.0.as_ref().is_some_and(|o| o.is_dead_here()) => {
                 merge::take_over(settings, &ids.upload, busy)
                     .context("taking over the lock of a dead run on the server")?;
-                merge::prepare(settings, dest, ids, overwrite).map_err(busy_code)
+                merge::prepare(settings, dest, ids, overwrite)
             }
-            _ => Err(busy_code(e)),
+            _ => Err(e),
         },
         ok => ok,
-    }
-}
-
-/// The server's lock held by another run exits 6.
-fn busy_code(e: anyhow::Error) -> anyhow::Error {
-    if e.is::<merge::Busy>() {
-        with_code(e, Code::Busy)
-    } else {
-        e
     }
 }
 

@@ -327,16 +327,8 @@ fn preflight_stopped(
         ))
         .context(Code::Transfer),
         status::BUSY => {
-            let owner = lines
-                .iter()
-                .find_map(|l| l.strip_prefix("busy "))
-                .and_then(|l| Owner::parse(l.rsplit_once(' ').map_or(l, |(o, _)| o)));
-            let holder = lines
-                .iter()
-                .find_map(|l| l.strip_prefix("busy "))
-                .and_then(|l| l.rsplit_once(' '))
-                .and_then(|(_, g)| g.parse::<u32>().ok());
-            Err(anyhow::Error::new(Busy(owner, holder)))
+            let line = lines.iter().find_map(|l| l.strip_prefix("busy "));
+            Err(anyhow::Error::new(Busy::read(line.unwrap_or_default())).context(Code::Busy))
         }
         status::NO_TEMP => bail!("{who}: cannot create or lock the temp dir {temp}: {diag}"),
         s => bail!("{who}: preparing {} failed (exit {s}): {diag}", m.dir),
@@ -348,6 +340,19 @@ fn preflight_stopped(
 #[derive(Debug, thiserror::Error)]
 #[error("{}", crate::send::lock::busy(.0.as_ref(), "lock on the server"))]
 pub struct Busy(pub Option<Owner>, pub Option<u32>);
+
+impl Busy {
+    /// From the server's `owner` file as the scripts print it: the owner line, then
+    /// the holder's process group. Either may be missing or unreadable.
+    fn read(line: &str) -> Busy {
+        // No group after the owner line (`ps` missing there): the whole is the line.
+        if let Some(o) = Owner::parse(line) {
+            return Busy(Some(o), None);
+        }
+        let (owner, group) = line.rsplit_once(' ').unwrap_or((line, ""));
+        Busy(Owner::parse(owner), group.parse().ok())
+    }
+}
 
 /// The lock on the server is held by a run of this machine that is dead (its
 /// connection lingers on the server: the network went away before it could close).
@@ -504,8 +509,7 @@ pub fn remove_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> 
         0 => Ok(()),
         status::BUSY => {
             let line = out.stdout.trim().strip_prefix("busy ").unwrap_or_default();
-            let owner = Owner::parse(line.rsplit_once(' ').map_or(line, |(o, _)| o));
-            Err(anyhow::Error::new(Busy(owner, None)))
+            Err(anyhow::Error::new(Busy::read(line)).context(Code::Busy))
         }
         _ => bail!(
             "removing {dir}/{} failed: {}",
@@ -710,6 +714,25 @@ pub fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_lock_owner_the_server_prints() {
+        let b = Busy::read("build-7 42 1795000000 0123456789abcdef 4242");
+        assert_eq!(
+            b.0.as_ref().map(|o| (o.pid, o.machine.clone())),
+            Some((42, Some("0123456789abcdef".into())))
+        );
+        assert_eq!(b.1, Some(4242));
+        let older = Busy::read("build-7 42 1795000000 4242");
+        assert_eq!(
+            (older.0.map(|o| o.machine), older.1),
+            (Some(None), Some(4242))
+        );
+        let no_ps = Busy::read("build-7 42 1795000000 0123456789abcdef");
+        assert_eq!((no_ps.0.is_some(), no_ps.1), (true, None));
+        let junk = Busy::read("");
+        assert!(junk.0.is_none() && junk.1.is_none());
+    }
 
     #[test]
     fn parses_server_part_listing() {

@@ -1,59 +1,12 @@
 //! Fault injection: each test ends with the server's file equal to the source, or a
 //! clean failure with nothing under the destination name.
 
-use crate::harness::{md5_file, text, uid_of, TestEnv, PEER_USERS, SERVER_USER};
+use crate::harness::{
+    event, md5_file, send_args, text, uid_of, wait_until, TestEnv, PART, PEER_USERS, SERVER_USER,
+};
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-const PART: u64 = 1 << 20;
-
-fn args<'a>(file: &'a Path, config: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--part-size",
-        "1MiB",
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
-fn temp_dirs(env: &TestEnv) -> Vec<std::path::PathBuf> {
-    fs::read_dir(&env.srv)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".relayup-")
-        })
-        .collect()
-}
-
-fn staged_files(env: &TestEnv) -> Vec<String> {
-    (0..env.peer_ports.len())
-        .flat_map(|i| fs::read_dir(env.staging(i)).into_iter().flatten())
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn done_event(events: &[serde_json::Value]) -> &serde_json::Value {
-    events
-        .iter()
-        .find(|e| e["type"] == "done")
-        .expect("a done event")
-}
 
 #[test]
 fn kill_9_of_the_client_then_resume_sends_only_what_is_missing() {
@@ -61,20 +14,20 @@ fn kill_9_of_the_client_then_resume_sends_only_what_is_missing() {
     let config = env.write_config("c.toml", "ftp", &[]);
     let size = 24 * PART + 5;
     let file = env.random_file("big", size);
-    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
+    let run = env.spawn_send(&send_args(&file, &config, &["--bwlimit", "2MiB"]));
     run.wait_parts(5, None);
     let mut run = run;
     run.child.kill().unwrap(); // SIGKILL: no chance to clean up
     let _ = run.finish(Duration::from_secs(10));
     // Relays see their connection drop and remove what they staged.
     wait_until("staged parts are removed", Duration::from_secs(10), || {
-        staged_files(&env).is_empty()
+        env.staged_files().is_empty()
     });
     assert!(
         !env.srv.join("big").exists(),
         "nothing under the destination name"
     );
-    let tmp = temp_dirs(&env);
+    let tmp = env.temp_dirs();
     assert_eq!(tmp.len(), 1, "the parts are kept for resume");
     let complete: u64 = fs::read_dir(&tmp[0])
         .unwrap()
@@ -95,12 +48,12 @@ fn kill_9_of_the_client_then_resume_sends_only_what_is_missing() {
         text(&status)
     );
 
-    let run = env.spawn_send(&args(&file, &config, &[]));
+    let run = env.spawn_send(&send_args(&file, &config, &[]));
     let (status, events, stderr) = run.finish(Duration::from_secs(120));
     assert!(status.success(), "resume failed: {stderr}");
     let start = events.iter().find(|e| e["type"] == "start").unwrap();
     assert!(start["resumed_parts"].as_u64().unwrap() >= 4, "{start}");
-    let sent: u64 = done_event(&events)["hosts"]
+    let sent: u64 = event(&events, "done")["hosts"]
         .as_object()
         .unwrap()
         .values()
@@ -127,7 +80,7 @@ fn ctrl_c_stops_cleans_peers_keeps_server_parts_and_clean_removes_them() {
     let env = TestEnv::new(2);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 30 * PART);
-    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "1MiB"]));
+    let run = env.spawn_send(&send_args(&file, &config, &["--bwlimit", "1MiB"]));
     run.wait_parts(2, None);
     let pid = run.child.id() as i32;
     let asked = Instant::now();
@@ -141,15 +94,15 @@ fn ctrl_c_stops_cleans_peers_keeps_server_parts_and_clean_removes_them() {
     );
     eprintln!("stopped {took:?} after SIGINT");
     wait_until("staged parts are removed", Duration::from_secs(10), || {
-        staged_files(&env).is_empty()
+        env.staged_files().is_empty()
     });
     assert!(!env.srv.join("f").exists());
-    assert_eq!(temp_dirs(&env).len(), 1, "server parts kept for resume");
+    assert_eq!(env.temp_dirs().len(), 1, "server parts kept for resume");
 
     let out = env.relayup(&["clean"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        temp_dirs(&env).is_empty(),
+        env.temp_dirs().is_empty(),
         "clean removed the server's temp dir"
     );
     let out = env.relayup(&["status", "--json"]);
@@ -162,13 +115,13 @@ fn a_peer_relay_killed_mid_part_hands_its_parts_to_others() {
     let config = env.write_config("c.toml", "ftp", &[]);
     // Long enough (~4 s per host) that every peer is surely in before the end.
     let file = env.random_file("f", 32 * PART + 9);
-    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
+    let run = env.spawn_send(&send_args(&file, &config, &["--bwlimit", "2MiB"]));
     run.wait_parts(1, Some("p1"));
     env.signal_relays("-KILL", PEER_USERS[0]);
     let (status, events, stderr) = run.finish(Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("p1 dropped"), "{stderr}");
-    assert_eq!(done_event(&events)["md5"], md5_file(&file).as_str());
+    assert_eq!(event(&events, "done")["md5"], md5_file(&file).as_str());
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
     env.assert_clean();
 }
@@ -178,7 +131,7 @@ fn a_peer_sshd_killed_mid_send_hands_its_parts_to_others() {
     let env = TestEnv::new(3);
     let config = env.write_config("c.toml", "sftp", &[]);
     let file = env.random_file("f", 32 * PART);
-    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
+    let run = env.spawn_send(&send_args(&file, &config, &["--bwlimit", "2MiB"]));
     run.wait_parts(1, Some("p2"));
     // The daemon and its per-connection processes: the peer's SSH side is gone.
     env.kill_sessions_of_sshd(env.peer_ports[1]);
@@ -193,7 +146,7 @@ fn a_stalled_peer_is_dropped_after_the_stall_timeout() {
     let env = TestEnv::new(2);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 24 * PART);
-    let run = env.spawn_send(&args(
+    let run = env.spawn_send(&send_args(
         &file,
         &config,
         &["--bwlimit", "2MiB", "--stall-timeout", "2"],
@@ -212,7 +165,7 @@ fn a_corrupted_staged_part_is_caught_and_sent_again() {
     let env = TestEnv::new(1);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 8 * PART);
-    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "1MiB"]));
+    let run = env.spawn_send(&send_args(&file, &config, &["--bwlimit", "1MiB"]));
     // Flip the last byte of the first fully staged part on the peer.
     let stage = env.staging(0);
     let mut corrupted = None;
@@ -321,7 +274,7 @@ fn a_source_that_changes_during_the_send_is_never_renamed_into_place() {
     let env = TestEnv::new(1);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 8 * PART);
-    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "2MiB"]));
+    let run = env.spawn_send(&send_args(&file, &config, &["--bwlimit", "2MiB"]));
     run.wait_parts(1, None);
     {
         use std::os::unix::fs::FileExt;
@@ -355,31 +308,9 @@ fn an_identical_destination_means_nothing_to_send() {
 
 #[test]
 fn a_part_corrupted_on_the_server_before_the_merge_is_found_and_sent_again() {
-    // equal with two hosts: p1's pieces (parts 2, 3) land while this machine is still
-    // sending part 1, so the merge cannot have read part 2 yet when it is corrupted.
     let env = TestEnv::new(1);
     let config = env.write_config("c.toml", "ftp", &[]);
-    let file = env.random_file("f", 8 * PART);
-    let run = env.spawn_send(&[
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--strategy",
-        "equal",
-        "--bwlimit",
-        "1MiB",
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ev = run
-            .events
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("events");
-        if ev["type"] == "part_done" && ev["part"] == 2 {
-            break;
-        }
-    }
-    let part = temp_dirs(&env)[0].join("2.part");
+    let (run, file, part) = env.send_until_part_2_is_on_the_server(&config);
     {
         use std::os::unix::fs::FileExt;
         let f = fs::OpenOptions::new().write(true).open(&part).unwrap();
@@ -504,7 +435,7 @@ fn a_peer_cut_off_the_network_mid_send_hands_its_parts_to_others() {
     fs::write(&config, text_cfg).unwrap();
 
     let file = env.random_file("f", 24 * PART);
-    let run = env.spawn_send(&args(
+    let run = env.spawn_send(&send_args(
         &file,
         &config,
         &["--bwlimit", "2MiB", "--stall-timeout", "3"],
@@ -514,7 +445,7 @@ fn a_peer_cut_off_the_network_mid_send_hands_its_parts_to_others() {
     let (status, events, stderr) = run.finish(Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("cut dropped"), "{stderr}");
-    assert_eq!(done_event(&events)["md5"], md5_file(&file).as_str());
+    assert_eq!(event(&events, "done")["md5"], md5_file(&file).as_str());
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
 
     // The link stays down, so the peer never hears from this machine again: within its
@@ -648,7 +579,7 @@ fn a_server_away_for_20_s_mid_send_keeps_every_host() {
     let mut env = TestEnv::new(3);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 40 * PART);
-    let run = env.spawn_send(&args(&file, &config, &["--bwlimit", "1MiB"]));
+    let run = env.spawn_send(&send_args(&file, &config, &["--bwlimit", "1MiB"]));
     run.wait_parts(4, None);
     env.stop_ftp();
     std::thread::sleep(Duration::from_secs(20));

@@ -1,29 +1,11 @@
 //! Fitting people's habits: peer subsets, completions, man page, colour rules.
 
 use crate::harness::{
-    edit_file, json_lines, md5_file, text, uid_of, without_lines, TestEnv, PEER_USERS,
+    edit_file, hosts_of_done, json_lines, md5_file, text, uid_of, without_lines, TestEnv, PART,
+    PEER_USERS,
 };
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
-
-const PART: u64 = 1 << 20;
-
-fn hosts_of_done(out: &std::process::Output) -> Vec<String> {
-    let done: serde_json::Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["type"] == "done")
-        .expect("a done event");
-    let mut names: Vec<String> = done["hosts"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, h)| h["bytes"].as_u64().unwrap() > 0)
-        .map(|(k, _)| k.clone())
-        .collect();
-    names.sort();
-    names
-}
 
 #[test]
 fn peers_subset_and_no_peers() {

@@ -2,7 +2,10 @@
 //! command killed by a signal, a relay that cannot dump core, a system CA bundle as
 //! `ca_file`.
 
-use crate::harness::{edit_file, json_lines, md5_file, text, Running, TestEnv, PEER_USERS};
+use crate::harness::{
+    edit_file, event, json_lines, md5_file, send_args, text, wait_until, Running, TestEnv, PART,
+    PEER_USERS,
+};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -10,55 +13,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const PART: u64 = 1 << 20;
-
-fn send_args(file: &Path, config: &Path, extra: &[&str]) -> Vec<OsString> {
-    let mut v: Vec<OsString> = vec![
-        file.into(),
-        "--config".into(),
-        config.into(),
-        "--part-size".into(),
-        "1MiB".into(),
-    ];
-    v.extend(extra.iter().map(OsString::from));
-    v
-}
-
-fn staged_files(env: &TestEnv) -> Vec<String> {
-    (0..env.peer_ports.len())
-        .flat_map(|i| fs::read_dir(env.staging(i)).into_iter().flatten())
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-fn temp_dirs(env: &TestEnv) -> usize {
-    fs::read_dir(&env.srv)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".relayup-")
-        })
-        .count()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn event<'a>(events: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
-    events
-        .iter()
-        .find(|e| e["type"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} event in {events:?}"))
-}
 
 /// Bytes the peers (not this machine) uploaded, from a `done` event.
 fn peer_bytes(done: &serde_json::Value) -> u64 {
@@ -118,9 +72,9 @@ fn a_source_name_that_is_not_utf8_is_sent_through_peers_interrupted_and_resumed(
         "the odd bytes are quoted for a POSIX shell: {hint}"
     );
     wait_until("staged parts are removed", Duration::from_secs(10), || {
-        staged_files(&env).is_empty()
+        env.staged_files().is_empty()
     });
-    assert_eq!(temp_dirs(&env), 1, "server parts kept for the resume");
+    assert_eq!(env.temp_dirs().len(), 1, "server parts kept for the resume");
 
     // The journal keeps the name exactly; status shows it (lossily).
     let journals: Vec<String> = fs::read_dir(env.root.join("state/relayup"))
@@ -193,10 +147,10 @@ fn sigterm_cleans_up_like_ctrl_c_and_exits_143_then_the_same_command_resumes() {
     let hint = resume_hint(&stderr);
     assert!(hint.contains("send") && hint.contains("--config"), "{hint}");
     wait_until("staged parts are removed", Duration::from_secs(10), || {
-        staged_files(&env).is_empty()
+        env.staged_files().is_empty()
     });
     assert!(!env.srv.join("f").exists());
-    assert_eq!(temp_dirs(&env), 1, "server parts kept for the resume");
+    assert_eq!(env.temp_dirs().len(), 1, "server parts kept for the resume");
 
     let (status, events, stderr) = env.spawn_send(&args).finish(Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
@@ -374,14 +328,7 @@ fn a_remote_command_killed_by_a_signal_is_a_failure_naming_it() {
             &format!("relayup = \"{}\"", script.display()),
         )
     });
-    let out = env.relayup(&[
-        "peers",
-        "check",
-        "--config",
-        config.to_str().unwrap(),
-        "--json",
-        "--no-rate",
-    ]);
+    let out = env.peers_check(&config, &["--no-rate"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let rows = json_lines(&out);
     let p1 = rows

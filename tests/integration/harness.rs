@@ -745,3 +745,125 @@ impl TestEnv {
         public
     }
 }
+
+/// One part of the sizes the tests use (`--part-size 1MiB`).
+pub const PART: u64 = 1 << 20;
+
+/// `FILE --config CONFIG --part-size 1MiB EXTRA...`: the arguments of a send in 1 MiB
+/// parts (for [`TestEnv::spawn_send`]; FILE may be any bytes).
+pub fn send_args(file: &Path, config: &Path, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec![
+        file.into(),
+        "--config".into(),
+        config.into(),
+        "--part-size".into(),
+        "1MiB".into(),
+    ];
+    v.extend(extra.iter().map(std::ffi::OsString::from));
+    v
+}
+
+/// Waits until `f` holds; panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The first event of type `kind`; panics if there is none.
+pub fn event<'a>(events: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in {events:?}"))
+}
+
+/// The hosts that carried bytes, from the `done` event of a `--json` send, sorted.
+pub fn hosts_of_done(out: &Output) -> Vec<String> {
+    let events = json_lines(out);
+    let mut names: Vec<String> = event(&events, "done")["hosts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, h)| h["bytes"].as_u64().unwrap() > 0)
+        .map(|(k, _)| k.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+impl TestEnv {
+    /// relayup's temp dirs in the server's upload directory.
+    pub fn temp_dirs(&self) -> Vec<PathBuf> {
+        fs::read_dir(&self.srv)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".relayup-")
+            })
+            .collect()
+    }
+
+    /// The files in every peer's staging dir.
+    pub fn staged_files(&self) -> Vec<String> {
+        (0..self.peer_ports.len())
+            .flat_map(|i| fs::read_dir(self.staging(i)).into_iter().flatten())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// With one peer: a `--json` send of 8 parts with `--strategy equal`, paced at
+    /// 1 MiB/s, stopped at the moment part 2 is on the server. The peer's pieces (parts
+    /// 2, 3) land while this machine is still sending part 1, so the merge, which goes
+    /// in order, cannot have read part 2 yet: the test may change it now. Returns the
+    /// send and part 2's path on the server.
+    pub fn send_until_part_2_is_on_the_server(&self, config: &Path) -> (Running, PathBuf, PathBuf) {
+        let file = self.random_file("f", 8 * PART);
+        let run = self.spawn_send(&[
+            file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--strategy",
+            "equal",
+            "--bwlimit",
+            "1MiB",
+        ]);
+        run.wait_part(2);
+        let part = self.temp_dirs()[0].join("2.part");
+        (run, file, part)
+    }
+
+    /// `relayup peers check --config CONFIG --json EXTRA...`.
+    pub fn peers_check(&self, config: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "peers",
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        self.relayup(&args)
+    }
+}
+
+impl Running {
+    /// Waits for the `part_done` event of part `index`; panics after 60 s.
+    pub fn wait_part(&self, index: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ev = self
+                .events
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no part_done of part {index} within 60 s"));
+            if ev["type"] == "part_done" && ev["part"] == index {
+                return;
+            }
+        }
+    }
+}

@@ -2,12 +2,10 @@
 //! default), keys of several types on one host, and the known_hosts keys of the ssh
 //! config (UserKnownHostsFile, GlobalKnownHostsFile, HostKeyAlias).
 
-use crate::harness::{edit_file, md5_file, text, TestEnv, PEER_USERS};
+use crate::harness::{edit_file, hosts_of_done, md5_file, text, TestEnv, PART, PEER_USERS};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const PART: u64 = 1 << 20;
 
 /// Hashes every host name in `file` as `ssh-keygen -H` does for Debian's ssh.
 fn hash_known_hosts(file: &Path) {
@@ -65,21 +63,6 @@ fn use_known_hosts(config: &Path, env: &TestEnv, file: &Path) {
             &format!("known_hosts = \"{}\"", file.display()),
         )
     });
-}
-
-fn hosts_of_done(out: &Output) -> Vec<String> {
-    let done: serde_json::Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["type"] == "done")
-        .expect("a done event");
-    done["hosts"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, h)| h["bytes"].as_u64().unwrap() > 0)
-        .map(|(k, _)| k.clone())
-        .collect()
 }
 
 /// A send through the peer named `peer` only, with `--strategy equal` so it carries a

@@ -4,15 +4,14 @@
 //! POSIX.
 
 use crate::harness::{
-    md5_file, text, uid_of, TestEnv, CSH_USER, PEER_USERS, SERVER_PASSWORD, SERVER_USER,
+    json_lines, md5_file, send_args, text, uid_of, TestEnv, CSH_USER, PART, PEER_USERS,
+    SERVER_PASSWORD, SERVER_USER,
 };
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const PART: u64 = 1 << 20;
 
 fn sh(cmd: &str) {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
@@ -54,15 +53,7 @@ fn a_second_run_of_the_same_send_is_refused_and_the_first_publishes_the_source()
     let env = TestEnv::new(3);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 24 * PART);
-    let args = [
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--part-size",
-        "1MiB",
-        "--bwlimit",
-        "1MiB",
-    ];
+    let args = send_args(&file, &config, &["--bwlimit", "1MiB"]);
     let first = env.spawn_send(&args);
     first.wait_parts(2, None);
     let pid = first.child.id();
@@ -219,15 +210,7 @@ fn clean_refuses_to_remove_the_data_of_a_running_send() {
     let env = TestEnv::new(1);
     let config = env.write_config("c.toml", "ftp", &[]);
     let file = env.random_file("f", 12 * PART);
-    let args = [
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--part-size",
-        "1MiB",
-        "--bwlimit",
-        "1MiB",
-    ];
+    let args = send_args(&file, &config, &["--bwlimit", "1MiB"]);
     let run = env.spawn_send(&args);
     run.wait_parts(1, None);
     let clean = |state: &Path| {
@@ -449,41 +432,10 @@ fn a_server_without_room_for_the_merge_fails_in_pre_flight() {
 
 #[test]
 fn a_part_missing_at_the_merge_is_sent_again() {
-    // equal with two hosts: p1's pieces (parts 2, 3) land while this machine is still
-    // sending part 1, so the merge cannot have read part 2 yet when it goes.
     let env = TestEnv::new(1);
     let config = env.write_config("c.toml", "ftp", &[]);
-    let file = env.random_file("f", 8 * PART);
-    let run = env.spawn_send(&[
-        file.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--strategy",
-        "equal",
-        "--bwlimit",
-        "1MiB",
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ev = run
-            .events
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("events");
-        if ev["type"] == "part_done" && ev["part"] == 2 {
-            break;
-        }
-    }
-    let temp = fs::read_dir(&env.srv)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".relayup-")
-        })
-        .unwrap();
-    fs::remove_file(temp.join("2.part")).unwrap();
+    let (run, file, part) = env.send_until_part_2_is_on_the_server(&config);
+    fs::remove_file(part).unwrap();
     let (status, _events, err) = run.finish(Duration::from_secs(120));
     assert!(status.success(), "{err}");
     assert!(err.contains("missing or corrupt on the server"), "{err}");
@@ -531,7 +483,7 @@ fn a_tcsh_login_shell_works_on_the_server_and_on_a_peer() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let events = crate::harness::json_lines(&out);
+    let events = json_lines(&out);
     assert!(
         events
             .iter()

@@ -11,14 +11,7 @@ const PART: u64 = 1 << 20;
 /// `peers check --json --no-rate`'s `server (upload)` row, after checking that the
 /// other rows carry no `offers`.
 fn upload_row(env: &TestEnv, config: &Path) -> serde_json::Value {
-    let out = env.relayup(&[
-        "peers",
-        "check",
-        "--config",
-        config.to_str().unwrap(),
-        "--json",
-        "--no-rate",
-    ]);
+    let out = env.peers_check(config, &["--no-rate"]);
     assert!(out.status.success(), "{}", text(&out));
     let rows = json_lines(&out);
     for r in rows.iter().filter(|r| r["name"] != "server (upload)") {

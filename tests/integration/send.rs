@@ -269,14 +269,7 @@ fn a_failed_json_command_ends_with_an_error_event() {
             "host = \"127.0.0.1\"\nport = 1\nuser = \"x\"".into(),
         )],
     );
-    let out = env.relayup(&[
-        "peers",
-        "check",
-        "--config",
-        ghost.to_str().unwrap(),
-        "--json",
-        "--no-rate",
-    ]);
+    let out = env.peers_check(&ghost, &["--no-rate"]);
     let err = ends_with_error(&out, 3);
     assert!(
         err["message"].as_str().unwrap().contains("have a problem"),
@@ -457,13 +450,7 @@ fn peers_check_reports_every_login() {
             "host = \"127.0.0.1\"\nport = 1\nuser = \"x\"".into(),
         )],
     );
-    let out = env.relayup(&[
-        "peers",
-        "check",
-        "--config",
-        config.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = env.peers_check(&config, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let rows = json_lines(&out);
     let ghost = rows.iter().find(|r| r["name"] == "ghost").unwrap();
@@ -508,13 +495,7 @@ fn peers_check_reports_every_login() {
         ),
     )
     .unwrap();
-    let out = env.relayup(&[
-        "peers",
-        "check",
-        "--config",
-        bad.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = env.peers_check(&bad, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let rows = json_lines(&out);
     for name in ["p1", "server (upload)"] {
