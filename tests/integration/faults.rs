@@ -549,7 +549,13 @@ fn relays_that_lie_cannot_break_the_send() {
         stderr.contains("p2 dropped") && stderr.contains("not events"),
         "{stderr}"
     );
-    assert!(stderr.contains("p3 dropped"), "{stderr}");
+    // p3's impossible count is caught each time: the part goes again (and a third
+    // time drops p3, if the send lasts that long).
+    assert!(
+        stderr.contains("p3 dropped")
+            || (stderr.contains("p3: part") && stderr.contains("which is not what it was given")),
+        "{stderr}"
+    );
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
 }
 
