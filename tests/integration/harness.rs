@@ -18,6 +18,13 @@ pub const PEER_USERS: [&str; 3] = ["relayup-t-p1", "relayup-t-p2", "relayup-t-p3
 pub const SERVER_PASSWORD: &str = "relayup-test-Pw-7c1e";
 /// An account whose login shell is tcsh (as server account and as peer).
 pub const CSH_USER: &str = "relayup-t-csh";
+/// An upload-only account, as hosting providers give: SFTP into a chroot, no shell
+/// (see [`TestEnv::add_sftp_only_server`]). Its home is `/upload`, inside the chroot.
+pub const SFTP_ONLY_USER: &str = "relayup-sftponly";
+/// Where the chroots of [`TestEnv::add_sftp_only_server`] live: sshd wants every
+/// component of a chroot's path root-owned and writable by root alone, which rules
+/// out anything under /tmp.
+pub const CHROOT_BASE: &str = "/var/lib/relayup-e2e";
 /// Where `.ci/run` unpacks Debian's `proftpd-core` (not installed: it conflicts with
 /// vsftpd): ProFTPD with `mod_digest`, for the tests of what an FTP server offers.
 pub const PROFTPD_DIR: &str = "/var/cache/relayup-ci/proftpd";
@@ -82,8 +89,15 @@ fn setup_machine() {
             let out = sh(&format!("useradd -m -s \"$(command -v tcsh)\" {CSH_USER}"));
             assert!(out.status.success(), "useradd {CSH_USER} (is tcsh installed?): {}", String::from_utf8_lossy(&out.stderr));
         }
+        if !sh(&format!("id -u {SFTP_ONLY_USER}")).status.success() {
+            // No home on this machine and no shell: sshd chroots the account and runs
+            // its SFTP server in-process, so neither is ever used outside the chroot.
+            let out = sh(&format!("useradd -M -d /upload -s /usr/sbin/nologin {SFTP_ONLY_USER}"));
+            assert!(out.status.success(), "useradd {SFTP_ONLY_USER}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let out = sh(&format!(
-            "echo '{SERVER_USER}:{SERVER_PASSWORD}' | chpasswd && echo '{CSH_USER}:{SERVER_PASSWORD}' | chpasswd"
+            "echo '{SERVER_USER}:{SERVER_PASSWORD}' | chpasswd && echo '{CSH_USER}:{SERVER_PASSWORD}' | chpasswd \
+             && echo '{SFTP_ONLY_USER}:{SERVER_PASSWORD}' | chpasswd"
         ));
         assert!(out.status.success(), "chpasswd: {}", String::from_utf8_lossy(&out.stderr));
         fs::create_dir_all("/run/sshd").unwrap();
@@ -150,6 +164,20 @@ fn chmod(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// An SFTP-only server account from [`TestEnv::add_sftp_only_server`]: user
+/// [`SFTP_ONLY_USER`], password [`SERVER_PASSWORD`] (or the test key), chrooted to
+/// `chroot`, where it may write only into `upload`.
+pub struct SftpOnly {
+    /// Its sshd's loopback port.
+    pub port: u16,
+    /// The chroot on this machine (root-owned, 0755).
+    pub chroot: PathBuf,
+    /// The upload directory on this machine (`chroot/upload`, owned by the account).
+    pub upload: PathBuf,
+    /// The upload directory as the account sees it: `/upload`.
+    pub dir_in_chroot: String,
+}
+
 /// One simulated office: a server (sshd + vsftpd) and `peers` peers, each its own sshd.
 pub struct TestEnv {
     pub root: PathBuf,
@@ -159,6 +187,9 @@ pub struct TestEnv {
     sshds: Vec<(u16, u32)>,
     /// The vsftpd in `children`, while it runs.
     ftp_pid: Option<u32>,
+    /// The chroots of [`TestEnv::add_sftp_only_server`], removed with the test (after
+    /// `Drop::drop` has killed their sshds).
+    chroots: Vec<tempfile::TempDir>,
     pub ftp_port: u16,
     pub server_ssh_port: u16,
     pub peer_ports: Vec<u16>,
@@ -213,6 +244,7 @@ impl TestEnv {
             children: Vec::new(),
             sshds: Vec::new(),
             ftp_pid: None,
+            chroots: Vec::new(),
             ftp_port: free_port(),
             server_ssh_port: 0,
             peer_ports: Vec::new(),
@@ -277,24 +309,82 @@ impl TestEnv {
     /// test key; with the password too if `password`), adds its host key to the
     /// config's known_hosts, and returns its port.
     pub fn add_sshd(&mut self, name: &str, user: &str, password: bool) -> u16 {
-        let (port, public) = self.start_sshd(name, user, password, &["ed25519"]);
+        let (port, public) = self.start_sshd(name, user, password, &["ed25519"], "");
+        self.add_known_host(port, &public[0]);
+        port
+    }
+
+    /// Adds `[127.0.0.1]:port key` to the config's known_hosts (`key`: `type base64`).
+    fn add_known_host(&self, port: u16, key: &str) {
         let mut kh = fs::OpenOptions::new()
             .append(true)
             .open(self.private.join("known_hosts"))
             .unwrap();
-        writeln!(kh, "[127.0.0.1]:{port} {}", public[0]).unwrap();
-        port
+        writeln!(kh, "[127.0.0.1]:{port} {key}").unwrap();
+    }
+
+    /// Starts an SFTP-only server, the way hosting providers give upload accounts: its
+    /// own sshd on a free loopback port (stopped with the test) where
+    /// [`SFTP_ONLY_USER`] logs in with [`SERVER_PASSWORD`] or the test key, gets
+    /// `internal-sftp` whatever command it asks for (no shell, no TTY, no
+    /// forwarding), chrooted to a fresh directory under [`CHROOT_BASE`] (removed with
+    /// the test) in which only `upload` is its own. Adds the host key to the config's
+    /// known_hosts.
+    pub fn add_sftp_only_server(&mut self) -> SftpOnly {
+        // sshd refuses a chroot unless it and every directory above it are owned by
+        // root and writable by no one else.
+        let base = Path::new(CHROOT_BASE);
+        fs::create_dir_all(base).unwrap();
+        std::os::unix::fs::chown(base, Some(0), Some(0)).unwrap();
+        chmod(base, 0o755);
+        let dir = tempfile::Builder::new()
+            .prefix("chroot-")
+            .tempdir_in(base)
+            .unwrap();
+        let chroot = dir.path().to_path_buf();
+        // The account must traverse its root to reach /upload.
+        chmod(&chroot, 0o755);
+        self.chroots.push(dir);
+        let upload = chroot.join("upload");
+        fs::create_dir(&upload).unwrap();
+        chmod(&upload, 0o755);
+        assert!(sh(&format!("chown {SFTP_ONLY_USER}: {}", upload.display()))
+            .status
+            .success());
+
+        let name = format!("sftponly{}", self.chroots.len());
+        let rules = format!(
+            "Match User {SFTP_ONLY_USER}\n\
+             \tChrootDirectory {chroot}\n\
+             \tForceCommand internal-sftp\n\
+             \tAllowTcpForwarding no\n\
+             \tAllowStreamLocalForwarding no\n\
+             \tAllowAgentForwarding no\n\
+             \tX11Forwarding no\n\
+             \tPermitTunnel no\n\
+             \tPermitTTY no\n",
+            chroot = chroot.display(),
+        );
+        let (port, public) = self.start_sshd(&name, SFTP_ONLY_USER, true, &["ed25519"], &rules);
+        self.add_known_host(port, &public[0]);
+        SftpOnly {
+            port,
+            chroot,
+            upload,
+            dir_in_chroot: "/upload".to_string(),
+        }
     }
 
     /// Starts an sshd on a free loopback port with one host key of each of
-    /// `key_types`, letting only `user` in; returns the port and the public keys
-    /// (`type base64`).
+    /// `key_types`, letting only `user` in; `extra` ends its config (`Match` blocks).
+    /// Returns the port and the public keys (`type base64`).
     fn start_sshd(
         &mut self,
         name: &str,
         user: &str,
         password: bool,
         key_types: &[&str],
+        extra: &str,
     ) -> (u16, Vec<String>) {
         let port = free_port();
         let mut host_keys = String::new();
@@ -318,7 +408,7 @@ impl TestEnv {
                 "Port {port}\nListenAddress 127.0.0.1\n{host_keys}PidFile none\n\
                  AuthorizedKeysFile {auth}\nStrictModes no\nUsePAM no\n\
                  PasswordAuthentication {pw}\nKbdInteractiveAuthentication no\n\
-                 AllowUsers {user}\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n",
+                 AllowUsers {user}\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n{extra}",
                 auth = self.root.join("pub/authorized_keys").display(),
                 pw = if password { "yes" } else { "no" },
             ),
@@ -393,9 +483,38 @@ impl TestEnv {
         path
     }
 
+    /// Adds `line` (`key=value`) to this test's vsftpd.conf and restarts vsftpd.
+    pub fn set_vsftpd_option(&mut self, line: &str) {
+        let conf = self.private.join("vsftpd.conf");
+        let mut text = fs::read_to_string(&conf).unwrap();
+        text.push_str(line);
+        text.push('\n');
+        fs::write(&conf, text).unwrap();
+        self.stop_ftp();
+        self.start_ftp();
+    }
+
     /// Stops this test's vsftpd and every session it serves: a server outage.
     pub fn stop_ftp(&mut self) {
         let pid = self.ftp_pid.take().expect("vsftpd runs");
+        self.stop_child(pid);
+    }
+
+    /// Stops the server's sshd (on `server_ssh_port`) and every session it serves:
+    /// from now on the server has no SSH login at all.
+    pub fn stop_server_sshd(&mut self) {
+        let port = self.server_ssh_port;
+        let pos = self
+            .sshds
+            .iter()
+            .position(|(p, _)| *p == port)
+            .expect("the server's sshd runs");
+        let (_, pid) = self.sshds.remove(pos);
+        self.stop_child(pid);
+    }
+
+    /// Kills the daemon `pid` of `children` and all its descendants, and reaps it.
+    fn stop_child(&mut self, pid: u32) {
         let pos = self.children.iter().position(|c| c.id() == pid).unwrap();
         let mut child = self.children.remove(pos);
         let family = descendants(pid);
@@ -437,7 +556,6 @@ impl TestEnv {
         scheme: &str,
         extra_peers: &[(&str, String)],
     ) -> PathBuf {
-        let p = &self.private;
         let url = match scheme {
             "sftp" => format!(
                 "sftp://127.0.0.1:{}{}",
@@ -446,18 +564,52 @@ impl TestEnv {
             ),
             s => format!("{s}://127.0.0.1:{}{}", self.ftp_port, self.srv.display()),
         };
-        let mut text = format!(
-            "[server]\nurl = \"{url}\"\nuser = \"{SERVER_USER}\"\npassword_file = \"{pass}\"\n{ca}\n\
-             [merge]\nhost = \"127.0.0.1\"\nport = {mport}\nuser = \"{SERVER_USER}\"\ndir = \"{dir}\"\n\n\
-             [ssh]\nidentity = \"{key}\"\nknown_hosts = \"{kh}\"\n",
-            pass = p.join("server.pass").display(),
-            ca = if scheme == "ftps" {
-                format!("ca_file = \"{}\"", self.root.join("pub/ftps-ca.pem").display())
-            } else {
-                String::new()
-            },
+        let ca = if scheme == "ftps" {
+            format!(
+                "ca_file = \"{}\"",
+                self.root.join("pub/ftps-ca.pem").display()
+            )
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "{server}[merge]\nhost = \"127.0.0.1\"\nport = {mport}\nuser = \"{SERVER_USER}\"\ndir = \"{dir}\"\n\n{rest}",
+            server = self.server_section(&url, SERVER_USER, &ca),
             mport = self.server_ssh_port,
             dir = self.srv.display(),
+            rest = self.ssh_and_peers(extra_peers),
+        );
+        self.save_config(name, &text)
+    }
+
+    /// A config like [`TestEnv::write_config`]'s `sftp://` one, but uploading to the
+    /// SFTP-only account of `s` (into its `/upload`), and without a `[merge]` section:
+    /// that server gives no shell login.
+    pub fn write_sftp_only_config(&self, name: &str, s: &SftpOnly) -> PathBuf {
+        let url = format!("sftp://127.0.0.1:{}{}", s.port, s.dir_in_chroot);
+        let text = format!(
+            "{server}{rest}",
+            server = self.server_section(&url, SFTP_ONLY_USER, ""),
+            rest = self.ssh_and_peers(&[]),
+        );
+        self.save_config(name, &text)
+    }
+
+    /// A config's `[server]` section: `url`, `user`, the password file, and `ca`
+    /// (a `ca_file = ...` line, or empty).
+    fn server_section(&self, url: &str, user: &str, ca: &str) -> String {
+        format!(
+            "[server]\nurl = \"{url}\"\nuser = \"{user}\"\npassword_file = \"{pass}\"\n{ca}\n",
+            pass = self.private.join("server.pass").display(),
+        )
+    }
+
+    /// A config's `[ssh]` section (the test key, the test's known_hosts), then a
+    /// `[[peer]]` for each of this test's peers and for each of `extra_peers`.
+    fn ssh_and_peers(&self, extra_peers: &[(&str, String)]) -> String {
+        let p = &self.private;
+        let mut text = format!(
+            "[ssh]\nidentity = \"{key}\"\nknown_hosts = \"{kh}\"\n",
             key = p.join("id_ed25519").display(),
             kh = p.join("known_hosts").display(),
         );
@@ -473,7 +625,12 @@ impl TestEnv {
         for (name, lines) in extra_peers {
             text.push_str(&format!("\n[[peer]]\nname = \"{name}\"\n{lines}\n"));
         }
-        let path = p.join(name);
+        text
+    }
+
+    /// Writes `text` as config `name` in the private dir; returns its path.
+    fn save_config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.private.join(name);
         fs::write(&path, text).unwrap();
         path
     }
@@ -740,7 +897,8 @@ impl TestEnv {
     /// the test writes what it needs.
     pub fn add_peer_with_host_keys(&mut self, key_types: &[&str]) -> Vec<String> {
         let n = self.peer_ports.len() + 1;
-        let (port, public) = self.start_sshd(&format!("p{n}"), PEER_USERS[n - 1], false, key_types);
+        let (port, public) =
+            self.start_sshd(&format!("p{n}"), PEER_USERS[n - 1], false, key_types, "");
         self.peer_ports.push(port);
         public
     }

@@ -10,3 +10,4 @@ mod offers;
 mod ratelimit;
 mod security;
 mod send;
+mod sftponly;
