@@ -129,6 +129,18 @@ pub enum StrategyArg {
     Equal,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyArg {
+    /// The server's hash of each part where it has one, else read-back.
+    Auto,
+    /// The server hashes each part (FTP XMD5); an error if it cannot.
+    Server,
+    /// Each part is read back from the server and compared with the source.
+    ReadBack,
+    /// Not verified (sizes only); the result says so.
+    None,
+}
+
 #[derive(Args, Debug)]
 pub struct SendArgs {
     /// The file to upload.
@@ -174,6 +186,11 @@ pub struct SendArgs {
     /// Replace the destination if it already exists.
     #[arg(long)]
     pub overwrite: bool,
+    /// With direct writes: how each part written on the server is checked. auto = the
+    /// server's hash (FTP XMD5) where it has one, else read-back. The append-merge
+    /// always hashes the whole file on the server.
+    #[arg(long, value_enum, default_value_t = VerifyArg::Auto)]
+    pub verify: VerifyArg,
     /// JSON lines on stdout: start, progress, part_done, merged, warning, done (or error at the end of a failed send); with --dry-run, one plan.
     #[arg(long)]
     pub json: bool,

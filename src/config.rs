@@ -14,7 +14,7 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     server: RawServer,
-    merge: RawMerge,
+    merge: Option<RawMerge>,
     #[serde(default)]
     ssh: RawSsh,
     #[serde(default, rename = "peer")]
@@ -29,9 +29,10 @@ struct RawServer {
     password_env: Option<String>,
     password_file: Option<String>,
     ca_file: Option<String>,
+    assembly: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMerge {
     host: String,
@@ -116,6 +117,27 @@ pub struct Merge {
     pub dir: String,
 }
 
+/// How the parts become one file on the server (`[server] assembly`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssemblyKind {
+    /// Parts land as files in the temp dir and the `[merge]` SSH login appends them
+    /// into one, hashing it in the same pass.
+    Merge,
+    /// Every host writes its parts at their offsets into one file: no shell login
+    /// needed on the server.
+    Direct,
+}
+
+impl AssemblyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AssemblyKind::Merge => "merge",
+            AssemblyKind::Direct => "direct",
+        }
+    }
+}
+
 /// Everything a send needs, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -123,8 +145,10 @@ pub struct Settings {
     pub path: PathBuf,
     /// Where parts are uploaded, and with which credentials.
     pub server: ServerSpec,
-    /// The SSH login on the server used to merge and verify.
-    pub merge: Merge,
+    /// The SSH login on the server used to merge and verify (`[merge]`, optional).
+    pub merge: Option<Merge>,
+    /// How the parts become one file on the server.
+    pub assembly: AssemblyKind,
     /// How SSH host keys are checked: every SSH login of the run gets this.
     pub known_hosts: KnownHosts,
     /// How long any single blocking network call may wait (`--stall-timeout`): a
@@ -135,9 +159,30 @@ pub struct Settings {
     /// Upload rate limit for all hosts together, bytes per second (`--bwlimit-total`);
     /// the per-host one is `server.bwlimit`.
     pub bwlimit_total: Option<u64>,
+    /// `[ssh] identity`, expanded.
+    pub default_identity: Option<PathBuf>,
 }
 
 impl Settings {
+    /// The `[merge]` login, for what only a shell login on the server can do.
+    pub fn merge_login(&self) -> Result<&Merge> {
+        self.merge.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: no [merge] section: this needs an SSH shell login on the server",
+                self.path.display()
+            )
+        })
+    }
+
+    /// The SSH key for an `sftp://` server without a password: the merge login's, else
+    /// `[ssh] identity` (`None`: ssh-agent, then ~/.ssh/id_*).
+    pub fn server_identity(&self) -> Option<PathBuf> {
+        match &self.merge {
+            Some(m) => m.login.identity.clone(),
+            None => self.default_identity.clone(),
+        }
+    }
+
     /// `--peers a,b`: keeps only the peers with these names; an unknown name is an
     /// error that lists the known ones.
     pub fn keep_peers(&mut self, names: &[String]) -> Result<()> {
@@ -259,17 +304,40 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         default_identity: raw.ssh.identity.as_deref().map(expand).transpose()?,
         ssh_config: load_ssh_config(raw.ssh.config.as_deref())?,
     };
-    let merge = resolve_merge(&raw.merge, &logins, path)?;
+    let merge = raw
+        .merge
+        .as_ref()
+        .map(|m| resolve_merge(m, &logins, path))
+        .transpose()?;
+    let assembly = match (raw.server.assembly.as_deref(), &merge) {
+        (None | Some("auto"), Some(_)) | (Some("merge"), Some(_)) => AssemblyKind::Merge,
+        (None | Some("auto"), None) | (Some("direct"), _) => AssemblyKind::Direct,
+        (Some("merge"), None) => bail!(
+            "{}: server.assembly = \"merge\" needs a [merge] section (an SSH login on the server); add one, or use \"direct\"",
+            path.display()
+        ),
+        (Some(other), _) => bail!(
+            "{}: server.assembly = {other:?} is not one of \"auto\", \"merge\", \"direct\"",
+            path.display()
+        ),
+    };
     let peers = resolve_peers(&raw.peers, &logins, path)?;
-    let host_key_files = host_key_rules(&raw, &server, &merge, &peers, logins.ssh_config.as_ref())
-        .with_context(|| {
-            let file = raw.ssh.config.as_deref().unwrap_or("~/.ssh/config");
-            format!("{}: ssh config {file}", path.display())
-        })?;
+    let host_key_files = host_key_rules(
+        &raw,
+        &server,
+        merge.as_ref(),
+        &peers,
+        logins.ssh_config.as_ref(),
+    )
+    .with_context(|| {
+        let file = raw.ssh.config.as_deref().unwrap_or("~/.ssh/config");
+        format!("{}: ssh config {file}", path.display())
+    })?;
     Ok(Settings {
         path: path.to_path_buf(),
         server,
         merge,
+        assembly,
         known_hosts: KnownHosts {
             file: known_hosts,
             rules: host_key_files,
@@ -278,6 +346,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
         io_timeout: DEFAULT_IO_TIMEOUT,
         peers,
         bwlimit_total: None,
+        default_identity: logins.default_identity.clone(),
     })
 }
 
@@ -411,16 +480,16 @@ fn apply_overrides(
                 raw.server.password_env = None;
             }
             "RELAYUP_SERVER_CA_FILE" => raw.server.ca_file = Some(v),
-            "RELAYUP_MERGE_HOST" => raw.merge.host = v,
-            "RELAYUP_MERGE_USER" => raw.merge.user = Some(v),
-            "RELAYUP_MERGE_DIR" => raw.merge.dir = v,
+            "RELAYUP_MERGE_HOST" => raw.merge.get_or_insert_default().host = v,
+            "RELAYUP_MERGE_USER" => raw.merge.get_or_insert_default().user = Some(v),
+            "RELAYUP_MERGE_DIR" => raw.merge.get_or_insert_default().dir = v,
             "RELAYUP_MERGE_PORT" => {
-                raw.merge.port = Some(
+                raw.merge.get_or_insert_default().port = Some(
                     v.parse()
                         .map_err(|_| anyhow!("${key}={v:?} is not a port number"))?,
                 )
             }
-            "RELAYUP_MERGE_IDENTITY" => raw.merge.identity = Some(v),
+            "RELAYUP_MERGE_IDENTITY" => raw.merge.get_or_insert_default().identity = Some(v),
             "RELAYUP_SSH_IDENTITY" => raw.ssh.identity = Some(v),
             "RELAYUP_SSH_KNOWN_HOSTS" => raw.ssh.known_hosts = Some(v),
             _ => unreachable!("every ENV_KEYS entry is handled"),
@@ -510,17 +579,20 @@ impl Logins {
 fn host_key_rules(
     raw: &RawConfig,
     server: &ServerSpec,
-    merge: &Merge,
+    merge: Option<&Merge>,
     peers: &[Peer],
     ssh: Option<&ssh2_config::SshConfig>,
 ) -> Result<Vec<HostKeyFiles>> {
     let given = raw.ssh.known_hosts.is_some();
-    let mut rules = vec![ssh_config_host_keys(
-        &raw.merge.host,
-        &merge.login,
-        ssh,
-        given,
-    )?];
+    let mut rules = Vec::new();
+    if let (Some(raw_merge), Some(merge)) = (&raw.merge, merge) {
+        rules.push(ssh_config_host_keys(
+            &raw_merge.host,
+            &merge.login,
+            ssh,
+            given,
+        )?);
+    }
     for (raw_peer, peer) in raw.peers.iter().zip(peers) {
         rules.push(ssh_config_host_keys(
             &raw_peer.host,

@@ -131,8 +131,13 @@ pub struct Done {
     pub seconds: f64,
     pub md5: String,
     pub dest: String,
-    /// Always true: `done` comes only after the server's MD5 equals the source's.
+    /// True unless `--verify none`: `done` comes only after the server's copy was
+    /// checked against the source.
     pub verified: bool,
+    /// How: `server-md5` (the whole file, by the merge login), `server-hash-ranges`
+    /// (each part's range, by the server), `read-back` (each part read back and
+    /// compared), or `none`.
+    pub verification: String,
     /// The destination already held this very file; nothing was sent.
     pub already_there: bool,
     /// MB/s (10^6 bytes a second) over the whole send.
@@ -157,6 +162,7 @@ impl Done {
             md5: md5.to_string(),
             dest: dest.to_string(),
             verified: true,
+            verification: "server-md5".into(),
             already_there: true,
             mbps: 0.0,
             hosts: BTreeMap::new(),

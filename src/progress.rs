@@ -503,8 +503,10 @@ pub fn report_done(
     md5: &str,
     dest: &str,
     hosts: &[HostSummary],
+    verification: &str,
 ) {
     let rate = |b: u64| b as f64 / seconds.max(0.001) / 1e6;
+    let verified = verification != "none";
     if mode == Mode::Json {
         let per = hosts
             .iter()
@@ -521,14 +523,20 @@ pub fn report_done(
             seconds: round2(seconds),
             md5: md5.to_string(),
             dest: dest.to_string(),
-            verified: true,
+            verified,
+            verification: verification.to_string(),
             already_there: false,
             mbps: round2(rate(total)),
             hosts: per,
         }));
     }
+    let how = match verification {
+        "server-md5" => "verified on the server".to_string(),
+        "none" => "NOT verified (--verify none)".to_string(),
+        other => format!("verified on the server ({other})"),
+    };
     eprintln!(
-        "relayup: {dest}: {} in {seconds:.1} s ({:.1} MB/s), md5 {md5} verified on the server",
+        "relayup: {dest}: {} in {seconds:.1} s ({:.1} MB/s), md5 {md5} {how}",
         human(total),
         rate(total)
     );

@@ -168,10 +168,10 @@ fn check_peers(settings: &Settings, target: &Target) -> (Vec<Row>, Vec<(usize, R
 
 /// The merge login, as the `server (merge)` row: its directory is writable and it
 /// has md5sum.
-fn check_merge(settings: &Settings) -> Row {
-    let dir = quote::sh(&settings.merge.dir);
+fn check_merge(settings: &Settings, m: &crate::config::Merge) -> Row {
+    let dir = quote::sh(&m.dir);
     let mut merge = check_login(
-        &settings.merge.login,
+        &m.login,
         &settings.known_hosts,
         Some(&format!(
             "cd -- {dir} && test -w . && command -v md5sum >/dev/null && echo ok"
@@ -187,7 +187,7 @@ fn check_merge(settings: &Settings) -> Row {
     {
         merge.problem = Some(format!(
             "{} is missing, not writable, or md5sum is not installed",
-            settings.merge.dir
+            m.dir
         ));
     }
     merge
@@ -302,9 +302,9 @@ pub fn run(args: &crate::cli::CheckArgs) -> Result<ExitCode> {
     let mut target = Target::new(&settings);
     let (upload, mut local) = check_upload(&settings, &mut target);
     let (mut rows, relays) = check_peers(&settings, &target);
-    let merge = check_merge(&settings);
-    let merge_ok = merge.problem.is_none();
-    rows.push(merge);
+    let merge = settings.merge.as_ref().map(|m| check_merge(&settings, m));
+    let merge_ok = merge.as_ref().is_none_or(|m| m.problem.is_none());
+    rows.extend(merge);
     rows.push(upload);
     if rates && merge_ok {
         let local = local.as_mut().map(|l| (rows.len() - 1, l));

@@ -13,7 +13,7 @@ use crate::remote::peer::PeerLink;
 use crate::remote::protocol::{Event, ServerSpec};
 use crate::send::hashes;
 use crate::send::lock;
-use crate::server::merge;
+use crate::server::direct;
 use crate::transport::Server;
 
 /// What every data-path probe of one check shares: its upload id, and the server as
@@ -111,13 +111,14 @@ impl Target {
         local: Option<(usize, &mut Uplink)>,
         relays: Vec<(usize, Relay)>,
     ) -> Result<Vec<(usize, Result<f64>)>> {
-        let m = &settings.merge;
         let id = self.id.as_str();
-        let prepared = merge::login(settings)
-            .context("merge login")
-            .and_then(|session| merge::create_temp(&session, &m.dir, id).map(|_| session));
-        let session = match prepared {
-            Ok(session) => session,
+        let tmp = crate::server::names::temp_dir(&settings.server.dir, id);
+        let access = crate::transport::Access::of(settings);
+        let prepared = crate::transport::open(&self.server, id, &access)
+            .map(|(conn, _)| conn)
+            .and_then(|mut conn| direct::create_temp(conn.as_mut(), &tmp).map(|_| conn));
+        let mut conn = match prepared {
+            Ok(conn) => conn,
             Err(e) => {
                 relays.into_iter().for_each(|(_, relay)| relay.close());
                 return Err(e);
@@ -140,9 +141,9 @@ impl Target {
             results
         });
         // The uploads that were cut short may still be closing on the server: retry once.
-        if merge::remove_temp(&session, &m.dir, id).is_err() {
+        if direct::remove_temp(conn.as_mut(), &tmp).is_err() {
             std::thread::sleep(Duration::from_millis(500));
-            merge::remove_temp(&session, &m.dir, id).context(
+            direct::remove_temp(conn.as_mut(), &tmp).context(
                 "removing the rate probe's temp dir (`relayup clean` cannot; remove it by hand)",
             )?;
         }
@@ -252,7 +253,7 @@ fn local_rate(server: &mut Server) -> Result<f64> {
     let cancel = AtomicBool::new(false);
     let mut meter = Meter::new();
     let result = server.put_part(
-        "0.part",
+        crate::transport::Place::Part("0.part"),
         PROBE_MAX,
         &mut || Ok(Box::new(ProbeData::new(PROBE_MAX)) as Box<dyn Read>),
         &mut |bytes| {
@@ -281,7 +282,7 @@ fn peer_rate(mut link: PeerLink, id: &str) -> Result<f64> {
         link.stage_reader(0, &name, &mut ProbeData::new(PROBE_MAX), PROBE_MAX)?;
         let sum = hashes::checksum_of(&mut ProbeData::new(PROBE_MAX))?;
         let mut meter = Meter::new();
-        link.request_upload(0, &name, PROBE_MAX, &sum)?;
+        link.request_upload(0, &name, PROBE_MAX, &sum, None)?;
         loop {
             match link.next_event()? {
                 Event::Progress { bytes, .. } => {

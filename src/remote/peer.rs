@@ -244,12 +244,14 @@ impl PeerLink {
         file: &str,
         size: u64,
         xxh3: &str,
+        offset: Option<u64>,
     ) -> Result<()> {
         self.send(&Request::Upload {
             index,
             file: file.to_string(),
             size,
             xxh3: xxh3.to_string(),
+            offset,
         })
     }
 
@@ -310,6 +312,8 @@ pub struct PeerHost<'a> {
     pub source: &'a Path,
     /// Staged names start with this (`<upload id>-<run id>`).
     pub stage_prefix: &'a str,
+    /// Direct writes: the relay writes each part at its offset of the one file.
+    pub direct: bool,
 }
 
 impl Host for PeerHost<'_> {
@@ -330,8 +334,9 @@ impl Host for PeerHost<'_> {
         // Hashed by the one pass over the source, which staging has given time to get
         // there.
         let xxh3 = hashes.part(part.index)?;
+        let offset = self.direct.then_some(part.offset);
         self.link
-            .request_upload(part.index, &name, part.len, &xxh3)?;
+            .request_upload(part.index, &name, part.len, &xxh3, offset)?;
         Ok(Some(xxh3))
     }
 

@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use crate::secret::Secret;
 
 /// Bumped whenever a message changes shape; client and relay must agree.
-pub const PROTOCOL: u32 = 5;
+pub const PROTOCOL: u32 = 6;
 
 fn default_stall() -> u64 {
     30
@@ -84,6 +84,13 @@ pub struct ServerSpec {
     pub ca_pem: Option<String>,
 }
 
+impl ServerSpec {
+    /// `scheme://host:port`, for messages.
+    pub fn url(&self) -> String {
+        format!("{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -98,6 +105,10 @@ pub enum Request {
         size: u64,
         /// XXH3-128 of the part, hex: the relay checks the staged copy against it.
         xxh3: String,
+        /// Direct writes: write the part into the upload's one file at this offset
+        /// instead of uploading it as a part file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     /// From now on, upload at most this many bytes per second (at least 1), also in
     /// the part being uploaded: this peer's share of `--bwlimit-total` changed.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::remote::protocol::{self, Event, Hello, Request, PROTOCOL};
 use crate::transport::pace::Rate;
-use crate::transport::{Access, Server, ServerTrust};
+use crate::transport::{Access, Place, Server, ServerTrust};
 
 /// Progress events are sent at most this often per part.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -55,6 +55,8 @@ struct Job {
     path: PathBuf,
     size: u64,
     xxh3: String,
+    /// Direct writes: where the part goes in the upload's one file.
+    offset: Option<u64>,
 }
 
 /// A line from stdin as the reader thread passes it on (`None`: stdin closed).
@@ -379,6 +381,7 @@ fn serve(lines: &mpsc::Receiver<Line>, idle: Duration, to: &Dispatch) -> Result<
                 file,
                 size,
                 xxh3,
+                offset,
             } => {
                 if !valid_file_name(&file) {
                     bail!("refusing staged file name {file:?}");
@@ -390,6 +393,7 @@ fn serve(lines: &mpsc::Receiver<Line>, idle: Duration, to: &Dispatch) -> Result<
                     path,
                     size,
                     xxh3,
+                    offset,
                 });
             }
             Request::Limit { bytes_per_sec } => {
@@ -507,8 +511,13 @@ fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Res
     let index = job.index;
     let path = job.path.clone();
     let sum = Arc::new(Mutex::new(xxhash_rust::xxh3::Xxh3::new()));
+    let name = crate::server::names::part(index);
+    let place = match job.offset {
+        Some(offset) => Place::At(offset),
+        None => Place::Part(&name),
+    };
     server.put_part(
-        &crate::server::names::part(index),
+        place,
         job.size,
         &mut || {
             let f = File::open(&path)

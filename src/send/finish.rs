@@ -29,6 +29,7 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         progress,
         hasher,
         mut assembly,
+        journal,
         ..
     } = run;
     if !sched.all_done() {
@@ -51,7 +52,9 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         }
         Err(e) => return Err(with_code(e, Code::Transfer)),
     };
-    progress.merged(&file.md5, transfer_end.elapsed().as_secs_f64());
+    if let Some(md5) = &file.md5 {
+        progress.merged(md5, transfer_end.elapsed().as_secs_f64());
+    }
     let source_md5 = hasher
         .join()
         .map_err(|_| anyhow!("hashing thread panicked"))?
@@ -67,7 +70,8 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
             Code::Verify,
         ));
     }
-    if file.md5 != source_md5 || file.size != t.stamp.size {
+    let md5_differs = file.md5.as_ref().is_some_and(|m| *m != source_md5);
+    if md5_differs || file.size != t.stamp.size {
         // Every part was size-checked when it landed, so a part changed on the server
         // afterwards. Find the bad ones by their own MD5s; the re-run sends only those.
         let bad = assembly
@@ -81,6 +85,8 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
     assembly
         .publish(&file, &t.dest, t.overwrite)
         .map_err(|e| with_code(e, Code::Transfer))?;
+    // The journal's last save is done before it goes.
+    let _ = journal.join();
     Journal::remove(&ids.upload);
     for h in ends.iter().filter(|h| !h.left_out) {
         if let Err(e) = &h.result {
@@ -94,6 +100,7 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         &source_md5,
         &t.dest,
         &summary,
+        file.verification,
     );
     Ok(Outcome::Sent)
 }
@@ -124,9 +131,9 @@ fn no_host_finished(ends: &[HostEnd], t: &Target, upload_id: &str) -> anyhow::Er
 fn mismatch(file: &Assembled, source_md5: &str, size: u64) -> anyhow::Error {
     with_code(
         anyhow!(
-            "verification failed: the server's merged file has md5 {} and {} bytes, \
+            "verification failed: the server's file has md5 {} and {} bytes, \
              the source has md5 {source_md5} and {size} bytes; nothing was renamed into place",
-            file.md5,
+            file.md5.as_deref().unwrap_or("(not computed)"),
             file.size
         ),
         Code::Verify,

@@ -30,6 +30,9 @@ pub struct Journal {
     /// With `equal`: each part's share.
     #[serde(default)]
     pub owners: Vec<usize>,
+    /// Direct writes: the parts verified on the server so far (by index).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub verified: std::collections::BTreeSet<usize>,
 }
 
 /// A path as JSON without loss: a string when it is UTF-8, else its bytes in base64.
@@ -107,6 +110,7 @@ impl Journal {
             equal: plan.strategy == Strategy::Equal,
             parts: plan.parts.iter().map(|p| (p.offset, p.len)).collect(),
             owners: plan.owners.clone(),
+            verified: Default::default(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::send::hashes::Hashes;
 use crate::send::hosts::{Host, Report};
 use crate::send::plan::Part;
-use crate::transport::Server;
+use crate::transport::{Place, Server};
 
 pub struct LocalHost {
     parts: Option<Sender<Part>>,
@@ -21,15 +21,27 @@ pub struct LocalHost {
 
 impl LocalHost {
     /// Starts the uploading thread with this machine's login on the server.
-    pub fn start(mut server: Server, source: PathBuf, hashes: Arc<Hashes>) -> LocalHost {
+    /// With `direct`, parts are written into the upload's one file at their offsets.
+    pub fn start(
+        mut server: Server,
+        source: PathBuf,
+        hashes: Arc<Hashes>,
+        direct: bool,
+    ) -> LocalHost {
         let (parts, todo) = mpsc::channel::<Part>();
         let (report, reports) = mpsc::channel();
         std::thread::spawn(move || {
             for part in todo {
                 let progress = report.clone();
+                let name = part.file_name();
+                let place = if direct {
+                    Place::At(part.offset)
+                } else {
+                    Place::Part(&name)
+                };
                 let result = server
                     .put_part(
-                        &part.file_name(),
+                        place,
                         part.len,
                         &mut || {
                             let mut file = File::open(&source)

@@ -79,6 +79,8 @@ pub struct Go {
     pub health: Arc<Health>,
     /// `--stall-timeout`.
     pub stall: std::time::Duration,
+    /// Direct writes: parts go into the one file at their offsets.
+    pub direct: bool,
 }
 
 impl Go {
@@ -143,6 +145,7 @@ pub fn peer_thread(
         link: &mut link,
         source: &t.source,
         stage_prefix: &prefix,
+        direct: go.direct,
     };
     let result = hosts::ended(&job, &name, hosts::drive(&mut peer, &job));
     link.close();

@@ -3,23 +3,30 @@
 //! parts an earlier run left are checked before anything is sent.
 
 use anyhow::{anyhow, Context, Result};
-use std::collections::HashSet;
 use std::fs::File;
-use std::path::Path;
 
-use super::hashes::{md5_of, md5_range};
+use super::hashes::md5_of;
 use super::lock::Ids;
 use super::peers::Signals;
-use super::plan::Plan;
 use super::target::Target;
+use crate::config::AssemblyKind;
 use crate::error::{with_code, Code};
 use crate::events::{self, Event};
 use crate::progress::{self, Mode};
-use crate::server::assembly::{Assembly, ServerPart};
-use crate::server::merge::{self, Prepared};
+use crate::server::assembly::Assembly;
+use crate::server::direct::{self, DirectWrite};
+use crate::server::merge;
 use crate::transport::Server;
 
-/// The merge login's pre-flight and this machine's server login, side by side; hands
+/// What the server's pre-flight found.
+enum Prepared {
+    Ready(Box<dyn Assembly>),
+    /// The destination exists (and `--overwrite` was not given); its MD5 where the
+    /// server could compute it.
+    Exists(Option<String>),
+}
+
+/// The assembly's pre-flight and this machine's server login, side by side; hands
 /// the server to the peers. `None`: the destination already holds this very file.
 pub fn log_in(
     t: &Target,
@@ -38,19 +45,20 @@ pub fn log_in(
                 crate::transport::Access::of(settings),
             )
         });
-        let m = m.join().map_err(|_| anyhow!("merge pre-flight panicked"))?;
+        let m = m
+            .join()
+            .map_err(|_| anyhow!("server pre-flight panicked"))?;
         let l = l
             .join()
             .map_err(|_| anyhow!("server pre-flight panicked"))?;
         Ok::<_, anyhow::Error>((m?, l))
     })
     .map_err(|e| with_code(e, Code::Connect))?;
-    let assembly: Box<dyn Assembly> = match prepared {
-        Prepared::Ready(r) => Box::new(r),
-        Prepared::Exists(session, their_md5) => {
-            merge::remove_if_empty(&session, &settings.merge.dir, &ids.upload);
+    let assembly = match prepared {
+        Prepared::Ready(a) => a,
+        Prepared::Exists(their_md5) => {
             // Not an error if it is this very file.
-            already_there(t, &their_md5)?;
+            already_there(t, their_md5.as_deref())?;
             return Ok(None);
         }
     };
@@ -63,9 +71,41 @@ pub fn log_in(
     Ok(Some((assembly, local)))
 }
 
+/// The pre-flight of the settings' kind of assembly.
+fn prepare(t: &Target, ids: &Ids) -> Result<Prepared> {
+    match t.settings.assembly {
+        AssemblyKind::Merge => Ok(match prepare_merge(t, ids)? {
+            merge::Prepared::Ready(r) => Prepared::Ready(Box::new(r)),
+            merge::Prepared::Exists(session, md5) => {
+                if let Ok(m) = t.settings.merge_login() {
+                    merge::remove_if_empty(&session, &m.dir, &ids.upload);
+                }
+                Prepared::Exists(Some(md5))
+            }
+        }),
+        AssemblyKind::Direct => {
+            let request = direct::Request {
+                spec: &t.settings.server,
+                access: crate::transport::Access::of(&t.settings),
+                ids,
+                dest: &t.dest,
+                overwrite: t.overwrite,
+                verify: t.verify,
+                source: &t.source,
+                size: t.stamp.size,
+                peers: !t.settings.peers.is_empty(),
+            };
+            Ok(match DirectWrite::prepare(&request)? {
+                direct::Prepared::Ready(d) => Prepared::Ready(d),
+                direct::Prepared::Exists(md5) => Prepared::Exists(md5),
+            })
+        }
+    }
+}
+
 /// The merge pre-flight; a lock on the server left by a run of this machine that is
 /// dead (its connection still lingers there) is taken over, once.
-fn prepare(t: &Target, ids: &Ids) -> Result<Prepared> {
+fn prepare_merge(t: &Target, ids: &Ids) -> Result<merge::Prepared> {
     let (settings, dest, overwrite) = (&t.settings, t.dest.as_str(), t.overwrite);
     match merge::prepare(settings, dest, ids, overwrite) {
         Err(e) => match e.downcast_ref::<merge::Busy>() {
@@ -82,24 +122,31 @@ fn prepare(t: &Target, ids: &Ids) -> Result<Prepared> {
 
 /// The assembly needs room on the server (the merge: the remaining parts and the
 /// merged file side by side): fail now, not at the end, when they cannot fit.
-pub fn check_server_space(t: &Target, assembly: &dyn Assembly) -> Result<()> {
+pub fn check_server_space(t: &Target, assembly: &dyn Assembly, there: u64) -> Result<()> {
     let settings = &t.settings;
+    let (who, dir, what) = match (settings.assembly, &settings.merge) {
+        (AssemblyKind::Merge, Some(m)) => (
+            m.login.describe(),
+            m.dir.as_str(),
+            " (the parts and the merged file side by side)",
+        ),
+        _ => (settings.server.url(), settings.server.dir.as_str(), ""),
+    };
     let Some(free) = assembly.free() else {
-        progress::warn(&format!(
-            "could not read the free space in {} on the server (df); not checked",
-            settings.merge.dir
-        ));
+        // FTP never tells; a server that does not is not a reason to warn every time.
+        if settings.assembly == AssemblyKind::Merge {
+            progress::warn(&format!(
+                "could not read the free space in {dir} on the server (df); not checked"
+            ));
+        }
         return Ok(());
     };
-    let there: u64 = assembly.existing().iter().map(|p| p.size).sum();
     let need = assembly.space_needed(t.stamp.size, there);
     if free < need {
         return Err(with_code(
             anyhow!(
-                "{}: {} has {} free, this send needs {} there (the parts and the merged file side by side); \
+                "{who}: {dir} has {} free, this send needs {} there{what}; \
                  free space on the server or choose another directory",
-                settings.merge.login.describe(),
-                settings.merge.dir,
                 crate::size::human(free),
                 crate::size::human(need)
             ),
@@ -109,28 +156,20 @@ pub fn check_server_space(t: &Target, assembly: &dyn Assembly) -> Result<()> {
     Ok(())
 }
 
-/// Parts an earlier run left complete on the server: same length as planned and the
-/// same MD5 as that range of the source (hashed here, so the server is trusted only
-/// for what it can prove).
-pub fn resumable(plan: &Plan, existing: &[ServerPart], source: &Path) -> Result<HashSet<usize>> {
-    let mut done = HashSet::new();
-    for sp in existing {
-        let Some(part) = plan.parts.get(sp.index) else {
-            continue;
-        };
-        if part.len != sp.size {
-            continue;
-        }
-        if md5_range(source, part.offset, part.len)? == sp.md5 {
-            done.insert(part.index);
-        }
-    }
-    Ok(done)
-}
-
 /// The destination already exists: fine if it is this very file (nothing to send).
-fn already_there(t: &Target, their_md5: &str) -> Result<()> {
-    let (source, dest, dir) = (&t.source, &t.dest, &t.settings.merge.dir);
+fn already_there(t: &Target, their_md5: Option<&str>) -> Result<()> {
+    let (source, dest) = (&t.source, &t.dest);
+    let dir = match (&t.settings.merge, t.settings.assembly) {
+        (Some(m), AssemblyKind::Merge) => m.dir.as_str(),
+        _ => t.settings.server.dir.as_str(),
+    };
+    let Some(their_md5) = their_md5 else {
+        return Err(anyhow!(
+            "{dir}/{dest} already exists on the server (and the server cannot hash it to compare); \
+             pass --overwrite to replace it, or --dest to choose another name"
+        ))
+        .context(Code::Usage);
+    };
     let ours = md5_of(&mut File::open(source)?)
         .with_context(|| format!("hashing {}", source.display()))?;
     if ours == their_md5 {

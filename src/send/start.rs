@@ -19,10 +19,11 @@ use super::plan::{Plan, Strategy};
 use super::preflight;
 use super::schedule::Scheduler;
 use super::target::Target;
+use crate::config::AssemblyKind;
 use crate::error::{with_code, Code};
 use crate::events;
 use crate::progress::{self, Mode, Progress};
-use crate::server::assembly::Assembly;
+use crate::server::assembly::{Assembly, Layout};
 
 /// How the pre-flight and this machine's part of the transfer ended.
 pub enum Lead {
@@ -42,6 +43,9 @@ pub struct Run {
     /// How the parts become one file on the server; holds this run's lock there
     /// until the end of the run.
     pub assembly: Box<dyn Assembly>,
+    /// Keeps the journal's list of parts verified on the server; ends after the
+    /// assembly's last word.
+    pub journal: std::thread::JoinHandle<()>,
 }
 
 /// Pre-flight of the merge and this machine's login, the plan, and this machine's
@@ -55,9 +59,20 @@ pub fn lead(
     let Some((mut assembly, local)) = preflight::log_in(t, ids, signals)? else {
         return Ok(Lead::AlreadyThere);
     };
+    let peers = if assembly.parallel() {
+        t.settings.peers.len()
+    } else {
+        progress::warn(
+            "the server makes every upload into one file wait for the others (vsftpd: lock_upload_files=YES), \
+             so the peers would take turns: sending from this machine only. \
+             Set lock_upload_files=NO there, or add a [merge] login, to use the peers",
+        );
+        0
+    };
     // With `equal` the plan needs to know who is there: wait for every peer's pre-flight.
     let live: Vec<usize> = match t.strategy {
-        Strategy::Adaptive => (0..=t.settings.peers.len()).collect(),
+        Strategy::Adaptive => (0..=peers).collect(),
+        Strategy::Equal if peers == 0 => vec![0],
         Strategy::Equal => {
             let mut up: Vec<usize> = ready.iter().filter(|r| r.1).map(|r| r.0).collect();
             up.sort_unstable();
@@ -67,15 +82,25 @@ pub fn lead(
     // The plan (or the journal's plan, when resuming), then the transfer, with the
     // assembly following on the server.
     let id = ids.upload.as_str();
-    let plan = Journal::load(id)
-        .and_then(|j| j.plan(t.stamp.size))
-        .unwrap_or_else(|| Plan::new(t.stamp.size, live.len(), t.strategy, t.part_size));
-    preflight::check_server_space(t, assembly.as_ref())?;
-    Journal::new(id, &t.source, &t.dest, &t.settings.path, &plan)
-        .save()
+    let (plan, verified) = Journal::load(id)
+        .and_then(|j| Some((j.plan(t.stamp.size)?, j.verified)))
+        .unwrap_or_else(|| {
+            let plan = Plan::new(t.stamp.size, live.len(), t.strategy, t.part_size);
+            (plan, Default::default())
+        });
+    let done = assembly
+        .resumable(&plan, &t.source, &verified)
         .map_err(|e| with_code(e, Code::Transfer))?;
-    let done = preflight::resumable(&plan, assembly.existing(), &t.source)
-        .map_err(|e| with_code(e, Code::Transfer))?;
+    let there = plan
+        .parts
+        .iter()
+        .filter(|p| done.contains(&p.index))
+        .map(|p| p.len)
+        .sum();
+    preflight::check_server_space(t, assembly.as_ref(), there)?;
+    let mut journal = Journal::new(id, &t.source, &t.dest, &t.settings.path, &plan);
+    journal.verified = verified.into_iter().filter(|i| done.contains(i)).collect();
+    journal.save().map_err(|e| with_code(e, Code::Transfer))?;
     let progress = start_progress(t, id, &plan, &done);
     let sched = Arc::new(Scheduler::new(
         &plan,
@@ -84,9 +109,21 @@ pub fn lead(
         &done,
     ));
     sched.limit(t.settings.server.bwlimit, t.settings.bwlimit_total);
+    let (verified_tx, verified_rx) = mpsc::channel();
+    let layout = Layout {
+        parts: plan.parts.clone(),
+        source: t.source.clone(),
+        verified: verified_tx,
+    };
     let merged = assembly
-        .start(plan.parts.len(), t.stamp.size)
+        .start(layout)
         .map_err(|e| with_code(e, Code::Transfer))?;
+    let journal = std::thread::spawn(move || {
+        for index in verified_rx {
+            journal.verified.insert(index);
+            let _ = journal.save();
+        }
+    });
     let mut resumed: Vec<usize> = done.iter().copied().collect();
     resumed.sort_unstable();
     for index in resumed {
@@ -101,11 +138,12 @@ pub fn lead(
         staging_need: 2 * plan.parts.iter().map(|p| p.len).max().unwrap_or(0),
         health: Arc::new(Health::new(t.retry_for)),
         stall: t.settings.io_timeout,
+        direct: t.settings.assembly == AssemblyKind::Direct,
     };
     signals.go.set(Some(shared.clone()));
     let mut local = local;
     local.pace_with(sched.pace(0));
-    let mut me = LocalHost::start(local, t.source.clone(), hashes);
+    let mut me = LocalHost::start(local, t.source.clone(), hashes, shared.direct);
     let job = shared.job(0);
     let result = hosts::ended(&job, "local", hosts::drive(&mut me, &job));
     Ok(Lead::Run(Box::new(Run {
@@ -119,6 +157,7 @@ pub fn lead(
         progress,
         hasher,
         assembly,
+        journal,
     })))
 }
 

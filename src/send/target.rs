@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::plan::{Plan, Strategy};
-use crate::cli::{SendArgs, StrategyArg};
+use crate::cli::{SendArgs, StrategyArg, VerifyArg};
 use crate::config::{self, Settings};
 use crate::events::{self, Event};
 use crate::progress::{self, Mode};
+use crate::server::direct::Verify;
 use crate::size::{parse_rate, parse_size};
 
 /// Everything a send needs that does not change while it runs.
@@ -34,6 +35,8 @@ pub struct Target {
     pub overwrite: bool,
     /// `--retry-for`: how long a server outage is waited out.
     pub retry_for: Duration,
+    /// `--verify`: how direct writes are checked.
+    pub verify: Verify,
     /// How progress and results are shown.
     pub mode: Mode,
 }
@@ -83,6 +86,12 @@ impl Target {
             part_size,
             overwrite: args.overwrite,
             retry_for: Duration::from_secs(args.retry_for),
+            verify: match args.verify {
+                VerifyArg::Auto => Verify::Auto,
+                VerifyArg::Server => Verify::Server,
+                VerifyArg::ReadBack => Verify::ReadBack,
+                VerifyArg::None => Verify::None,
+            },
             mode: Mode::choose(args.json, args.no_progress),
         })
     }
@@ -110,7 +119,14 @@ impl Target {
             h.update(t.as_nanos().to_le_bytes());
         }
         let s = &self.settings;
-        for part in [&self.dest, &s.server.host, &s.server.dir, &s.merge.dir] {
+        let merge_dir = s.merge.as_ref().map_or("", |m| m.dir.as_str());
+        for part in [
+            &self.dest,
+            &s.server.host,
+            &s.server.dir,
+            merge_dir,
+            s.assembly.name(),
+        ] {
             h.update(part.as_bytes());
             h.update([0]);
         }

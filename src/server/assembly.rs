@@ -1,11 +1,17 @@
 //! How the parts that reached the server become the one file under its name: the seam
 //! between the transfer and the server's side of the end. The send holds an
-//! [`Assembly`] and does not know how it works. Today's kind is
-//! [`crate::server::merge::AppendMerge`]: parts in a temp dir, appended in order over an SSH
-//! login as they arrive, hashed in the same pass, then renamed into place.
+//! [`Assembly`] and does not know how it works. Two kinds:
+//! [`crate::server::merge::AppendMerge`] (parts in a temp dir, appended in order over an
+//! SSH login as they arrive, hashed in the same pass, then renamed into place) and
+//! [`crate::server::direct::DirectWrite`] (every host writes its parts into one file at
+//! their offsets over its own FTP/SFTP login; each part verified, then renamed).
 
 use anyhow::Result;
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
+
+use crate::send::plan::{Part, Plan};
 
 /// A part already complete on the server from an earlier, interrupted run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,35 +21,62 @@ pub struct ServerPart {
     pub md5: String,
 }
 
-/// The assembled file, as the server reports it: its MD5 and size, and what is needed
-/// to check, right before it is published, that it is still that file.
+/// The assembled file, as the server reports it, and how it was verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assembled {
-    pub md5: String,
+    /// The whole file's MD5, where the server computed it (append-merge); direct
+    /// writes verify part by part instead.
+    pub md5: Option<String>,
     pub size: u64,
-    /// The server's `inode size mtime` of the file, checked again before the rename.
+    /// The server's `inode size mtime` of the file, checked again before the rename
+    /// (append-merge).
     pub stat: String,
+    /// How it was verified, as the final message and `--json` say: `server-md5`,
+    /// `server-hash-ranges`, `read-back` or `none`.
+    pub verification: &'static str,
+}
+
+/// What an assembly needs to know about the transfer it follows.
+pub struct Layout {
+    /// Every part of the plan, by index.
+    pub parts: Vec<Part>,
+    /// The source file, for the checks that compare with it.
+    pub source: PathBuf,
+    /// Told the index of every part verified on the server (direct writes; the
+    /// journal keeps them for a resume).
+    pub verified: Sender<usize>,
 }
 
 /// One upload's assembly on the server, prepared and locked for this run.
 pub trait Assembly: Send {
-    /// Parts an earlier run left complete there (size and MD5 computed there).
-    fn existing(&self) -> &[ServerPart];
+    /// Which parts of `plan` need not be sent again: complete on the server from an
+    /// earlier run (`verified`: those the journal says were verified then).
+    fn resumable(
+        &mut self,
+        plan: &Plan,
+        source: &Path,
+        verified: &BTreeSet<usize>,
+    ) -> Result<HashSet<usize>>;
     /// Free bytes where the file is assembled, if the server could tell.
     fn free(&self) -> Option<u64>;
     /// Bytes this kind needs on the server for a file of `size` when `there` bytes of
     /// parts are there already.
     fn space_needed(&self, size: u64, there: u64) -> u64;
-    /// Starts assembling `parts` parts (`size` bytes in all) as they arrive: the index
-    /// of every part complete on the server goes to the returned sender.
-    fn start(&mut self, parts: usize, size: u64) -> Result<Sender<usize>>;
-    /// Waits until the last part is in; the assembled file's MD5 and size. An error
-    /// of type [`crate::server::merge::MergeFailed`] means a part was missing or unreadable.
+    /// Whether several hosts can write to the server at once.
+    fn parallel(&self) -> bool {
+        true
+    }
+    /// Starts assembling the parts of `layout` as they arrive: the index of every part
+    /// complete on the server goes to the returned sender.
+    fn start(&mut self, layout: Layout) -> Result<Sender<usize>>;
+    /// Waits until the last part is in; the assembled file. An error of type
+    /// [`crate::server::merge::MergeFailed`] means a part was missing, unreadable or
+    /// different from the source.
     fn finish(&mut self) -> Result<Assembled>;
     /// Removes every part whose size or MD5 differs from `expected` (by index), so a
     /// second round sends exactly those; returns their indexes.
     fn remove_bad(&self, expected: &[(u64, String)]) -> Result<Vec<usize>>;
     /// Puts the verified file under `dest` (replacing a regular file there only with
     /// `overwrite`) and lets go of the temp data.
-    fn publish(&self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()>;
+    fn publish(&mut self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()>;
 }

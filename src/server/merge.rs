@@ -52,8 +52,27 @@ pub struct RunPlace {
 }
 
 impl Assembly for AppendMerge {
-    fn existing(&self) -> &[ServerPart] {
-        &self.parts
+    /// Parts an earlier run left complete in the temp dir: same length as planned and
+    /// the same MD5 as that range of the source (hashed here, so the server is trusted
+    /// only for what it can prove).
+    fn resumable(
+        &mut self,
+        plan: &crate::send::plan::Plan,
+        source: &std::path::Path,
+        _: &std::collections::BTreeSet<usize>,
+    ) -> Result<std::collections::HashSet<usize>> {
+        let mut done = std::collections::HashSet::new();
+        for sp in &self.parts {
+            let Some(part) = plan.parts.get(sp.index) else {
+                continue;
+            };
+            if part.len == sp.size
+                && crate::send::hashes::md5_range(source, part.offset, part.len)? == sp.md5
+            {
+                done.insert(part.index);
+            }
+        }
+        Ok(done)
     }
 
     fn free(&self) -> Option<u64> {
@@ -65,8 +84,9 @@ impl Assembly for AppendMerge {
         size.saturating_sub(there) + size
     }
 
-    fn start(&mut self, parts: usize, size: u64) -> Result<Sender<usize>> {
-        let (feeder, tx) = Feeder::start(&self.session, &self.place, parts, size)?;
+    fn start(&mut self, layout: crate::server::assembly::Layout) -> Result<Sender<usize>> {
+        let size = layout.parts.iter().map(|p| p.len).sum();
+        let (feeder, tx) = Feeder::start(&self.session, &self.place, layout.parts.len(), size)?;
         self.feeder = Some(feeder);
         Ok(tx)
     }
@@ -87,7 +107,7 @@ impl Assembly for AppendMerge {
         )
     }
 
-    fn publish(&self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()> {
+    fn publish(&mut self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()> {
         commit(&self.session, &self.place, file, dest, overwrite)
     }
 }
@@ -166,7 +186,7 @@ fn lock_lines(tmp: &str, owner: &Owner) -> String {
 /// The merge login: an SSH session on the server as `merge.user`.
 pub fn login(settings: &Settings) -> Result<Session> {
     ssh::connect(
-        &settings.merge.login,
+        &settings.merge_login()?.login,
         Trust::KnownHosts(&settings.known_hosts),
         None,
         settings.io_timeout,
@@ -180,7 +200,7 @@ pub fn login(settings: &Settings) -> Result<Session> {
 /// removal never ran to the end (see [`commit`]; a server reboot, say).
 pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> Result<Prepared> {
     let (upload_id, run) = (ids.upload.as_str(), ids.run.as_str());
-    let m = &settings.merge;
+    let m = settings.merge_login()?;
     let session = login(settings)?;
     let script = preflight_script(&m.dir, dest, upload_id, overwrite);
     let who = m.login.describe();
@@ -281,7 +301,7 @@ fn preflight_stopped(
     code: i32,
     lines: &[String],
 ) -> Result<String> {
-    let m = &settings.merge;
+    let m = settings.merge_login()?;
     let who = m.login.describe();
     let diag: String = lines
         .iter()
@@ -364,7 +384,7 @@ pub fn take_over(settings: &Settings, upload_id: &str, busy: &Busy) -> Result<()
     if group <= 1 {
         bail!("bad process group {group}");
     }
-    let m = &settings.merge;
+    let m = settings.merge_login()?;
     let session = login(settings)?;
     let tmp = sh(&temp_name(upload_id));
     let script = format!(
@@ -640,7 +660,12 @@ fn merge_result(ch: &mut ssh2::Channel, session: &Session, size: u64) -> Result<
         .collect();
     let merged_size = stat.split_whitespace().nth(1).and_then(|s| s.parse().ok());
     match merged_size {
-        Some(size) if md5.len() == 32 && other.is_empty() => Ok(Merged { md5, size, stat }),
+        Some(size) if md5.len() == 32 && other.is_empty() => Ok(Merged {
+            md5: Some(md5),
+            size,
+            stat,
+            verification: "server-md5",
+        }),
         _ => Err(anyhow::Error::new(MergeFailed(other.join(" ")))),
     }
 }

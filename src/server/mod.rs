@@ -3,5 +3,6 @@
 //! data has there and on the peers (`names`).
 
 pub mod assembly;
+pub mod direct;
 pub mod merge;
 pub mod names;

@@ -7,7 +7,11 @@
 //!   - `<n>.part`: part n, complete and size-checked;
 //!   - `<n>.part.<host>.<run>.<k>`: a part while host uploads it (k-th upload of it);
 //!   - `merged.<run>.tmp`: the file the merge appends parts to;
-//!   - `lock`, `owner`: the run's lock and who holds it.
+//!   - `lock`, `owner`: the run's lock and who holds it (append-merge: a file held
+//!     with `flock`; direct writes: a directory holding `owner`);
+//!   - `file`: with direct writes, the one file every host writes its parts into;
+//!   - `replaced.<run>`: with direct writes and `--overwrite` where the server cannot
+//!     rename over a file, the old destination while the new one takes its place.
 //! - `.relayup-<upload id>.done.<pid>`: a finished temp dir being removed.
 //!
 //! On a peer, in its staging dir (default [`DEFAULT_STAGING`]):
@@ -22,6 +26,20 @@ pub const DEFAULT_STAGING: &str = "~/.cache/relayup";
 /// The lock file in the temp dir, and the file naming its holder.
 pub const LOCK: &str = "lock";
 pub const OWNER: &str = "owner";
+
+/// With direct writes, the file every host writes into, inside the temp dir.
+pub const DIRECT_FILE: &str = "file";
+
+/// The path of the direct-write file: `dir` is the upload directory as one login sees
+/// it.
+pub fn direct_file(dir: &str, upload_id: &str) -> String {
+    format!("{}/{DIRECT_FILE}", temp_dir(dir, upload_id))
+}
+
+/// With direct writes, where the destination waits while it is replaced.
+pub fn replaced(run: &str) -> String {
+    format!("replaced.{run}")
+}
 
 /// The temp dir's name inside the upload directory.
 pub fn temp_dir_name(upload_id: &str) -> String {

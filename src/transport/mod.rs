@@ -35,6 +35,66 @@ pub trait Uploader: Send {
     /// Asks what the server offers (FTP `FEAT`). A server that does not answer offers
     /// nothing known: that is no reason to fail a login that uploads fine.
     fn offers(&mut self) -> Offers;
+
+    // Direct writes: every host writes its parts into one file at their offsets. Paths
+    // are absolute, as the server shows them.
+
+    /// Writes `body` into `path` at `offset`, leaving the rest of the file as it is
+    /// (creating the file if needed), then checks that the file reaches that far.
+    fn write_at(&mut self, path: &str, offset: u64, body: Body<'_>) -> Result<()>;
+    /// Reads `len` bytes of `path` from `offset`, handing them to `sink` in pieces.
+    fn read_at(
+        &mut self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()>;
+    /// The server's MD5 of `len` bytes of `path` from `offset`, hex, lower case;
+    /// `None` when the server cannot compute it.
+    fn md5_at(&mut self, path: &str, offset: u64, len: u64) -> Result<Option<String>>;
+    /// What is at `path`.
+    fn kind(&mut self, path: &str) -> Result<Kind>;
+    /// Creates the directory `path`; `false` when it was there already. Creation is
+    /// atomic on every server kind, so it serves as a lock.
+    fn make_dir(&mut self, path: &str) -> Result<bool>;
+    fn remove_file(&mut self, path: &str) -> Result<()>;
+    fn remove_dir(&mut self, path: &str) -> Result<()>;
+    /// Names in the directory `path` (without `.` and `..`).
+    fn list(&mut self, path: &str) -> Result<Vec<String>>;
+    /// Renames `from` to `to`. Over SFTP it fails when `to` exists; over FTP the
+    /// server decides (a POSIX server replaces a file, never a directory).
+    fn move_to(&mut self, from: &str, to: &str) -> Result<()>;
+    /// A small file's whole content (at most [`SMALL`] bytes).
+    fn read_small(&mut self, path: &str) -> Result<Vec<u8>>;
+    /// Creates or replaces a small file.
+    fn write_small(&mut self, path: &str, bytes: &[u8]) -> Result<()>;
+    /// Free bytes in the directory `path`, where the server tells.
+    fn free(&mut self, path: &str) -> Option<u64>;
+    /// `scheme://host:port`, for messages.
+    fn what(&self) -> &str;
+}
+
+/// Largest file [`Uploader::read_small`] reads.
+pub const SMALL: usize = 64 * 1024;
+
+/// What a path on the server is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Missing,
+    File(u64),
+    Dir,
+    /// A symbolic link, a device, … (only SFTP can tell).
+    Other,
+}
+
+/// Where an upload goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place<'a> {
+    /// A part file of this name in the upload's temp dir (append-merge).
+    Part(&'a str),
+    /// The upload's one file, at this offset (direct writes).
+    At(u64),
 }
 
 /// How an SFTP server's host key is checked.
@@ -63,7 +123,7 @@ impl Access {
     pub fn of(settings: &crate::config::Settings) -> Access {
         Access {
             trust: ServerTrust::KnownHosts(settings.known_hosts.clone()),
-            identity: settings.merge.login.identity.clone(),
+            identity: settings.server_identity(),
             io_timeout: settings.io_timeout,
         }
     }
@@ -138,11 +198,11 @@ impl Server {
         self.pace.follow(rate);
     }
 
-    /// Uploads one part as `name`, reading it with `open` (called again for each
+    /// Uploads one part to `place`, reading it with `open` (called again for each
     /// attempt).
     pub fn put_part(
         &mut self,
-        name: &str,
+        place: Place<'_>,
         len: u64,
         open_source: &mut dyn FnMut() -> Result<Box<dyn Read>>,
         progress: &mut dyn FnMut(u64),
@@ -159,23 +219,36 @@ impl Server {
                     inner: open_source()?,
                     cancel,
                 };
-                // Upload under a name of our own, then rename into place: a part
-                // name only ever holds a complete, size-checked part.
-                self.uploads += 1;
-                let tmp = crate::server::names::uploading(name, &self.tag, self.uploads);
                 let body = Body {
                     src: &mut reader,
                     len,
                     pace: Some(&mut self.pace),
                     progress,
                 };
-                conn.put(&tmp, body)?;
-                conn.rename(&tmp, name)
+                match place {
+                    Place::Part(name) => {
+                        // Upload under a name of our own, then rename into place: a
+                        // part name only ever holds a complete, size-checked part.
+                        self.uploads += 1;
+                        let tmp = crate::server::names::uploading(name, &self.tag, self.uploads);
+                        conn.put(&tmp, body)?;
+                        conn.rename(&tmp, name)
+                    }
+                    Place::At(offset) => {
+                        let file =
+                            crate::server::names::direct_file(&self.spec.dir, &self.upload_id);
+                        conn.write_at(&file, offset, body)
+                    }
+                }
             })();
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt >= ATTEMPTS || cancel.load(Ordering::Relaxed) => {
-                    return Err(e.context(format!("uploading {name} ({attempt} attempt(s))")))
+                    let what = match place {
+                        Place::Part(name) => name.to_string(),
+                        Place::At(offset) => format!("the bytes at {offset}"),
+                    };
+                    return Err(e.context(format!("uploading {what} ({attempt} attempt(s))")));
                 }
                 Err(_) => {
                     // The connection may be broken: start the next attempt on a new one.
@@ -188,7 +261,28 @@ impl Server {
     }
 }
 
-fn open(
+/// Whether several logins can write into `path` at once (FTP servers may make each
+/// upload of a file wait for the others); SFTP: always.
+pub fn parallel_writes(
+    spec: &ServerSpec,
+    upload_id: &str,
+    access: &Access,
+    path: &str,
+) -> Result<bool> {
+    match spec.scheme.as_str() {
+        "ftp" | "ftps" => ftp::parallel_writes(
+            spec,
+            upload_id,
+            access.io_timeout,
+            path,
+            Duration::from_millis(1500),
+        ),
+        _ => Ok(true),
+    }
+}
+
+/// A new login on the server, without retries: for the assembly's own work there.
+pub fn open(
     spec: &ServerSpec,
     upload_id: &str,
     access: &Access,

@@ -1,5 +1,6 @@
 //! End-to-end tests: real sshd peers, a real vsftpd, real bytes, MD5 checked on the server.
 
+mod direct;
 mod faults;
 mod habits;
 mod hardening;

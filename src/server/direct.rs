@@ -1,0 +1,529 @@
+//! Direct writes: every host writes its parts at their offsets into one file,
+//! `.relayup-<id>/file`, over its own FTP, FTPS or SFTP login, so the server needs no
+//! shell login, no second copy of the file and no merge. Each part is verified once
+//! it is in (the server's `XMD5` of its range where `FEAT` offers it, else its bytes
+//! read back and compared with the source), and the file is renamed to its name
+//! only when every part has passed.
+//!
+//! One run at a time: the run creates the directory `.relayup-<id>/lock` (creating a
+//! directory is atomic on every server kind) and writes its owner into it. A lock left
+//! by a dead run of this machine is taken over; any other is respected.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::{BTreeSet, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::Code;
+use crate::remote::protocol::ServerSpec;
+use crate::send::hashes::md5_range;
+use crate::send::lock::{Ids, Owner};
+use crate::send::plan::{Part, Plan};
+use crate::server::assembly::{Assembled, Assembly, Layout};
+use crate::server::merge::MergeFailed;
+use crate::server::names;
+use crate::transport::{self, Access, Kind, Uploader};
+
+/// `--verify`: how the parts written into the file are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// The server's hash where it offers one, else reading the parts back.
+    Auto,
+    /// The server hashes each part's range (FTP `XMD5`); an error if it cannot.
+    Server,
+    /// Each part is read back from the server and compared with the source.
+    ReadBack,
+    /// Not verified: only the sizes are checked.
+    None,
+}
+
+/// The verification a run does, as the final message and `--json` name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The server's MD5 of each part's range.
+    ServerRanges,
+    /// Each part's bytes read back and compared with the source.
+    ReadBack,
+    /// Nothing beyond the sizes (`--verify none`).
+    Unchecked,
+}
+
+impl Check {
+    pub fn label(self) -> &'static str {
+        match self {
+            Check::ServerRanges => "server-hash-ranges",
+            Check::ReadBack => "read-back",
+            Check::Unchecked => "none",
+        }
+    }
+}
+
+/// What the direct-write pre-flight found.
+pub enum Prepared {
+    /// The temp dir exists, this run holds its lock, and the file is there to write
+    /// into.
+    Ready(Box<DirectWrite>),
+    /// The destination exists (and `--overwrite` was not given); its MD5 if the
+    /// server could compute it.
+    Exists(Option<String>),
+}
+
+/// A direct-write [`Assembly`], prepared and locked for this run.
+pub struct DirectWrite {
+    /// The login that holds the lock and publishes.
+    conn: Box<dyn Uploader>,
+    spec: ServerSpec,
+    access: Access,
+    upload_id: String,
+    /// The temp dir, the file in it, the lock dir.
+    tmp: String,
+    file: String,
+    lock: String,
+    dir: String,
+    run: String,
+    check: Check,
+    free: Option<u64>,
+    /// Whether several hosts can write into the file at once (vsftpd, by default,
+    /// makes each upload wait for the others: `lock_upload_files`).
+    parallel: bool,
+    verifier: Option<JoinHandle<Result<Vec<usize>>>>,
+    bad: Vec<usize>,
+    locked: bool,
+}
+
+/// Everything the pre-flight needs to know about the send.
+pub struct Request<'a> {
+    pub spec: &'a ServerSpec,
+    pub access: Access,
+    pub ids: &'a Ids,
+    pub dest: &'a str,
+    pub overwrite: bool,
+    pub verify: Verify,
+    pub source: &'a Path,
+    pub size: u64,
+    /// Whether other hosts will write too (then parallel writes are probed).
+    pub peers: bool,
+}
+
+impl DirectWrite {
+    /// Logs in, checks the destination, takes the lock and makes sure the file is
+    /// there (created with the source's first byte: see [`Uploader::write_at`]).
+    pub fn prepare(r: &Request<'_>) -> Result<Prepared> {
+        let (mut conn, _) = transport::open(r.spec, &r.ids.upload, &r.access)?;
+        let offers = conn.offers();
+        let dir = r.spec.dir.trim_end_matches('/').to_string();
+        let dir = if dir.is_empty() { "/".to_string() } else { dir };
+        let dest = format!("{}/{}", dir.trim_end_matches('/'), r.dest);
+        let what = conn.what().to_string();
+        match conn.kind(&dest)? {
+            Kind::Missing => {}
+            Kind::File(_) if r.overwrite => {}
+            Kind::File(size) => {
+                let md5 = if size == r.size {
+                    conn.md5_at(&dest, 0, size).ok().flatten()
+                } else {
+                    None
+                };
+                return Ok(Prepared::Exists(md5));
+            }
+            Kind::Dir => {
+                return Err(anyhow!(
+                    "{what}: {dest} is a directory; relayup only ever replaces a regular file (--overwrite too): \
+                     remove it there or choose another --dest"
+                ))
+                .context(Code::Usage)
+            }
+            Kind::Other => {
+                return Err(anyhow!(
+                    "{what}: {dest} is not a regular file (a symbolic link?); relayup only ever replaces a regular file \
+                     (--overwrite too): remove it there or choose another --dest"
+                ))
+                .context(Code::Usage)
+            }
+        }
+        let tmp = names::temp_dir(&dir, &r.ids.upload);
+        conn.make_dir(&tmp)?;
+        if conn.kind(&tmp)? != Kind::Dir {
+            bail!("{what}: {tmp} is not a directory; remove it there (`relayup clean`)");
+        }
+        let lock = format!("{tmp}/{}", names::LOCK);
+        take_lock(conn.as_mut(), &lock)?;
+        let mut me = DirectWrite {
+            conn,
+            spec: r.spec.clone(),
+            access: r.access.clone(),
+            upload_id: r.ids.upload.clone(),
+            file: names::direct_file(&dir, &r.ids.upload),
+            tmp,
+            lock,
+            dir,
+            run: r.ids.run.clone(),
+            check: Check::Unchecked,
+            free: None,
+            parallel: true,
+            verifier: None,
+            bad: Vec::new(),
+            locked: true,
+        };
+        me.check = match r.verify {
+            Verify::None => Check::Unchecked,
+            Verify::ReadBack => Check::ReadBack,
+            Verify::Auto if offers.xmd5 => Check::ServerRanges,
+            Verify::Auto => Check::ReadBack,
+            Verify::Server if offers.xmd5 => Check::ServerRanges,
+            Verify::Server => return Err(anyhow!(
+                "{what}: --verify server: the server offers no hash of a byte range (FTP XMD5); \
+                     use --verify read-back"
+            ))
+            .context(Code::Usage),
+        };
+        if me.conn.kind(&me.file)? == Kind::Missing {
+            let mut first = Vec::new();
+            File::open(r.source)
+                .with_context(|| format!("{}: cannot open it", r.source.display()))?
+                .take(1)
+                .read_to_end(&mut first)?;
+            me.conn.write_small(&me.file, &first)?;
+        }
+        me.free = me.conn.free(&me.dir);
+        if r.peers && r.size > 1 {
+            me.parallel =
+                transport::parallel_writes(&me.spec, &me.upload_id, &me.access, &me.file)?;
+        }
+        Ok(Prepared::Ready(Box::new(me)))
+    }
+
+    /// Renames the file to `dest`. Without `overwrite` the name must be free (SFTP's
+    /// rename fails if it is not; over FTP it is checked right before). With it, a
+    /// regular file there is replaced: over FTP by the rename itself; over SFTP (whose
+    /// version 3 rename never replaces) the old file is moved aside first and put back
+    /// if the rename fails.
+    fn rename_into_place(&mut self, dest: &str, overwrite: bool) -> Result<()> {
+        let what = self.conn.what().to_string();
+        let target = format!("{}/{dest}", self.dir.trim_end_matches('/'));
+        let there = self.conn.kind(&target)?;
+        match there {
+            Kind::Missing => {}
+            Kind::File(_) if overwrite => {}
+            Kind::File(_) => {
+                return Err(anyhow!(
+                    "{what}: {target} appeared on the server during the send; nothing was renamed into place \
+                     (pass --overwrite to replace it)"
+                ))
+                .context(Code::Usage)
+            }
+            Kind::Dir | Kind::Other => {
+                return Err(anyhow!(
+                    "{what}: {target} is {} now; relayup only ever replaces a regular file: nothing was renamed into place",
+                    if there == Kind::Dir { "a directory" } else { "not a regular file" }
+                ))
+                .context(Code::Usage)
+            }
+        }
+        if there == Kind::Missing || self.spec.scheme != "sftp" {
+            return self.conn.move_to(&self.file, &target);
+        }
+        let aside = format!("{}/{}", self.tmp, names::replaced(&self.run));
+        self.conn.move_to(&target, &aside)?;
+        match self.conn.move_to(&self.file, &target) {
+            Ok(()) => {
+                let _ = self.conn.remove_file(&aside);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.move_to(&aside, &target);
+                Err(e)
+            }
+        }
+    }
+
+    /// Lets go of the lock: the owner file, then its directory.
+    fn unlock(&mut self) {
+        if self.locked {
+            self.locked = false;
+            let owner = format!("{}/{}", self.lock, names::OWNER);
+            let _ = self.conn.remove_file(&owner);
+            let _ = self.conn.remove_dir(&self.lock);
+        }
+    }
+}
+
+impl Drop for DirectWrite {
+    fn drop(&mut self) {
+        self.unlock();
+    }
+}
+
+/// Takes the lock directory `lock`, or takes over one left by a dead run of this
+/// machine. Anything else holding it: [`crate::send::lock::Busy`] (exit 6).
+fn take_lock(conn: &mut dyn Uploader, lock: &str) -> Result<()> {
+    let owner_file = format!("{lock}/{}", names::OWNER);
+    if !conn.make_dir(lock)? {
+        // Written right after the directory is made: give a starting run a moment.
+        let mut owner = read_owner(conn, &owner_file);
+        if owner.is_none() {
+            std::thread::sleep(Duration::from_secs(1));
+            owner = read_owner(conn, &owner_file);
+        }
+        match owner {
+            Some(o) if o.is_dead_here() => {}
+            other => {
+                return Err(anyhow!(crate::send::lock::busy(
+                    other.as_ref(),
+                    "lock on the server"
+                )))
+                .context(Code::Busy)
+            }
+        }
+    }
+    conn.write_small(
+        &owner_file,
+        format!("{}\n", Owner::me().to_line()).as_bytes(),
+    )
+}
+
+fn read_owner(conn: &mut dyn Uploader, path: &str) -> Option<Owner> {
+    let bytes = conn.read_small(path).ok()?;
+    Owner::parse(String::from_utf8_lossy(&bytes).trim())
+}
+
+impl Assembly for DirectWrite {
+    /// Parts that an earlier run verified (by the journal) and that the file is long
+    /// enough to hold: they are verified again in this run before they count.
+    fn resumable(
+        &mut self,
+        plan: &Plan,
+        _: &Path,
+        verified: &BTreeSet<usize>,
+    ) -> Result<HashSet<usize>> {
+        let size = match self.conn.kind(&self.file)? {
+            Kind::File(size) => size,
+            _ => return Ok(HashSet::new()),
+        };
+        Ok(plan
+            .parts
+            .iter()
+            .filter(|p| verified.contains(&p.index) && p.offset + p.len <= size)
+            .map(|p| p.index)
+            .collect())
+    }
+
+    fn free(&self) -> Option<u64> {
+        self.free
+    }
+
+    /// The file itself, once: the parts still to come.
+    fn space_needed(&self, size: u64, there: u64) -> u64 {
+        size.saturating_sub(there)
+    }
+
+    fn start(&mut self, layout: Layout) -> Result<Sender<usize>> {
+        let (tx, rx) = mpsc::channel();
+        let job = VerifyJob {
+            spec: self.spec.clone(),
+            access: self.access.clone(),
+            upload_id: self.upload_id.clone(),
+            file: self.file.clone(),
+            check: self.check,
+            layout,
+        };
+        self.verifier = Some(std::thread::spawn(move || job.run(rx)));
+        Ok(tx)
+    }
+
+    fn finish(&mut self) -> Result<Assembled> {
+        let bad = self
+            .verifier
+            .take()
+            .ok_or_else(|| anyhow!("the verification was never started"))?
+            .join()
+            .map_err(|_| anyhow!("the verifying thread panicked"))??;
+        if !bad.is_empty() {
+            self.bad = bad.clone();
+            return Err(anyhow!(MergeFailed(format!(
+                "{} part(s) differ from the source on the server",
+                bad.len()
+            ))));
+        }
+        let size = match self.conn.kind(&self.file)? {
+            Kind::File(size) => size,
+            _ => bail!("{}: {} is gone", self.conn.what(), self.file),
+        };
+        Ok(Assembled {
+            md5: None,
+            size,
+            stat: String::new(),
+            verification: self.check.label(),
+        })
+    }
+
+    fn remove_bad(&self, _: &[(u64, String)]) -> Result<Vec<usize>> {
+        // Nothing to remove: a part sent again overwrites its range.
+        Ok(self.bad.clone())
+    }
+
+    fn publish(&mut self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()> {
+        let _ = file;
+        self.rename_into_place(dest, overwrite)?;
+        self.unlock();
+        let _ = self.conn.remove_dir(&self.tmp);
+        Ok(())
+    }
+
+    fn parallel(&self) -> bool {
+        self.parallel
+    }
+}
+
+/// What the verifying thread needs.
+struct VerifyJob {
+    spec: ServerSpec,
+    access: Access,
+    upload_id: String,
+    file: String,
+    check: Check,
+    layout: Layout,
+}
+
+impl VerifyJob {
+    /// Verifies each part whose index arrives on `rx` (once each), telling the
+    /// layout's `verified` about every one that passes; returns the indexes of those
+    /// that did not. Ends when every part has been seen or the senders are gone.
+    fn run(self, rx: Receiver<usize>) -> Result<Vec<usize>> {
+        let mut conn = None;
+        let parts = &self.layout.parts;
+        let mut seen = HashSet::new();
+        let mut bad = Vec::new();
+        if parts.is_empty() {
+            return Ok(bad);
+        }
+        for index in rx {
+            let Some(part) = parts.get(index).copied() else {
+                continue;
+            };
+            if !seen.insert(index) {
+                continue;
+            }
+            if self.verify_part(&mut conn, part)? {
+                let _ = self.layout.verified.send(index);
+            } else {
+                bad.push(index);
+            }
+            if seen.len() == parts.len() {
+                break;
+            }
+        }
+        if seen.len() < parts.len() {
+            bail!(
+                "the transfer ended with {} of {} parts in",
+                seen.len(),
+                parts.len()
+            );
+        }
+        bad.sort_unstable();
+        Ok(bad)
+    }
+
+    /// Whether `part` is in the file as in the source; a broken login is opened again
+    /// once.
+    fn verify_part(&self, conn: &mut Option<Box<dyn Uploader>>, part: Part) -> Result<bool> {
+        if self.check == Check::Unchecked {
+            return Ok(true);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = (|| -> Result<bool> {
+                if conn.is_none() {
+                    *conn = Some(transport::open(&self.spec, &self.upload_id, &self.access)?.0);
+                }
+                let c = conn.as_mut().expect("opened above").as_mut();
+                match self.check {
+                    Check::ServerRanges => {
+                        let theirs = c.md5_at(&self.file, part.offset, part.len)?;
+                        let ours = md5_range(&self.layout.source, part.offset, part.len)?;
+                        Ok(theirs.as_deref() == Some(ours.as_str()))
+                    }
+                    Check::ReadBack => read_back(c, &self.file, &self.layout.source, part),
+                    Check::Unchecked => Ok(true),
+                }
+            })();
+            match result {
+                Err(_) if attempt < 2 => *conn = None,
+                other => return other.with_context(|| format!("verifying part {}", part.index)),
+            }
+        }
+    }
+}
+
+/// Reads `part` back from the server and compares it with the source, byte for
+/// byte.
+fn read_back(conn: &mut dyn Uploader, file: &str, source: &Path, part: Part) -> Result<bool> {
+    let mut src =
+        File::open(source).with_context(|| format!("{}: cannot open it", source.display()))?;
+    src.seek(SeekFrom::Start(part.offset))?;
+    let mut src = src.take(part.len);
+    let mut same = true;
+    let mut ours = vec![0u8; transport::CHUNK];
+    conn.read_at(file, part.offset, part.len, &mut |theirs: &[u8]| {
+        if same {
+            let ours = &mut ours[..theirs.len()];
+            src.read_exact(ours).context("reading the source")?;
+            same = ours == theirs;
+        }
+        Ok(())
+    })?;
+    Ok(same)
+}
+
+/// A temp dir `tmp` of this upload, made over a file login (the rate probe's).
+pub fn create_temp(conn: &mut dyn Uploader, tmp: &str) -> Result<()> {
+    conn.make_dir(tmp).map(|_| ())
+}
+
+/// Removes the temp dir `tmp` over a file login, with everything in it (the file, a
+/// lock and its owner, part files). A lock held by a run that may still be alive (of
+/// another machine, or a living process of this one) is respected:
+/// [`crate::send::lock::Busy`].
+pub fn remove_temp(conn: &mut dyn Uploader, tmp: &str) -> Result<()> {
+    if conn.kind(tmp)? == Kind::Missing {
+        return Ok(());
+    }
+    let lock = format!("{tmp}/{}", names::LOCK);
+    if conn.kind(&lock)? == Kind::Dir {
+        match read_owner(conn, &format!("{lock}/{}", names::OWNER)) {
+            Some(o) if !o.is_dead_here() => {
+                return Err(anyhow!(crate::send::lock::busy(
+                    Some(&o),
+                    "lock on the server"
+                )))
+                .context(Code::Busy)
+            }
+            _ => remove_all(conn, &lock)?,
+        }
+    }
+    remove_all(conn, tmp)
+}
+
+/// Removes the directory `dir` and what is in it, one level of subdirectories deep
+/// (all relayup makes there).
+fn remove_all(conn: &mut dyn Uploader, dir: &str) -> Result<()> {
+    for name in conn.list(dir)? {
+        let path = format!("{dir}/{name}");
+        match conn.kind(&path)? {
+            Kind::Dir => {
+                for inner in conn.list(&path)? {
+                    conn.remove_file(&format!("{path}/{inner}"))?;
+                }
+                conn.remove_dir(&path)?;
+            }
+            Kind::Missing => {}
+            _ => conn.remove_file(&path)?,
+        }
+    }
+    conn.remove_dir(dir)
+}
