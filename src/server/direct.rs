@@ -123,10 +123,15 @@ impl DirectWrite {
             Kind::Missing => {}
             Kind::File(_) if r.overwrite => {}
             Kind::File(size) => {
-                let md5 = if size == r.size {
-                    conn.md5_at(&dest, 0, size).ok().flatten()
-                } else {
+                // Its MD5, to tell whether it is this very file: from the server where
+                // it can hash, else read back (the download is rarely the capped way).
+                let md5 = if size != r.size || r.verify == Verify::None {
                     None
+                } else {
+                    match conn.md5_at(&dest, 0, size).ok().flatten() {
+                        Some(md5) => Some(md5),
+                        None => md5_back(conn.as_mut(), &dest, size).ok(),
+                    }
                 };
                 return Ok(Prepared::Exists(md5));
             }
@@ -175,11 +180,13 @@ impl DirectWrite {
             Verify::Auto if offers.xmd5 => Check::ServerRanges,
             Verify::Auto => Check::ReadBack,
             Verify::Server if offers.xmd5 => Check::ServerRanges,
-            Verify::Server => return Err(anyhow!(
+            Verify::Server => {
+                return Err(anyhow!(
                 "{what}: --verify server: the server offers no hash of a byte range (FTP XMD5); \
                      use --verify read-back"
             ))
-            .context(Code::Usage),
+                .context(Code::Usage)
+            }
         };
         if me.conn.kind(&me.file)? == Kind::Missing {
             let mut first = Vec::new();
@@ -443,11 +450,13 @@ impl VerifyJob {
                 }
                 let c = conn.as_mut().expect("opened above").as_mut();
                 match self.check {
-                    Check::ServerRanges => {
-                        let theirs = c.md5_at(&self.file, part.offset, part.len)?;
-                        let ours = md5_range(&self.layout.source, part.offset, part.len)?;
-                        Ok(theirs.as_deref() == Some(ours.as_str()))
-                    }
+                    Check::ServerRanges => match c.md5_at(&self.file, part.offset, part.len)? {
+                        Some(theirs) => {
+                            Ok(theirs == md5_range(&self.layout.source, part.offset, part.len)?)
+                        }
+                        // A path the command cannot carry (a space in it, for XMD5).
+                        None => read_back(c, &self.file, &self.layout.source, part),
+                    },
                     Check::ReadBack => read_back(c, &self.file, &self.layout.source, part),
                     Check::Unchecked => Ok(true),
                 }
@@ -458,6 +467,18 @@ impl VerifyJob {
             }
         }
     }
+}
+
+/// The MD5 of the first `len` bytes of `path` on the server, hashed here as they are
+/// read.
+fn md5_back(conn: &mut dyn Uploader, path: &str, len: u64) -> Result<String> {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    conn.read_at(path, 0, len, &mut |bytes: &[u8]| {
+        h.update(bytes);
+        Ok(())
+    })?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Reads `part` back from the server and compares it with the source, byte for

@@ -319,7 +319,11 @@ impl Uploader for Ftp {
     /// ignores `RANG` (it answers with the whole file's range), so `HASH` is not used
     /// for ranges.
     fn md5_at(&mut self, path: &str, offset: u64, len: u64) -> Result<Option<String>> {
-        if !self.offers.get_or_insert_with(Offers::default).xmd5 {
+        let offers = match &self.offers {
+            Some(o) => o.clone(),
+            None => Uploader::offers(self),
+        };
+        if !offers.xmd5 {
             return Ok(None);
         }
         let path = checked(path)?;

@@ -62,3 +62,151 @@ fn direct_writes_over_ftp_with_read_back() {
         }
     }
 }
+
+/// The server has no SSH login at all: its sshd is stopped before the sends.
+#[test]
+fn direct_writes_over_ftps_without_any_ssh_login_on_the_server() {
+    let mut env = TestEnv::new(3);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    env.stop_server_sshd();
+    let config = direct_config(&env, "direct.toml", "ftps");
+    let file = env.random_file("big", 200 * PART + 12345);
+    for strategy in ["adaptive", "equal"] {
+        let dest = format!("ftps-{strategy}.bin");
+        let done = send_ok(&env, &config, &file, &dest, &["--strategy", strategy]);
+        assert_eq!(done["verification"], "read-back", "{done}");
+        assert_eq!(done["verified"], true, "{done}");
+        let hosts = done["hosts"].as_object().unwrap();
+        for h in ["local", "p1", "p2", "p3"] {
+            assert!(
+                hosts.get(h).is_some_and(|r| r["bytes"].as_u64() > Some(0)),
+                "{strategy}: {h} wrote nothing: {done}"
+            );
+        }
+    }
+}
+
+/// vsftpd's default makes every upload into one file wait for the others: the send
+/// goes from this machine alone, says so, and is still right.
+#[test]
+fn a_server_that_serialises_writes_gets_them_from_this_machine_only() {
+    let env = TestEnv::new(2);
+    let config = direct_config(&env, "direct.toml", "ftp");
+    let file = env.random_file("f", 5 * PART + 3);
+    let out = env.send(&file, &config, &["--json", "--part-size", "1MiB"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lock_upload_files"), "{stderr}");
+    let done = json_lines(&out)
+        .into_iter()
+        .find(|e| e["type"] == "done")
+        .unwrap();
+    let hosts = done["hosts"].as_object().unwrap();
+    assert_eq!(hosts["local"]["bytes"], 5 * PART + 3, "{done}");
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+    env.assert_clean();
+}
+
+/// `XMD5` over ranges: the server hashes every part, nothing is read back.
+#[test]
+fn proftpd_hashes_each_part_so_nothing_is_read_back() {
+    let mut env = TestEnv::new(2);
+    let port = env.start_proftpd();
+    let config = env.write_proftpd_config("pro.toml", port);
+    edit_file(&config, |t| {
+        let start = t.find("[merge]").unwrap();
+        let end = start + t[start..].find("\n\n").unwrap() + 2;
+        format!("{}{}", &t[..start], &t[end..])
+    });
+    let file = env.random_file("f", 6 * PART + 5);
+    let done = send_ok(&env, &config, &file, "pro.bin", &["--part-size", "1MiB"]);
+    assert_eq!(done["verification"], "server-hash-ranges", "{done}");
+    let log = std::fs::read_to_string(env.private.join("proftpd.cmds")).unwrap_or_default();
+    assert!(log.contains("STOR"), "the command log works: {log}");
+    assert!(
+        !log.contains("RETR"),
+        "read back although the server hashes: {log}"
+    );
+    // Asked for read-back, it reads back.
+    let done = send_ok(&env, &config, &file, "pro2.bin", &["--verify", "read-back"]);
+    assert_eq!(done["verification"], "read-back", "{done}");
+    let log = std::fs::read_to_string(env.private.join("proftpd.cmds")).unwrap();
+    assert!(log.contains("RETR"), "{log}");
+}
+
+/// An SFTP-only, chrooted account (`ForceCommand internal-sftp`): no shell, one
+/// directory, and the peers write into it too.
+#[test]
+fn an_sftp_only_chrooted_account_takes_the_whole_send() {
+    let mut env = TestEnv::new(3);
+    let server = env.add_sftp_only_server();
+    let config = env.write_sftp_only_config("sftponly.toml", &server);
+    let file = env.random_file("f", 9 * PART + 77);
+    let out = env.send(
+        &file,
+        &config,
+        &["--json", "--part-size", "1MiB", "--dest", "r.bin"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(md5_file(&server.upload.join("r.bin")), md5_file(&file));
+    let done = json_lines(&out)
+        .into_iter()
+        .find(|e| e["type"] == "done")
+        .unwrap();
+    assert_eq!(done["verification"], "read-back", "{done}");
+    let left: Vec<_> = std::fs::read_dir(&server.upload)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["r.bin"], "only the file is left in the upload dir");
+    // --verify none is honest about it.
+    let out = env.send(
+        &file,
+        &config,
+        &["--json", "--verify", "none", "--dest", "n.bin"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let done = json_lines(&out)
+        .into_iter()
+        .find(|e| e["type"] == "done")
+        .unwrap();
+    assert_eq!(
+        (done["verification"].as_str(), done["verified"].as_bool()),
+        (Some("none"), Some(false))
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT verified"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Without --overwrite an existing name is never replaced (the same file is simply
+/// there already); with it a regular file is, a directory never.
+#[test]
+fn existing_destinations_over_direct_writes() {
+    let mut env = TestEnv::new(1);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    let config = direct_config(&env, "direct.toml", "ftp");
+    let file = env.random_file("f", 3 * PART + 1);
+    let dest = env.srv.join("d.bin");
+    std::fs::write(&dest, b"someone else's").unwrap();
+    let out = env.send(&file, &config, &["--dest", "d.bin"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--overwrite"), "{}", text(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), b"someone else's");
+    send_ok(&env, &config, &file, "d.bin", &["--overwrite"]);
+    // The very file is there now: nothing to send, exit 0.
+    let out = env.send(&file, &config, &["--dest", "d.bin"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("already on the server"),
+        "{}",
+        text(&out)
+    );
+    std::fs::create_dir(env.srv.join("dir.bin")).unwrap();
+    let out = env.send(&file, &config, &["--dest", "dir.bin", "--overwrite"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is a directory"), "{}", text(&out));
+    env.assert_clean();
+}

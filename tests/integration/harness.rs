@@ -458,7 +458,7 @@ impl TestEnv {
                  AuthOrder mod_auth_unix.c\nRequireValidShell off\nUseReverseDNS off\n\
                  ScoreboardFile {p}/proftpd.scoreboard\nPidFile {p}/proftpd.pid\n\
                  DelayTable {p}/proftpd.delay\nSystemLog {p}/proftpd.log\nWtmpLog off\n\
-                 TransferLog none\nMaxInstances 200\nUmask 022\nAllowOverwrite on\n\
+                 TransferLog none\nExtendedLog {p}/proftpd.cmds READ,WRITE\nMaxInstances 200\nUmask 022\nAllowOverwrite on\n\
                  AllowStoreRestart on\nDigestEngine on\n",
                 modules = dir.join("usr/lib/proftpd").display(),
                 p = p.display(),
