@@ -55,7 +55,7 @@ impl std::fmt::Display for CorruptParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} part(s) were missing or corrupt on the server at the merge",
+            "{} part(s) were missing or corrupt on the server",
             self.count
         )?;
         if !self.suspects.is_empty() {

@@ -119,8 +119,12 @@ pub fn lead(
         .start(layout)
         .map_err(|e| with_code(e, Code::Transfer))?;
     let journal = std::thread::spawn(move || {
-        for index in verified_rx {
-            journal.verified.insert(index);
+        for (index, ok) in verified_rx {
+            if ok {
+                journal.verified.insert(index);
+            } else {
+                journal.verified.remove(&index);
+            }
             let _ = journal.save();
         }
     });

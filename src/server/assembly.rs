@@ -42,9 +42,9 @@ pub struct Layout {
     pub parts: Vec<Part>,
     /// The source file, for the checks that compare with it.
     pub source: PathBuf,
-    /// Told the index of every part verified on the server (direct writes; the
-    /// journal keeps them for a resume).
-    pub verified: Sender<usize>,
+    /// Told the index of every part checked on the server and whether it passed
+    /// (direct writes; the journal keeps the verified ones for a resume).
+    pub verified: Sender<(usize, bool)>,
 }
 
 /// One upload's assembly on the server, prepared and locked for this run.

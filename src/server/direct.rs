@@ -415,9 +415,9 @@ impl VerifyJob {
             if !seen.insert(index) {
                 continue;
             }
-            if self.verify_part(&mut conn, part)? {
-                let _ = self.layout.verified.send(index);
-            } else {
+            let ok = self.verify_part(&mut conn, part)?;
+            let _ = self.layout.verified.send((index, ok));
+            if !ok {
                 bad.push(index);
             }
             if seen.len() == parts.len() {

@@ -210,3 +210,87 @@ fn existing_destinations_over_direct_writes() {
     assert!(text(&out).contains("is a directory"), "{}", text(&out));
     env.assert_clean();
 }
+
+/// Killed (-9) in the middle, a byte of a part that was already verified is then
+/// changed on the server: the resumed send verifies that part again, finds it wrong,
+/// sends it again, and only then publishes.
+#[test]
+fn resume_after_kill_finds_a_part_corrupted_on_the_server_and_sends_it_again() {
+    let mut env = TestEnv::new(2);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    let config = direct_config(&env, "direct.toml", "ftp");
+    let file = env.random_file("f", 24 * PART + 9);
+    let args = crate::harness::send_args(&file, &config, &["--bwlimit", "4MiB"]);
+    let run = env.spawn_send(&args);
+    // The journal lists the parts verified on the server.
+    let journal_dir = env.root.join("state/relayup");
+    let verified = |min: usize| {
+        std::fs::read_dir(&journal_dir).ok().and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .find_map(|e| {
+                    let j: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
+                    let v: Vec<u64> = j["verified"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|x| x.as_u64())
+                        .collect();
+                    (v.len() >= min).then_some(v)
+                })
+        })
+    };
+    crate::harness::wait_until(
+        "three parts verified",
+        std::time::Duration::from_secs(60),
+        || verified(3).is_some(),
+    );
+    let mut run = run;
+    run.child.kill().unwrap();
+    let (status, _, _) = run.finish(std::time::Duration::from_secs(10));
+    assert!(!status.success());
+    let victim = verified(3).unwrap()[1];
+    let tmp = env.temp_dirs();
+    assert_eq!(tmp.len(), 1, "{tmp:?}");
+    let data = tmp[0].join("file");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = (victim * PART + 1000) as usize;
+    bytes[at] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+    // The resumed send: the kill left this machine's lock on the server, a dead
+    // process's, which it takes over.
+    let out = env.send(&file, &config, &["--part-size", "1MiB", "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert!(
+        stderr.contains("corrupt on the server; sending them again"),
+        "{stderr}"
+    );
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+    env.assert_clean();
+}
+
+/// A second send of the same file while the first runs (from another journal, as
+/// from another machine) stops at once at the lock on the server: exit 6.
+#[test]
+fn a_double_start_meets_the_lock_on_the_server() {
+    let mut env = TestEnv::new(1);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    let config = direct_config(&env, "direct.toml", "ftp");
+    let file = env.random_file("f", 16 * PART);
+    let args = crate::harness::send_args(&file, &config, &["--bwlimit", "4MiB"]);
+    let first = env.spawn_send(&args);
+    first.wait_parts(1, None);
+    let second = env.spawn_send_with_state(&args, &env.root.join("other-state"));
+    let (status, _, stderr) = second.finish(std::time::Duration::from_secs(60));
+    assert_eq!(status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("another send of this file is running"),
+        "{stderr}"
+    );
+    let (status, _, stderr) = first.finish(std::time::Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
+    env.assert_clean();
+}
