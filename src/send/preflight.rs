@@ -94,6 +94,7 @@ fn prepare(t: &Target, ids: &Ids) -> Result<Prepared> {
                 source: &t.source,
                 size: t.stamp.size,
                 peers: !t.settings.peers.is_empty(),
+                shell: t.settings.merge.is_some().then_some(&t.settings),
             };
             Ok(match DirectWrite::prepare(&request)? {
                 direct::Prepared::Ready(d) => Prepared::Ready(d),

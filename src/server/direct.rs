@@ -44,6 +44,8 @@ pub enum Verify {
 /// The verification a run does, as the final message and `--json` name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
+    /// `md5sum` of each part's range, run over the `[merge]` SSH login.
+    ShellMd5,
     /// The server's MD5 of each part's range.
     ServerRanges,
     /// Each part's bytes read back and compared with the source.
@@ -55,6 +57,7 @@ pub enum Check {
 impl Check {
     pub fn label(self) -> &'static str {
         match self {
+            Check::ShellMd5 => "server-md5",
             Check::ServerRanges => "server-hash-ranges",
             Check::ReadBack => "read-back",
             Check::Unchecked => "none",
@@ -86,6 +89,8 @@ pub struct DirectWrite {
     dir: String,
     run: String,
     check: Check,
+    /// The settings with the `[merge]` login, for [`Check::ShellMd5`].
+    shell: Option<crate::config::Settings>,
     free: Option<u64>,
     /// Whether several hosts can write into the file at once (vsftpd, by default,
     /// makes each upload wait for the others: `lock_upload_files`).
@@ -107,6 +112,9 @@ pub struct Request<'a> {
     pub size: u64,
     /// Whether other hosts will write too (then parallel writes are probed).
     pub peers: bool,
+    /// The settings, when they have a `[merge]` SSH login: its `md5sum` then hashes
+    /// the parts on the server.
+    pub shell: Option<&'a crate::config::Settings>,
 }
 
 impl DirectWrite {
@@ -168,6 +176,7 @@ impl DirectWrite {
             dir,
             run: r.ids.run.clone(),
             check: Check::Unchecked,
+            shell: r.shell.cloned(),
             free: None,
             parallel: true,
             verifier: None,
@@ -177,6 +186,7 @@ impl DirectWrite {
         me.check = match r.verify {
             Verify::None => Check::Unchecked,
             Verify::ReadBack => Check::ReadBack,
+            Verify::Auto | Verify::Server if r.shell.is_some() => Check::ShellMd5,
             Verify::Auto if offers.xmd5 => Check::ServerRanges,
             Verify::Auto => Check::ReadBack,
             Verify::Server if offers.xmd5 => Check::ServerRanges,
@@ -336,6 +346,7 @@ impl Assembly for DirectWrite {
             upload_id: self.upload_id.clone(),
             file: self.file.clone(),
             check: self.check,
+            shell: self.shell.clone(),
             layout,
         };
         self.verifier = Some(std::thread::spawn(move || job.run(rx)));
@@ -393,6 +404,7 @@ struct VerifyJob {
     upload_id: String,
     file: String,
     check: Check,
+    shell: Option<crate::config::Settings>,
     layout: Layout,
 }
 
@@ -402,6 +414,7 @@ impl VerifyJob {
     /// that did not. Ends when every part has been seen or the senders are gone.
     fn run(self, rx: Receiver<usize>) -> Result<Vec<usize>> {
         let mut conn = None;
+        let mut session = None;
         let parts = &self.layout.parts;
         let mut seen = HashSet::new();
         let mut bad = Vec::new();
@@ -415,7 +428,12 @@ impl VerifyJob {
             if !seen.insert(index) {
                 continue;
             }
-            let ok = self.verify_part(&mut conn, part)?;
+            let ok = match &self.shell {
+                Some(settings) if self.check == Check::ShellMd5 => {
+                    self.md5sum_part(settings, &mut session, part)?
+                }
+                _ => self.verify_part(&mut conn, part)?,
+            };
             let _ = self.layout.verified.send((index, ok));
             if !ok {
                 bad.push(index);
@@ -433,6 +451,51 @@ impl VerifyJob {
         }
         bad.sort_unstable();
         Ok(bad)
+    }
+
+    /// Whether `part` is in the file as in the source, by `md5sum` over the shell
+    /// login; a broken login is opened again once.
+    fn md5sum_part(
+        &self,
+        settings: &crate::config::Settings,
+        session: &mut Option<ssh2::Session>,
+        part: Part,
+    ) -> Result<bool> {
+        let m = settings.merge_login()?;
+        let file = names::direct_file(&m.dir, &self.upload_id);
+        // GNU tail seeks to the offset in a regular file: only the range is read.
+        let script = format!(
+            "tail -c +{} -- {} | head -c {} | md5sum",
+            part.offset + 1,
+            crate::remote::quote::sh(&file),
+            part.len
+        );
+        let ours = md5_range(&self.layout.source, part.offset, part.len)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = (|| -> Result<String> {
+                if session.is_none() {
+                    *session = Some(crate::server::merge::login(settings)?);
+                }
+                let out =
+                    crate::remote::ssh::run(session.as_ref().expect("logged in above"), &script)?;
+                if out.status != 0 {
+                    bail!("md5sum failed (exit {}): {}", out.status, out.stderr.trim());
+                }
+                Ok(out
+                    .stdout
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string())
+            })();
+            match result {
+                Ok(theirs) => return Ok(theirs == ours),
+                Err(_) if attempt < 2 => *session = None,
+                Err(e) => return Err(e.context(format!("verifying part {}", part.index))),
+            }
+        }
     }
 
     /// Whether `part` is in the file as in the source; a broken login is opened again
@@ -457,7 +520,9 @@ impl VerifyJob {
                         // A path the command cannot carry (a space in it, for XMD5).
                         None => read_back(c, &self.file, &self.layout.source, part),
                     },
-                    Check::ReadBack => read_back(c, &self.file, &self.layout.source, part),
+                    Check::ReadBack | Check::ShellMd5 => {
+                        read_back(c, &self.file, &self.layout.source, part)
+                    }
                     Check::Unchecked => Ok(true),
                 }
             })();

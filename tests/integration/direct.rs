@@ -294,3 +294,19 @@ fn a_double_start_meets_the_lock_on_the_server() {
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
     env.assert_clean();
 }
+
+/// With a `[merge]` shell login and `assembly = "direct"`, the login's md5sum hashes
+/// each part's range on the server: nothing is read back.
+#[test]
+fn direct_writes_with_a_shell_login_hash_on_the_server() {
+    let env = TestEnv::new(3);
+    let config = env.write_config("shell.toml", "sftp", &[]);
+    edit_file(&config, |t| {
+        t.replacen("[server]\n", "[server]\nassembly = \"direct\"\n", 1)
+    });
+    let file = env.random_file("f", 7 * PART + 3);
+    let done = send_ok(&env, &config, &file, "s.bin", &["--part-size", "1MiB"]);
+    assert_eq!(done["verification"], "server-md5", "{done}");
+    let hosts = done["hosts"].as_object().unwrap();
+    assert_eq!(hosts.len(), 4, "{done}");
+}
