@@ -876,13 +876,55 @@ dir = "/srv/up"
 "#;
 
     #[test]
+    fn merge_is_optional_and_chooses_the_assembly() {
+        let with = parse(MIN, Path::new("t.toml")).unwrap();
+        assert_eq!(with.assembly, AssemblyKind::Merge);
+        let without_text = MIN.split("[merge]").next().unwrap().to_string();
+        let without = parse(&without_text, Path::new("t.toml")).unwrap();
+        assert!(without.merge.is_none());
+        assert_eq!(without.assembly, AssemblyKind::Direct);
+        let forced = MIN.replace(
+            "user = \"deploy\"\n[merge]",
+            "user = \"deploy\"\nassembly = \"direct\"\n[merge]",
+        );
+        assert_eq!(
+            parse(&forced, Path::new("t.toml")).unwrap().assembly,
+            AssemblyKind::Direct
+        );
+        let err = parse(
+            &without_text.replace(
+                "user = \"deploy\"\n",
+                "user = \"deploy\"\nassembly = \"merge\"\n",
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("needs a [merge] section"),
+            "{err:#}"
+        );
+        let err = parse(
+            &without_text.replace(
+                "user = \"deploy\"\n",
+                "user = \"deploy\"\nassembly = \"append\"\n",
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("\"append\" is not one of"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
     fn minimal_config() {
         let s = parse(MIN, Path::new("t.toml")).unwrap();
         assert_eq!(s.server.scheme, "sftp");
         assert_eq!(s.server.port, 22);
         assert_eq!(s.server.dir, "/up");
         assert!(s.server.password.is_none());
-        assert_eq!(s.merge.login.port, 22);
+        assert_eq!(s.merge.as_ref().unwrap().login.port, 22);
         assert!(s.peers.is_empty());
     }
 
@@ -952,8 +994,8 @@ dir = "/srv/up"
             .map(|_| raw)
         };
         let r = raw("2222").unwrap();
-        assert_eq!(r.merge.dir, "/from/env");
-        assert_eq!(r.merge.port, Some(2222));
+        let m = r.merge.as_ref().unwrap();
+        assert_eq!((m.dir.as_str(), m.port), ("/from/env", Some(2222)));
         let err = format!("{:#}", raw("lots").unwrap_err());
         assert!(err.contains("RELAYUP_MERGE_PORT"), "{err}");
     }

@@ -354,6 +354,7 @@ mod tests {
             md5: "abc".into(),
             dest: "f".into(),
             verified: true,
+            verification: "server-md5".into(),
             already_there: false,
             mbps: 2.5,
             hosts,
@@ -363,18 +364,20 @@ mod tests {
             "hosts": {"local": {"bytes": 60, "mbps": 1.5}, "p1": {"bytes": 40, "mbps": 1.0}}});
         // Added since: both kinds of `done` carry both fields.
         before["already_there"] = json!(false);
+        before["verification"] = json!("server-md5");
         same(
             &Event::Done(done),
             before,
-            r#"{"type":"done","bytes":100,"seconds":0.04,"md5":"abc","dest":"f","verified":true,"already_there":false,"mbps":2.5,"hosts":{"local":{"bytes":60,"mbps":1.5},"p1":{"bytes":40,"mbps":1.0}}}"#,
+            r#"{"type":"done","bytes":100,"seconds":0.04,"md5":"abc","dest":"f","verified":true,"verification":"server-md5","already_there":false,"mbps":2.5,"hosts":{"local":{"bytes":60,"mbps":1.5},"p1":{"bytes":40,"mbps":1.0}}}"#,
         );
         let mut before = json!({"type": "done", "bytes": 0, "seconds": 0.0, "md5": "abc", "dest": "f",
             "verified": true, "already_there": true, "hosts": {}});
         before["mbps"] = json!(0.0);
+        before["verification"] = json!("server-md5");
         same(
             &Event::Done(Done::already_there("abc", "f")),
             before,
-            r#"{"type":"done","bytes":0,"seconds":0.0,"md5":"abc","dest":"f","verified":true,"already_there":true,"mbps":0.0,"hosts":{}}"#,
+            r#"{"type":"done","bytes":0,"seconds":0.0,"md5":"abc","dest":"f","verified":true,"verification":"server-md5","already_there":true,"mbps":0.0,"hosts":{}}"#,
         );
     }
 

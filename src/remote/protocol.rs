@@ -226,8 +226,19 @@ mod tests {
             file: "x-3.part".into(),
             size: 10,
             xxh3: "00".into(),
+            offset: None,
         };
         assert_eq!(parse_request(to_line(&up).trim_end()).unwrap(), up);
+        // A direct write names its offset; without one the line is as before.
+        assert!(!to_line(&up).contains("offset"));
+        let at = Request::Upload {
+            index: 3,
+            file: "x-3.part".into(),
+            size: 10,
+            xxh3: "00".into(),
+            offset: Some(1 << 40),
+        };
+        assert_eq!(parse_request(to_line(&at).trim_end()).unwrap(), at);
         assert_eq!(to_line(&Request::Bye), "{\"type\":\"bye\"}\n");
         let limit = Request::Limit {
             bytes_per_sec: 2_500_000,

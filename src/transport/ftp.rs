@@ -470,3 +470,26 @@ impl Drop for Ftp {
         let _ = self.stream.quit();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_digest_of_an_xmd5_reply() {
+        // ProFTPD 1.3.8 with mod_digest: a `250-` line first, the digest in upper case.
+        assert_eq!(
+            xmd5_digest("250-Computing MD5 digest\r\n250 081E7E31BBF91638D412D75A88ECC4BD\r\n")
+                .as_deref(),
+            Some("081e7e31bbf91638d412d75a88ecc4bd")
+        );
+        assert_eq!(xmd5_digest("250 nothing here\r\n"), None);
+        assert_eq!(xmd5_digest(""), None);
+    }
+
+    #[test]
+    fn no_line_breaks_in_paths() {
+        assert!(checked("/up/a b").is_ok());
+        assert!(checked("/up/a\r\nDELE x").is_err());
+    }
+}
