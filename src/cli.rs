@@ -141,10 +141,22 @@ pub enum VerifyArg {
     None,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct SendArgs {
-    /// The file to upload.
+    /// Files or directories to upload; a directory is sent with everything in it,
+    /// under its own name (as `scp -r` places it).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// The one file being sent (set per file of a release).
+    #[arg(skip)]
     pub file: PathBuf,
+    /// Its path on the server, components validated (set per file of a release).
+    #[arg(skip)]
+    pub dest_path: Option<String>,
+    /// After the files, upload a checksum list in `md5sum -c` format under this path
+    /// (e.g. MD5SUMS), relative to server.url's directory.
+    #[arg(long, value_name = "PATH")]
+    pub manifest: Option<std::ffi::OsString>,
     /// Config file [default: $RELAYUP_CONFIG, then ~/.config/relayup/peers.toml].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,

@@ -51,6 +51,26 @@ pub enum Event {
     ServerBack { seconds: f64 },
     /// The file is on the server under its name, verified.
     Done(Done),
+    /// A send of several files: one file is on the server, verified (or was there).
+    FileDone {
+        /// Its path on the server, relative to the upload directory.
+        path: String,
+        source: String,
+        bytes: u64,
+        md5: String,
+        already_there: bool,
+    },
+    /// A send of several files: all of them are on the server.
+    ReleaseDone {
+        files: usize,
+        /// Sent in this command, and found already there.
+        sent: usize,
+        already_there: usize,
+        bytes: u64,
+        /// The checksum list's path on the server, if one was written.
+        manifest: Option<String>,
+        seconds: f64,
+    },
     /// The command failed: the last line of its stream.
     Error {
         /// The same one line the command prints on stderr (without `relayup: error: `).

@@ -102,7 +102,7 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         &summary,
         file.verification,
     );
-    Ok(Outcome::Sent)
+    Ok(Outcome::Sent(source_md5))
 }
 
 /// Every host failed: what each said, and where the parts wait for a resume.

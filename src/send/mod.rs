@@ -12,6 +12,7 @@ pub mod lock;
 mod peers;
 pub mod plan;
 mod preflight;
+pub mod release;
 pub mod schedule;
 mod start;
 mod target;
@@ -33,10 +34,10 @@ use target::Target;
 enum Outcome {
     /// `--dry-run`: the plan is printed, nothing sent.
     Planned,
-    /// The file is on the server under its name, verified.
-    Sent,
-    /// The destination already holds this very file: nothing was sent.
-    AlreadyThere,
+    /// The file is on the server under its name, verified; the source's MD5.
+    Sent(String),
+    /// The destination already holds this very file (this MD5): nothing was sent.
+    AlreadyThere(String),
     /// Parts were missing or corrupt on the server at the merge and have been removed
     /// there: `run` sends them again (once).
     Resend(CorruptParts),
@@ -65,9 +66,30 @@ impl std::fmt::Display for CorruptParts {
     }
 }
 
+/// How the send of one file ended, when it did not fail.
+pub struct FileSent {
+    /// The file's MD5 (`None` for `--dry-run`).
+    pub md5: Option<String>,
+    /// The destination already held this very file.
+    pub already_there: bool,
+}
+
 pub fn run(args: SendArgs) -> Result<ExitCode> {
     interrupt::install();
-    let result = match send(&args, &[]) {
+    let one_file = args.paths.len() == 1
+        && args.manifest.is_none()
+        && std::fs::metadata(&args.paths[0]).is_ok_and(|m| m.is_file());
+    if one_file || (args.paths.len() == 1 && std::fs::metadata(&args.paths[0]).is_err()) {
+        let mut one = args.clone();
+        one.file = args.paths[0].clone();
+        return send_file(&one).map(|_| ExitCode::SUCCESS);
+    }
+    release::run(&args)
+}
+
+/// Sends one file (`args.file`), with a second round for parts found bad.
+pub fn send_file(args: &SendArgs) -> Result<FileSent> {
+    let result = match send(args, &[]) {
         Ok(Outcome::Resend(c)) => {
             // Once: the resume path finds every good part on the server and sends the
             // rest.
@@ -77,12 +99,23 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
                 format!(" without {}", c.suspects.join(", "))
             };
             progress::warn(&format!("{c}; sending them again{without}"));
-            send(&args, &c.suspects)
+            send(args, &c.suspects)
         }
         other => other,
     };
     let result = match result {
-        Ok(Outcome::Planned | Outcome::Sent | Outcome::AlreadyThere) => Ok(ExitCode::SUCCESS),
+        Ok(Outcome::Planned) => Ok(FileSent {
+            md5: None,
+            already_there: false,
+        }),
+        Ok(Outcome::Sent(md5)) => Ok(FileSent {
+            md5: Some(md5),
+            already_there: false,
+        }),
+        Ok(Outcome::AlreadyThere(md5)) => Ok(FileSent {
+            md5: Some(md5),
+            already_there: true,
+        }),
         Ok(Outcome::Resend(c)) => Err(with_code(
             anyhow!("{c} twice; nothing was renamed into place"),
             Code::Verify,
@@ -170,7 +203,7 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<Outcome> {
             .map(|h| h.join().expect("peer threads do not panic"))
             .collect();
         let mut run = match lead? {
-            Lead::AlreadyThere => return Ok(Outcome::AlreadyThere),
+            Lead::AlreadyThere(md5) => return Ok(Outcome::AlreadyThere(md5)),
             Lead::Run(run) => *run,
         };
         ends.insert(0, run.local.take().expect("local result is set"));

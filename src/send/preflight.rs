@@ -26,13 +26,17 @@ enum Prepared {
     Exists(Option<String>),
 }
 
+/// How the server's pre-flight ended.
+pub enum LoggedIn {
+    /// The assembly is prepared and locked; this machine's login.
+    Ready(Box<dyn Assembly>, Server),
+    /// The destination already holds this very file (its MD5).
+    AlreadyThere(String),
+}
+
 /// The assembly's pre-flight and this machine's server login, side by side; hands
-/// the server to the peers. `None`: the destination already holds this very file.
-pub fn log_in(
-    t: &Target,
-    ids: &Ids,
-    signals: &Signals,
-) -> Result<Option<(Box<dyn Assembly>, Server)>> {
+/// the server to the peers.
+pub fn log_in(t: &Target, ids: &Ids, signals: &Signals) -> Result<LoggedIn> {
     let settings = &t.settings;
     let (prepared, local) = std::thread::scope(|s| {
         let m = s.spawn(|| prepare(t, ids));
@@ -58,8 +62,7 @@ pub fn log_in(
         Prepared::Ready(a) => a,
         Prepared::Exists(their_md5) => {
             // Not an error if it is this very file.
-            already_there(t, their_md5.as_deref())?;
-            return Ok(None);
+            return already_there(t, their_md5.as_deref()).map(LoggedIn::AlreadyThere);
         }
     };
     let (local, host_key) = local
@@ -68,7 +71,7 @@ pub fn log_in(
     let mut server = settings.server.clone();
     server.host_key = host_key;
     signals.hello.set(Some(server));
-    Ok(Some((assembly, local)))
+    Ok(LoggedIn::Ready(assembly, local))
 }
 
 /// The pre-flight of the settings' kind of assembly.
@@ -158,7 +161,7 @@ pub fn check_server_space(t: &Target, assembly: &dyn Assembly, there: u64) -> Re
 }
 
 /// The destination already exists: fine if it is this very file (nothing to send).
-fn already_there(t: &Target, their_md5: Option<&str>) -> Result<()> {
+fn already_there(t: &Target, their_md5: Option<&str>) -> Result<String> {
     let (source, dest) = (&t.source, &t.dest);
     let dir = match (&t.settings.merge, t.settings.assembly) {
         (Some(m), AssemblyKind::Merge) => m.dir.as_str(),
@@ -180,7 +183,7 @@ fn already_there(t: &Target, their_md5: Option<&str>) -> Result<()> {
         eprintln!(
             "relayup: {dir}/{dest} is already on the server with the same md5 {ours}; nothing to send"
         );
-        return Ok(());
+        return Ok(ours);
     }
     Err(anyhow!(
         "{dir}/{dest} already exists on the server with different content (md5 {their_md5}); pass --overwrite to replace it, or --dest to choose another name"

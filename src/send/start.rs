@@ -29,8 +29,8 @@ use crate::server::assembly::{Assembly, Layout};
 pub enum Lead {
     /// The transfer ran; the end is left to do.
     Run(Box<Run>),
-    /// The destination already holds this very file.
-    AlreadyThere,
+    /// The destination already holds this very file (its MD5).
+    AlreadyThere(String),
 }
 
 /// What the transfer left for the end.
@@ -56,8 +56,9 @@ pub fn lead(
     signals: &Signals,
     ready: mpsc::Receiver<(usize, bool)>,
 ) -> Result<Lead> {
-    let Some((mut assembly, local)) = preflight::log_in(t, ids, signals)? else {
-        return Ok(Lead::AlreadyThere);
+    let (mut assembly, local) = match preflight::log_in(t, ids, signals)? {
+        preflight::LoggedIn::Ready(assembly, local) => (assembly, local),
+        preflight::LoggedIn::AlreadyThere(md5) => return Ok(Lead::AlreadyThere(md5)),
     };
     let peers = if assembly.parallel() {
         t.settings.peers.len()

@@ -50,9 +50,10 @@ impl Target {
         let stamp = stamp(&args.file)?;
         File::open(&args.file)
             .with_context(|| format!("{}: cannot open it for reading", args.file.display()))?;
-        let dest = match &args.dest {
-            Some(d) => validate_dest(d)?,
-            None => validate_dest(args.file.file_name().ok_or_else(|| {
+        let dest = match (&args.dest_path, &args.dest) {
+            (Some(path), _) => path.clone(),
+            (None, Some(d)) => validate_dest(d)?,
+            (None, None) => validate_dest(args.file.file_name().ok_or_else(|| {
                 anyhow!("{} has no file name; pass --dest", args.file.display())
             })?)?,
         };

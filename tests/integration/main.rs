@@ -9,6 +9,7 @@ mod hostkeys;
 mod integrity;
 mod offers;
 mod ratelimit;
+mod release;
 mod security;
 mod send;
 mod sftponly;
