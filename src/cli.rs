@@ -38,7 +38,7 @@ impl Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Upload FILE to the server through the configured peers.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Inspect the configured peers.
     Peers {
         #[command(subcommand)]

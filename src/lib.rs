@@ -29,7 +29,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     // Before anything can warn: with `--json`, warnings are events too.
     progress::set_json(cli.json());
     match cli.command {
-        cli::Command::Send(args) => send::run(args),
+        cli::Command::Send(args) => send::run(*args),
         cli::Command::Peers {
             command: cli::PeersCommand::Check(args),
         } => commands::check::run(&args),

@@ -29,7 +29,7 @@ enum Prepared {
 /// How the server's pre-flight ended.
 pub enum LoggedIn {
     /// The assembly is prepared and locked; this machine's login.
-    Ready(Box<dyn Assembly>, Server),
+    Ready(Box<dyn Assembly>, Box<Server>),
     /// The destination already holds this very file (its MD5).
     AlreadyThere(String),
 }
@@ -71,7 +71,7 @@ pub fn log_in(t: &Target, ids: &Ids, signals: &Signals) -> Result<LoggedIn> {
     let mut server = settings.server.clone();
     server.host_key = host_key;
     signals.hello.set(Some(server));
-    Ok(LoggedIn::Ready(assembly, local))
+    Ok(LoggedIn::Ready(assembly, Box::new(local)))
 }
 
 /// The pre-flight of the settings' kind of assembly.

@@ -355,7 +355,7 @@ mod tests {
         let d = t.path().join("d");
         fs::create_dir(&d).unwrap();
         std::os::unix::fs::symlink("nowhere", d.join("dangling")).unwrap();
-        let err = expand(&[d.clone()]).unwrap_err();
+        let err = expand(std::slice::from_ref(&d)).unwrap_err();
         assert!(format!("{err:#}").contains("dangling"), "{err:#}");
         fs::remove_file(d.join("dangling")).unwrap();
         let fifo = d.join("fifo");
@@ -364,15 +364,15 @@ mod tests {
             .status()
             .unwrap()
             .success());
-        let err = expand(&[d.clone()]).unwrap_err();
+        let err = expand(std::slice::from_ref(&d)).unwrap_err();
         assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
         fs::remove_file(&fifo).unwrap();
         fs::write(d.join(".relayup-x"), b"").unwrap();
-        let err = expand(&[d.clone()]).unwrap_err();
+        let err = expand(std::slice::from_ref(&d)).unwrap_err();
         assert!(format!("{err:#}").contains("temp prefix"), "{err:#}");
         fs::remove_file(d.join(".relayup-x")).unwrap();
         fs::write(d.join("new\nline"), b"").unwrap();
-        assert!(expand(&[d.clone()]).is_err());
+        assert!(expand(std::slice::from_ref(&d)).is_err());
         fs::remove_file(d.join("new\nline")).unwrap();
         // Two paths, one name on the server.
         let other = t.path().join("o");

@@ -57,7 +57,7 @@ pub fn lead(
     ready: mpsc::Receiver<(usize, bool)>,
 ) -> Result<Lead> {
     let (mut assembly, local) = match preflight::log_in(t, ids, signals)? {
-        preflight::LoggedIn::Ready(assembly, local) => (assembly, local),
+        preflight::LoggedIn::Ready(assembly, local) => (assembly, *local),
         preflight::LoggedIn::AlreadyThere(md5) => return Ok(Lead::AlreadyThere(md5)),
     };
     let peers = if assembly.parallel() {
