@@ -310,3 +310,24 @@ fn direct_writes_with_a_shell_login_hash_on_the_server() {
     let hosts = done["hosts"].as_object().unwrap();
     assert_eq!(hosts.len(), 4, "{done}");
 }
+
+/// `relayup clean` removes an interrupted direct send's file and lock over FTP alone.
+#[test]
+fn clean_removes_an_interrupted_direct_send_over_ftp() {
+    let mut env = TestEnv::new(1);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    env.stop_server_sshd();
+    let config = direct_config(&env, "direct.toml", "ftp");
+    let file = env.random_file("f", 16 * PART);
+    let args = crate::harness::send_args(&file, &config, &["--bwlimit", "4MiB"]);
+    let mut run = env.spawn_send(&args);
+    run.wait_parts(2, None);
+    run.child.kill().unwrap();
+    let _ = run.finish(std::time::Duration::from_secs(10));
+    assert_eq!(env.temp_dirs().len(), 1);
+    let out = env.relayup(&["clean"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(env.temp_dirs().is_empty(), "{:?}", env.temp_dirs());
+    let out = env.relayup(&["status"]);
+    assert!(text(&out).contains("no unfinished sends"), "{}", text(&out));
+}
