@@ -211,6 +211,10 @@ pub struct CheckRow {
     /// (the other rows leave it out).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offers: Option<crate::transport::offers::Offers>,
+    /// Free bytes in the upload directory, on the `server (upload)` row where the
+    /// server tells (SFTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
 }
 
 /// One line of `peers deploy --json`.
@@ -461,6 +465,7 @@ mod tests {
                 ok: true,
                 problem: None,
                 offers: Some(offers),
+                free_bytes: None,
             },
             json!({"name": "server (upload)", "address": "u@ftp://h:21", "reachable": null,
                 "host_key": null, "authenticated": null, "relayup": null, "server_login": true,
@@ -488,6 +493,7 @@ mod tests {
                 ok: false,
                 problem: Some("auth".into()),
                 offers: None,
+                free_bytes: None,
             },
             json!({"name": "p1", "address": "u@h:22", "reachable": true, "host_key": true,
                 "authenticated": false, "relayup": null, "server_login": null,

@@ -31,6 +31,9 @@ struct Row {
     problem: Option<String>,
     /// What the server offers (the `server (upload)` row, once logged in).
     offers: Option<Offers>,
+    /// Free space in the upload directory (the `server (upload)` row), where the
+    /// server tells.
+    server_free: Option<u64>,
 }
 
 fn classify(e: &anyhow::Error) -> &'static str {
@@ -108,9 +111,10 @@ fn check_upload(settings: &Settings, target: &mut Target) -> (Row, Option<Uplink
     };
     let mut local = None;
     match target.login(settings) {
-        Ok(conn) => {
+        Ok(mut conn) => {
             upload.server_login = Some(true);
             upload.offers = Some(conn.offers().clone());
+            upload.server_free = conn.free();
             local = Some(conn);
         }
         Err(e) => {
@@ -228,6 +232,7 @@ fn emit_rows(rows: &[Row]) {
             ok: ok(r),
             problem: r.problem.clone(),
             offers: r.offers.clone(),
+            free_bytes: r.server_free,
         });
     }
 }
@@ -275,7 +280,10 @@ fn print_table(rows: &[Row]) {
             mark(r.auth),
             r.version.as_deref().unwrap_or("-"),
             mark(r.server_login),
-            r.free.map(crate::size::human).unwrap_or_else(|| "-".into()),
+            r.free
+                .or(r.server_free)
+                .map(crate::size::human)
+                .unwrap_or_else(|| "-".into()),
             r.rate.map(human_rate).unwrap_or_else(|| "-".into()),
             offers(r),
             r.problem.as_deref().unwrap_or("")

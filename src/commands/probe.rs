@@ -31,6 +31,11 @@ impl Uplink {
     pub fn offers(&self) -> &crate::transport::Offers {
         self.0.offers()
     }
+
+    /// Free bytes in the upload directory, where the server tells (SFTP).
+    pub fn free(&mut self) -> Option<u64> {
+        self.0.free()
+    }
 }
 
 /// A peer's relay, logged into the server as for a send; kept up for the rate probe.

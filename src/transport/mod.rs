@@ -186,6 +186,13 @@ impl Server {
         &self.offers
     }
 
+    /// Free bytes in the upload directory, where the server tells (SFTP's
+    /// `statvfs@openssh.com`; FTP never does).
+    pub fn free(&mut self) -> Option<u64> {
+        let dir = self.spec.dir.clone();
+        self.conn.as_mut()?.free(&dir)
+    }
+
     /// The live upload rate limit of this login (a relay sets it when its share of a
     /// total limit changes).
     pub fn rate(&self) -> Rate {

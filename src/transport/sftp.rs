@@ -242,9 +242,11 @@ impl Uploader for SftpUpload {
             .map_err(|e| anyhow!("{what}: closing {path} failed: {e}"))
     }
 
-    /// `statvfs@openssh.com` on the directory, where the server has it.
+    /// `fstatvfs@openssh.com` on the directory, where the server has it. OpenSSH answers
+    /// it only for a file handle: the directory is opened as a file, read-only, which
+    /// POSIX allows.
     fn free(&mut self, path: &str) -> Option<u64> {
-        let mut dir = self.sftp.opendir(Path::new(path)).ok()?;
+        let mut dir = self.sftp.open(Path::new(path)).ok()?;
         let st = dir.statvfs().ok()?;
         Some(st.f_bavail.saturating_mul(st.f_frsize))
     }

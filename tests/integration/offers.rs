@@ -33,6 +33,10 @@ fn peers_check_reports_that_vsftpd_offers_rest_and_no_hash_and_sftp_offsets() {
     assert_eq!(offers["hash"], serde_json::json!([]), "{row}");
     assert_eq!(offers["xmd5"], false, "{row}");
     assert_eq!(offers["sftp_extensions"], serde_json::Value::Null, "{row}");
+    assert!(
+        row.get("free_bytes").is_none(),
+        "FTP does not tell free space: {row}"
+    );
 
     // The table's offers column, on the upload row only.
     let out = env.relayup(&[
@@ -66,6 +70,8 @@ fn peers_check_reports_that_vsftpd_offers_rest_and_no_hash_and_sftp_offsets() {
         serde_json::Value::Null,
         "{row}"
     );
+    // ... and tells its free space (statvfs@openssh.com), where FTP cannot.
+    assert!(row["free_bytes"].as_u64().is_some_and(|f| f > 0), "{row}");
 }
 
 #[test]
