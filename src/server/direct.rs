@@ -98,6 +98,9 @@ pub struct DirectWrite {
     verifier: Option<JoinHandle<Result<Vec<usize>>>>,
     bad: Vec<usize>,
     locked: bool,
+    /// This run created the temp dir and nothing has been sent yet: a run that ends
+    /// before its transfer starts (no room on the server, say) leaves nothing there.
+    fresh: bool,
 }
 
 /// Everything the pre-flight needs to know about the send.
@@ -159,7 +162,7 @@ impl DirectWrite {
             }
         }
         let tmp = names::temp_dir(&dir, &r.ids.upload);
-        conn.make_dir(&tmp)?;
+        let fresh = conn.make_dir(&tmp)?;
         if conn.kind(&tmp)? != Kind::Dir {
             bail!("{what}: {tmp} is not a directory; remove it there (`relayup clean`)");
         }
@@ -182,6 +185,7 @@ impl DirectWrite {
             verifier: None,
             bad: Vec::new(),
             locked: true,
+            fresh,
         };
         me.check = match r.verify {
             Verify::None => Check::Unchecked,
@@ -271,7 +275,14 @@ impl DirectWrite {
 
 impl Drop for DirectWrite {
     fn drop(&mut self) {
+        let fresh = self.fresh && self.locked;
+        if fresh {
+            let _ = self.conn.remove_file(&self.file);
+        }
         self.unlock();
+        if fresh {
+            let _ = self.conn.remove_dir(&self.tmp);
+        }
     }
 }
 
@@ -339,6 +350,7 @@ impl Assembly for DirectWrite {
     }
 
     fn start(&mut self, layout: Layout) -> Result<Sender<usize>> {
+        self.fresh = false;
         let (tx, rx) = mpsc::channel();
         let job = VerifyJob {
             spec: self.spec.clone(),

@@ -331,3 +331,30 @@ fn clean_removes_an_interrupted_direct_send_over_ftp() {
     let out = env.relayup(&["status"]);
     assert!(text(&out).contains("no unfinished sends"), "{}", text(&out));
 }
+
+/// Direct writes need the file's size once on the server: over SFTP the pre-flight
+/// reads the free space and refuses a file that cannot fit, before sending; one that
+/// fits (but would not fit twice, as the merge needs) arrives.
+#[test]
+fn direct_writes_need_room_for_the_file_once() {
+    let env = TestEnv::new(1);
+    let small = env.srv.join("small");
+    let _mount = crate::integrity::Tmpfs::mount(&small, "4m");
+    let config = direct_config(&env, "direct.toml", "sftp");
+    let srv = env.srv.display().to_string();
+    edit_file(&config, |t| {
+        t.replace(&format!("{srv}\""), &format!("{srv}/small\""))
+    });
+    let big = env.random_file("big", 5 * PART);
+    let out = env.send(&big, &config, &["--no-progress"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("free, this send needs 5.0 MiB"),
+        "{}",
+        text(&out)
+    );
+    let fits = env.random_file("fits", 3 * PART);
+    let out = env.send(&fits, &config, &["--no-progress", "--part-size", "1MiB"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(md5_file(&small.join("fits")), md5_file(&fits));
+}

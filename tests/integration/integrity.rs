@@ -369,10 +369,10 @@ fn a_staging_dir_that_is_not_the_peers_own_is_left_alone() {
 }
 
 /// A tmpfs of `size` mounted at `dir` for the server account, unmounted on drop.
-struct Tmpfs(PathBuf);
+pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
         fs::create_dir_all(dir).unwrap();
         let ok = Command::new("mount")
             .args([
