@@ -203,39 +203,12 @@ pub fn run(args: &SendArgs) -> Result<ExitCode> {
         make_dirs(args, &dirs)?;
     }
     let n = release.items.len();
-    let mut sums = Vec::new();
-    let (mut sent, mut there, mut bytes) = (0, 0, 0u64);
-    for (k, item) in release.items.iter().enumerate() {
-        if !json && !args.dry_run {
-            eprintln!("relayup: [{}/{n}] {}", k + 1, item.dest);
-        }
-        let size = std::fs::metadata(&item.source)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let result = send_item(args, &item.source, &item.dest).with_context(|| {
-            format!(
-                "{} ({} of {n} files done; run the same command again to go on)",
-                item.dest, k
-            )
-        })?;
-        let Some(md5) = result.md5 else { continue };
-        if result.already_there {
-            there += 1;
-        } else {
-            sent += 1;
-            bytes += size;
-        }
-        if json {
-            progress::emit(&Event::FileDone {
-                path: item.dest.clone(),
-                source: item.source.display().to_string(),
-                bytes: size,
-                md5: md5.clone(),
-                already_there: result.already_there,
-            });
-        }
-        sums.push((item.dest.clone(), md5));
-    }
+    let Tally {
+        sums,
+        sent,
+        there,
+        bytes,
+    } = send_items(args, &release.items, json)?;
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
@@ -265,6 +238,55 @@ pub fn run(args: &SendArgs) -> Result<ExitCode> {
         manifest.map(|m| format!(", checksums in {m}")).unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the files of a release came to.
+#[derive(Default)]
+struct Tally {
+    /// `(path on the server, md5)` of every file, in order.
+    sums: Vec<(String, String)>,
+    sent: usize,
+    there: usize,
+    /// Bytes sent (files found there do not count).
+    bytes: u64,
+}
+
+/// Sends the files one by one.
+fn send_items(args: &SendArgs, items: &[Item], json: bool) -> Result<Tally> {
+    let n = items.len();
+    let mut t = Tally::default();
+    for (k, item) in items.iter().enumerate() {
+        if !json && !args.dry_run {
+            eprintln!("relayup: [{}/{n}] {}", k + 1, item.dest);
+        }
+        let size = std::fs::metadata(&item.source)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let result = send_item(args, &item.source, &item.dest).with_context(|| {
+            format!(
+                "{} ({} of {n} files done; run the same command again to go on)",
+                item.dest, k
+            )
+        })?;
+        let Some(md5) = result.md5 else { continue };
+        if result.already_there {
+            t.there += 1;
+        } else {
+            t.sent += 1;
+            t.bytes += size;
+        }
+        if json {
+            progress::emit(&Event::FileDone {
+                path: item.dest.clone(),
+                source: item.source.display().to_string(),
+                bytes: size,
+                md5: md5.clone(),
+                already_there: result.already_there,
+            });
+        }
+        t.sums.push((item.dest.clone(), md5));
+    }
+    Ok(t)
 }
 
 /// Sends one file of the release under `dest`.

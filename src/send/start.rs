@@ -60,48 +60,9 @@ pub fn lead(
         preflight::LoggedIn::Ready(assembly, local) => (assembly, *local),
         preflight::LoggedIn::AlreadyThere(md5) => return Ok(Lead::AlreadyThere(md5)),
     };
-    let peers = if assembly.parallel() {
-        t.settings.peers.len()
-    } else {
-        progress::warn(
-            "the server makes every upload into one file wait for the others (vsftpd: lock_upload_files=YES), \
-             so the peers would take turns: sending from this machine only. \
-             Set lock_upload_files=NO there, or add a [merge] login, to use the peers",
-        );
-        0
-    };
-    // With `equal` the plan needs to know who is there: wait for every peer's pre-flight.
-    let live: Vec<usize> = match t.strategy {
-        Strategy::Adaptive => (0..=peers).collect(),
-        Strategy::Equal if peers == 0 => vec![0],
-        Strategy::Equal => {
-            let mut up: Vec<usize> = ready.iter().filter(|r| r.1).map(|r| r.0).collect();
-            up.sort_unstable();
-            std::iter::once(0).chain(up).collect()
-        }
-    };
-    // The plan (or the journal's plan, when resuming), then the transfer, with the
-    // assembly following on the server.
+    let live = live_hosts(t, assembly.as_ref(), ready);
     let id = ids.upload.as_str();
-    let (plan, verified) = Journal::load(id)
-        .and_then(|j| Some((j.plan(t.stamp.size)?, j.verified)))
-        .unwrap_or_else(|| {
-            let plan = Plan::new(t.stamp.size, live.len(), t.strategy, t.part_size);
-            (plan, Default::default())
-        });
-    let done = assembly
-        .resumable(&plan, &t.source, &verified)
-        .map_err(|e| with_code(e, Code::Transfer))?;
-    let there = plan
-        .parts
-        .iter()
-        .filter(|p| done.contains(&p.index))
-        .map(|p| p.len)
-        .sum();
-    preflight::check_server_space(t, assembly.as_ref(), there)?;
-    let mut journal = Journal::new(id, &t.source, &t.dest, &t.settings.path, &plan);
-    journal.verified = verified.into_iter().filter(|i| done.contains(i)).collect();
-    journal.save().map_err(|e| with_code(e, Code::Transfer))?;
+    let (plan, done, mut journal) = plan_and_resume(t, id, assembly.as_mut(), live.len())?;
     let progress = start_progress(t, id, &plan, &done);
     let sched = Arc::new(Scheduler::new(
         &plan,
@@ -164,6 +125,65 @@ pub fn lead(
         assembly,
         journal,
     })))
+}
+
+/// The hosts the plan is for: this machine and the peers (with `equal`, those whose
+/// pre-flight worked, waited for); this machine alone where the server makes writes
+/// into one file take turns.
+fn live_hosts(
+    t: &Target,
+    assembly: &dyn Assembly,
+    ready: mpsc::Receiver<(usize, bool)>,
+) -> Vec<usize> {
+    let peers = if assembly.parallel() {
+        t.settings.peers.len()
+    } else {
+        progress::warn(
+            "the server makes every upload into one file wait for the others (vsftpd: lock_upload_files=YES), \
+             so the peers would take turns: sending from this machine only. \
+             Set lock_upload_files=NO there, or add a [merge] login, to use the peers",
+        );
+        0
+    };
+    match t.strategy {
+        Strategy::Adaptive => (0..=peers).collect(),
+        Strategy::Equal if peers == 0 => vec![0],
+        Strategy::Equal => {
+            let mut up: Vec<usize> = ready.iter().filter(|r| r.1).map(|r| r.0).collect();
+            up.sort_unstable();
+            std::iter::once(0).chain(up).collect()
+        }
+    }
+}
+
+/// The plan (or the journal's, when resuming), the parts already on the server, the
+/// room there checked, and the journal saved for this run.
+fn plan_and_resume(
+    t: &Target,
+    id: &str,
+    assembly: &mut dyn Assembly,
+    hosts: usize,
+) -> Result<(Plan, HashSet<usize>, Journal)> {
+    let (plan, verified) = Journal::load(id)
+        .and_then(|j| Some((j.plan(t.stamp.size)?, j.verified)))
+        .unwrap_or_else(|| {
+            let plan = Plan::new(t.stamp.size, hosts, t.strategy, t.part_size);
+            (plan, Default::default())
+        });
+    let done = assembly
+        .resumable(&plan, &t.source, &verified)
+        .map_err(|e| with_code(e, Code::Transfer))?;
+    let there = plan
+        .parts
+        .iter()
+        .filter(|p| done.contains(&p.index))
+        .map(|p| p.len)
+        .sum();
+    preflight::check_server_space(t, assembly, there)?;
+    let mut journal = Journal::new(id, &t.source, &t.dest, &t.settings.path, &plan);
+    journal.verified = verified.into_iter().filter(|i| done.contains(i)).collect();
+    journal.save().map_err(|e| with_code(e, Code::Transfer))?;
+    Ok((plan, done, journal))
 }
 
 /// The progress display, with its `start` event; says when parts are resumed.

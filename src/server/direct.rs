@@ -130,36 +130,9 @@ impl DirectWrite {
         let dir = if dir.is_empty() { "/".to_string() } else { dir };
         let dest = format!("{}/{}", dir.trim_end_matches('/'), r.dest);
         let what = conn.what().to_string();
-        match conn.kind(&dest)? {
-            Kind::Missing => {}
-            Kind::File(_) if r.overwrite => {}
-            Kind::File(size) => {
-                // Its MD5, to tell whether it is this very file: from the server where
-                // it can hash, else read back (the download is rarely the capped way).
-                let md5 = if size != r.size || r.verify == Verify::None {
-                    None
-                } else {
-                    match conn.md5_at(&dest, 0, size).ok().flatten() {
-                        Some(md5) => Some(md5),
-                        None => md5_back(conn.as_mut(), &dest, size).ok(),
-                    }
-                };
-                return Ok(Prepared::Exists(md5));
-            }
-            Kind::Dir => {
-                return Err(anyhow!(
-                    "{what}: {dest} is a directory; relayup only ever replaces a regular file (--overwrite too): \
-                     remove it there or choose another --dest"
-                ))
-                .context(Code::Usage)
-            }
-            Kind::Other => {
-                return Err(anyhow!(
-                    "{what}: {dest} is not a regular file (a symbolic link?); relayup only ever replaces a regular file \
-                     (--overwrite too): remove it there or choose another --dest"
-                ))
-                .context(Code::Usage)
-            }
+        let check = choose_check(r, &offers, &what)?;
+        if let Some(exists) = existing_dest(conn.as_mut(), r, &dest)? {
+            return Ok(exists);
         }
         let tmp = names::temp_dir(&dir, &r.ids.upload);
         let fresh = conn.make_dir(&tmp)?;
@@ -178,7 +151,7 @@ impl DirectWrite {
             lock,
             dir,
             run: r.ids.run.clone(),
-            check: Check::Unchecked,
+            check,
             shell: r.shell.cloned(),
             free: None,
             parallel: true,
@@ -186,21 +159,6 @@ impl DirectWrite {
             bad: Vec::new(),
             locked: true,
             fresh,
-        };
-        me.check = match r.verify {
-            Verify::None => Check::Unchecked,
-            Verify::ReadBack => Check::ReadBack,
-            Verify::Auto | Verify::Server if r.shell.is_some() => Check::ShellMd5,
-            Verify::Auto if offers.xmd5 => Check::ServerRanges,
-            Verify::Auto => Check::ReadBack,
-            Verify::Server if offers.xmd5 => Check::ServerRanges,
-            Verify::Server => {
-                return Err(anyhow!(
-                "{what}: --verify server: the server offers no hash of a byte range (FTP XMD5); \
-                     use --verify read-back"
-            ))
-                .context(Code::Usage)
-            }
         };
         if me.conn.kind(&me.file)? == Kind::Missing {
             let mut first = Vec::new();
@@ -283,6 +241,59 @@ impl Drop for DirectWrite {
         if fresh {
             let _ = self.conn.remove_dir(&self.tmp);
         }
+    }
+}
+
+/// The verification `--verify` asks for, as far as the server allows it.
+fn choose_check(r: &Request<'_>, offers: &crate::transport::Offers, what: &str) -> Result<Check> {
+    Ok(match r.verify {
+        Verify::None => Check::Unchecked,
+        Verify::ReadBack => Check::ReadBack,
+        Verify::Auto | Verify::Server if r.shell.is_some() => Check::ShellMd5,
+        Verify::Auto if offers.xmd5 => Check::ServerRanges,
+        Verify::Auto => Check::ReadBack,
+        Verify::Server if offers.xmd5 => Check::ServerRanges,
+        Verify::Server => {
+            return Err(anyhow!(
+                "{what}: --verify server: the server offers no hash of a byte range (FTP XMD5); \
+                 use --verify read-back"
+            ))
+            .context(Code::Usage)
+        }
+    })
+}
+
+/// What is under the destination's name: nothing (`None`), a regular file
+/// ([`Prepared::Exists`] without `--overwrite`, with its MD5 where it can be had), or
+/// something relayup never replaces (an error).
+fn existing_dest(conn: &mut dyn Uploader, r: &Request<'_>, dest: &str) -> Result<Option<Prepared>> {
+    let what = conn.what().to_string();
+    match conn.kind(dest)? {
+        Kind::Missing => Ok(None),
+        Kind::File(_) if r.overwrite => Ok(None),
+        Kind::File(size) => {
+            // Its MD5, to tell whether it is this very file: from the server where it
+            // can hash, else read back (the download is rarely the capped way).
+            let md5 = if size != r.size || r.verify == Verify::None {
+                None
+            } else {
+                match conn.md5_at(dest, 0, size).ok().flatten() {
+                    Some(md5) => Some(md5),
+                    None => md5_back(conn, dest, size).ok(),
+                }
+            };
+            Ok(Some(Prepared::Exists(md5)))
+        }
+        Kind::Dir => Err(anyhow!(
+            "{what}: {dest} is a directory; relayup only ever replaces a regular file (--overwrite too): \
+             remove it there or choose another --dest"
+        ))
+        .context(Code::Usage),
+        Kind::Other => Err(anyhow!(
+            "{what}: {dest} is not a regular file (a symbolic link?); relayup only ever replaces a regular file \
+             (--overwrite too): remove it there or choose another --dest"
+        ))
+        .context(Code::Usage),
     }
 }
 

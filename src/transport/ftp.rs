@@ -285,23 +285,8 @@ impl Uploader for Ftp {
             .stream
             .retr_as_stream(path)
             .map_err(|e| anyhow!("{what}: REST {offset} + RETR {path} refused: {e}"))?;
-        let mut buf = vec![0u8; super::CHUNK.min(len.max(1) as usize)];
-        let mut got = 0u64;
-        while got < len {
-            let want = buf.len().min((len - got) as usize);
-            let n = data
-                .read(&mut buf[..want])
-                .with_context(|| format!("{what}: reading {path} at {}", offset + got))?;
-            if n == 0 {
-                bail!(
-                    "{what}: {path} ended after {} bytes, expected {}",
-                    offset + got,
-                    offset + len
-                );
-            }
-            sink(&buf[..n])?;
-            got += n as u64;
-        }
+        super::read_range(&mut data, offset, len, sink)
+            .with_context(|| format!("{what}: reading {path}"))?;
         // Closing the data connection before the end of the file makes the server
         // answer 426 instead of 226: both end the transfer, in step.
         match data.finish() {

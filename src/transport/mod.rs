@@ -344,6 +344,34 @@ impl Body<'_> {
     }
 }
 
+/// Reads exactly `len` bytes from `src` (which starts at `offset` of its file) in
+/// pieces of at most [`CHUNK`], handing each to `sink`.
+fn read_range(
+    src: &mut dyn Read,
+    offset: u64,
+    len: u64,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut buf = vec![0u8; CHUNK.min(len.max(1) as usize)];
+    let mut got = 0u64;
+    while got < len {
+        let want = buf.len().min((len - got) as usize);
+        let n = src
+            .read(&mut buf[..want])
+            .map_err(|e| anyhow::anyhow!("at {}: {e}", offset + got))?;
+        if n == 0 {
+            anyhow::bail!(
+                "it ended after {} bytes, expected {}",
+                offset + got,
+                offset + len
+            );
+        }
+        sink(&buf[..n])?;
+        got += n as u64;
+    }
+    Ok(())
+}
+
 fn copy_exact(
     src: &mut dyn Read,
     dst: &mut dyn std::io::Write,

@@ -130,24 +130,8 @@ impl Uploader for SftpUpload {
             .map_err(|e| anyhow!("{what}: cannot open {path}: {e}"))?;
         file.seek(SeekFrom::Start(offset))
             .with_context(|| format!("{what}: seeking in {path}"))?;
-        let mut buf = vec![0u8; super::CHUNK.min(len.max(1) as usize)];
-        let mut got = 0u64;
-        while got < len {
-            let want = buf.len().min((len - got) as usize);
-            let n = file
-                .read(&mut buf[..want])
-                .with_context(|| format!("{what}: reading {path} at {}", offset + got))?;
-            if n == 0 {
-                bail!(
-                    "{what}: {path} ended after {} bytes, expected {}",
-                    offset + got,
-                    offset + len
-                );
-            }
-            sink(&buf[..n])?;
-            got += n as u64;
-        }
-        Ok(())
+        super::read_range(&mut file, offset, len, sink)
+            .with_context(|| format!("{what}: reading {path}"))
     }
 
     /// OpenSSH's SFTP server hashes nothing.
