@@ -48,6 +48,7 @@ fn send_ok(
 fn direct_writes_over_ftp_with_read_back() {
     let mut env = TestEnv::new(3);
     env.set_vsftpd_option("lock_upload_files=NO");
+    env.stop_server_sshd();
     let config = direct_config(&env, "direct.toml", "ftp");
     for size in [0, 1, 3, PART - 1, PART, PART + 1, 3 * PART + 7] {
         let file = env.random_file(&format!("f{size}"), size);
@@ -282,6 +283,8 @@ fn a_double_start_meets_the_lock_on_the_server() {
     let args = crate::harness::send_args(&file, &config, &["--bwlimit", "4MiB"]);
     let first = env.spawn_send(&args);
     first.wait_parts(1, None);
+    // Parts are on the server, and nothing is under the destination's name yet.
+    assert!(!env.srv.join("f").exists());
     let second = env.spawn_send_with_state(&args, &env.root.join("other-state"));
     let (status, _, stderr) = second.finish(std::time::Duration::from_secs(60));
     assert_eq!(status.code(), Some(6), "{stderr}");
