@@ -160,6 +160,24 @@ fn an_sftp_only_chrooted_account_takes_the_whole_send() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["r.bin"], "only the file is left in the upload dir");
+    // SFTP's rename never replaces: with --overwrite the old file is moved aside,
+    // the new one takes its name, the old one goes; without, nothing is replaced.
+    let other = env.random_file("other", 2 * PART + 1);
+    let out = env.send(&other, &config, &["--dest", "r.bin", "--no-progress"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(md5_file(&server.upload.join("r.bin")), md5_file(&file));
+    let out = env.send(
+        &other,
+        &config,
+        &["--dest", "r.bin", "--overwrite", "--no-progress"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(md5_file(&server.upload.join("r.bin")), md5_file(&other));
+    let left: Vec<_> = std::fs::read_dir(&server.upload)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["r.bin"], "nothing aside is left");
     // --verify none is honest about it.
     let out = env.send(
         &file,
