@@ -477,13 +477,16 @@ fn a_peer_cut_off_the_network_mid_send_hands_its_parts_to_others() {
 /// line in `$line` after a correct `ready`.
 fn lying_relay(env: &TestEnv, name: &str, on_request: &str) -> std::path::PathBuf {
     let path = env.root.join("pub").join(name);
+    // Its staging dir is the test's own (removed with it), made by whichever peer runs it.
+    let stage = env.root.join("stage").join(name).display().to_string();
     fs::write(
         &path,
         format!(
             "#!/bin/sh\n\
              read -r hello\n\
              p=$(printf %s \"$hello\" | sed 's/.*\"protocol\":\\([0-9]*\\).*/\\1/')\n\
-             printf '{{\"type\":\"ready\",\"version\":\"0\",\"protocol\":%s,\"staging\":\"/tmp\"}}\\n' \"$p\"\n\
+             mkdir -p -m 0700 {stage} 2>/dev/null\n\
+             printf '{{\"type\":\"ready\",\"version\":\"0\",\"protocol\":%s,\"staging\":\"{stage}\"}}\\n' \"$p\"\n\
              while read -r line; do\n\
                i=$(printf %s \"$line\" | sed -n 's/.*\"index\":\\([0-9]*\\).*/\\1/p')\n\
                s=$(printf %s \"$line\" | sed -n 's/.*\"size\":\\([0-9]*\\).*/\\1/p')\n\
