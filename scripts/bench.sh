@@ -59,6 +59,12 @@ Methods, each timed wall-clock, --runs times, on the same file:
                              curls its part at once, ssh server cat + md5sum
   relayup --strategy equal   one part per host
   relayup (adaptive)         the default
+  relayup direct writes, FTP only (read-back)
+                             every host writes into one file, no [merge]
+                             login: each part read back and compared
+  relayup direct writes + md5sum over ssh
+                             the same with the [merge] login verifying each
+                             part by md5sum on the server
 
 The file of each scenario is sized so that a parallel method would take
 --seconds at 100% of the summed caps; the direct methods then take
@@ -184,7 +190,7 @@ scen_caps() {
 	fi
 }
 
-readonly METHODS=(curl rdirect classic requal radapt)
+readonly METHODS=(curl rdirect classic requal radapt rdirectw rdirectsh)
 method_label() {
 	case $1 in
 	curl) echo "direct: curl -T" ;;
@@ -192,6 +198,8 @@ method_label() {
 	classic) echo "classic: split+scp+curl" ;;
 	requal) echo "relayup --strategy equal" ;;
 	radapt) echo "relayup (adaptive)" ;;
+	rdirectw) echo "relayup direct writes, FTP only (read-back)" ;;
+	rdirectsh) echo "relayup direct writes + md5sum over ssh" ;;
 	esac
 }
 method_is_direct() { [[ $1 == curl || $1 == rdirect ]]; }
@@ -494,6 +502,8 @@ run_one() {
 	classic) classic_upload "$SRC" "$dest" "$base.err" || rc=$? ;;
 	requal) relayup_send "$LAB_DIR/peers.toml" "$SRC" "$dest" "$base.err" "$json" --strategy equal || rc=$? ;;
 	radapt) relayup_send "$LAB_DIR/peers.toml" "$SRC" "$dest" "$base.err" "$json" || rc=$? ;;
+	rdirectw) relayup_send "$LAB_DIR/peers-direct.toml" "$SRC" "$dest" "$base.err" "$json" || rc=$? ;;
+	rdirectsh) relayup_send "$LAB_DIR/peers-direct-shell.toml" "$SRC" "$dest" "$base.err" "$json" || rc=$? ;;
 	esac
 	t1=$(now)
 	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')

@@ -367,6 +367,9 @@ write_enable=YES
 local_umask=022
 local_root=/
 chroot_local_user=NO
+# relayup's direct writes put every host's parts into one file at once; vsftpd's
+# default (YES) would make each upload of that file wait for the others.
+lock_upload_files=NO
 userlist_enable=YES
 userlist_deny=NO
 userlist_file=$hd/vsftpd.users
@@ -626,6 +629,10 @@ EOF
 	# --- configs for relayup and other scripts
 	toml_file ftp >"$DIR/peers.toml"
 	toml_file sftp >"$DIR/peers-sftp.toml"
+	# Direct writes: FTP only (no [merge]: parts read back to verify), and with the
+	# shell login kept (its md5sum verifies each part on the server).
+	toml_file ftp | sed -e '/^\[merge\]$/,/^$/d' -e 's/^\[server\]$/[server]\nassembly = "direct"/' >"$DIR/peers-direct.toml"
+	toml_file ftp | sed -e 's/^\[server\]$/[server]\nassembly = "direct"/' >"$DIR/peers-direct-shell.toml"
 	local hostlist="client" ratelist
 	for ((i = 1; i <= PEERS; i++)); do hostlist+=" p$i"; done
 	ratelist=$(IFS=,; echo "${RATES[*]}")
@@ -647,7 +654,7 @@ EOF
 		env_line LAB_SFTP_CONFIG "$DIR/peers-sftp.toml"
 		env_line LAB_RELAYUP "${relayup:+$DIR/bin/relayup}"
 	} >"$DIR/lab.env"
-	chmod 0644 "$DIR/peers.toml" "$DIR/peers-sftp.toml" "$DIR/lab.env" "$DIR/ssh_config"
+	chmod 0644 "$DIR/peers.toml" "$DIR/peers-sftp.toml" "$DIR/peers-direct.toml" "$DIR/peers-direct-shell.toml" "$DIR/lab.env" "$DIR/ssh_config"
 
 	UP_DONE=1
 	trap - EXIT

@@ -21,7 +21,7 @@ impl Cli {
     pub fn json(&self) -> bool {
         match &self.command {
             Command::Send(args) => args.json,
-            Command::Status { json } => *json,
+            Command::Status { json, .. } => *json,
             Command::Peers {
                 command: PeersCommand::Check(CheckArgs { json, .. }),
             }
@@ -49,6 +49,9 @@ pub enum Command {
         /// One JSON object per line on stdout.
         #[arg(long)]
         json: bool,
+        /// Only the journal on this machine: do not ask the servers what they hold.
+        #[arg(long)]
+        offline: bool,
     },
     /// Remove the temporary data of unfinished sends on the server and the peers.
     Clean {

@@ -246,6 +246,27 @@ pub struct StatusRow {
     pub started: u64,
     pub bytes: u64,
     pub parts: usize,
+    /// What the server holds of it (left out with `--offline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerState>,
+}
+
+/// One unfinished send as its server shows it (`relayup status`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServerState {
+    /// The server could be asked (else `problem` says why).
+    pub reachable: bool,
+    /// `merge` or `direct`.
+    pub kind: String,
+    /// Parts there: complete part files (merge), or parts verified and within the
+    /// file (direct).
+    pub parts_there: usize,
+    pub bytes_there: u64,
+    /// The other parts' indexes, as ranges (`0-3,7`).
+    pub missing: String,
+    /// The lock's owner, when a run holds it.
+    pub running: Option<String>,
+    pub problem: Option<String>,
 }
 
 #[cfg(test)]
@@ -525,6 +546,7 @@ mod tests {
                 started: 1,
                 bytes: 10,
                 parts: 2,
+                server: None,
             },
             json!({"id": "0123456789abcdef", "source": "/d/f", "dest": "f", "config": "/c.toml",
                 "started": 1, "bytes": 10, "parts": 2}),

@@ -36,7 +36,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Peers {
             command: cli::PeersCommand::Deploy(args),
         } => commands::deploy::run(&args),
-        cli::Command::Status { json } => commands::status::status(json),
+        cli::Command::Status { json, offline } => commands::status::status(json, offline),
         cli::Command::Clean { ids, config } => commands::status::clean(&ids, config.as_deref()),
         cli::Command::Completions { shell } => {
             let mut cmd = <cli::Cli as clap::CommandFactory>::command();

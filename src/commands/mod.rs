@@ -5,4 +5,5 @@ pub mod check;
 mod cleanup;
 pub mod deploy;
 mod probe;
+pub mod server_state;
 pub mod status;

@@ -7,15 +7,28 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::cleanup;
+use super::server_state;
 use crate::error::{self, Code};
-use crate::events::StatusRow;
+use crate::events::{ServerState, StatusRow};
 use crate::progress;
 use crate::send::journal::Journal;
 
-pub fn status(as_json: bool) -> Result<ExitCode> {
+pub fn status(as_json: bool, offline: bool) -> Result<ExitCode> {
     let all = Journal::list();
+    // Every server at once: one slow or unreachable server does not hold up the rest.
+    let servers: Vec<Option<ServerState>> = if offline {
+        all.iter().map(|_| None).collect()
+    } else {
+        std::thread::scope(|s| {
+            let asks: Vec<_> = all
+                .iter()
+                .map(|j| s.spawn(move || server_state::ask(j)))
+                .collect();
+            asks.into_iter().map(|h| h.join().ok()).collect()
+        })
+    };
     if as_json {
-        for j in &all {
+        for (j, server) in all.iter().zip(servers) {
             progress::emit(&StatusRow {
                 id: j.id.clone(),
                 source: j.source.to_string_lossy().into_owned(),
@@ -24,6 +37,7 @@ pub fn status(as_json: bool) -> Result<ExitCode> {
                 started: j.started,
                 bytes: j.size,
                 parts: j.parts.len(),
+                server,
             });
         }
         return Ok(ExitCode::SUCCESS);
@@ -33,18 +47,44 @@ pub fn status(as_json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16}  {:>10}  {:>5}  {:<24}  source",
-        "id", "size", "parts", "dest"
+        "{:<16}  {:>10}  {:>5}  {:<26}  {:<14}  {:<24}  source",
+        "id", "size", "parts", "on server", "missing", "dest"
     );
-    for j in &all {
+    for (j, server) in all.iter().zip(&servers) {
+        let (there, missing) = match server {
+            None => ("-".to_string(), "-".to_string()),
+            Some(s) if !s.reachable => ("?".to_string(), "?".to_string()),
+            Some(s) => (
+                format!(
+                    "{}/{} parts, {}",
+                    s.parts_there,
+                    j.parts.len(),
+                    crate::size::human(s.bytes_there)
+                ),
+                s.missing.clone(),
+            ),
+        };
         println!(
-            "{:<16}  {:>10}  {:>5}  {:<24}  {}",
+            "{:<16}  {:>10}  {:>5}  {:<26}  {:<14}  {:<24}  {}",
             j.id,
             crate::size::human(j.size),
             j.parts.len(),
+            there,
+            missing,
             j.dest,
             j.source.display()
         );
+    }
+    for (j, server) in all.iter().zip(&servers) {
+        match server {
+            Some(ServerState {
+                problem: Some(p), ..
+            }) => eprintln!("relayup: {}: the server could not be asked: {p}", j.id),
+            Some(ServerState {
+                running: Some(r), ..
+            }) => eprintln!("relayup: {}: {r}", j.id),
+            _ => {}
+        }
     }
     eprintln!("relayup: run the same `relayup send` again to resume one, or `relayup clean [ID]` to remove its temporary data");
     Ok(ExitCode::SUCCESS)

@@ -13,3 +13,4 @@ mod release;
 mod security;
 mod send;
 mod sftponly;
+mod status;
