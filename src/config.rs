@@ -3,7 +3,6 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -247,7 +246,8 @@ impl KnownHosts {
 }
 
 /// Which config file to read: `--config`, else `$RELAYUP_CONFIG`, else
-/// `$XDG_CONFIG_HOME/relayup/peers.toml` (`~/.config/relayup/peers.toml`).
+/// `$XDG_CONFIG_HOME/relayup/peers.toml` (`~/.config/relayup/peers.toml`; on Windows
+/// `%APPDATA%\relayup\peers.toml`).
 pub fn config_path(cli: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = cli {
         return Ok(p.to_path_buf());
@@ -255,18 +255,13 @@ pub fn config_path(cli: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("RELAYUP_CONFIG").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|p| !p.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => home()?.join(".config"),
-    };
-    Ok(base.join("relayup").join("peers.toml"))
+    Ok(crate::platform::config_base()?
+        .join("relayup")
+        .join("peers.toml"))
 }
 
 pub fn home() -> Result<PathBuf> {
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .ok_or_else(|| anyhow!("HOME is not set; set it or give full paths in the config"))
+    crate::platform::home_dir().ok_or_else(|| anyhow!(crate::platform::HOME_UNSET))
 }
 
 /// Expands a leading `~/` to the home directory.
@@ -693,23 +688,9 @@ fn ssh_tokens(value: &str, login: &Login) -> Result<String> {
     Ok(out)
 }
 
-/// The local user name, as ssh uses by default: `$USER`, else the password database.
+/// The local user name, as ssh uses by default.
 fn current_user() -> Option<String> {
-    if let Some(u) = std::env::var("USER").ok().filter(|u| !u.is_empty()) {
-        return Some(u);
-    }
-    // SAFETY: getpwuid returns a pointer into static storage or NULL; the name is
-    // copied out at once, on this thread.
-    unsafe {
-        let pw = libc::getpwuid(libc::getuid());
-        if pw.is_null() || (*pw).pw_name.is_null() {
-            return None;
-        }
-        std::ffi::CStr::from_ptr((*pw).pw_name)
-            .to_str()
-            .ok()
-            .map(str::to_string)
-    }
+    crate::platform::current_user()
 }
 
 fn nonempty(v: &str, field: &str) -> Result<()> {
@@ -792,7 +773,7 @@ fn server_spec(raw: &RawServer) -> Result<ServerSpec> {
 fn read_password_file(path: &Path) -> Result<Secret> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("password_file {}: cannot read it", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    if !crate::platform::is_private_file(&meta) {
         bail!(
             "password_file {} is readable by others; run: chmod 600 {}",
             path.display(),
@@ -1012,7 +993,7 @@ dir = "/srv/up"
         )
         .unwrap();
         let text = format!(
-            "{MIN}[ssh]\nconfig = \"{}\"\n[[peer]]\nname = \"alice\"\nhost = \"alice-pc\"\n[[peer]]\nname = \"bob\"\nhost = \"alice-pc\"\nuser = \"bob\"\nport = 22\n",
+            "{MIN}[ssh]\nconfig = '{}'\n[[peer]]\nname = \"alice\"\nhost = \"alice-pc\"\n[[peer]]\nname = \"bob\"\nhost = \"alice-pc\"\nuser = \"bob\"\nport = 22\n",
             cfg.display()
         );
         let s = parse(&text, Path::new("t.toml")).unwrap();
@@ -1047,7 +1028,7 @@ dir = "/srv/up"
         )
         .unwrap();
         let text = format!(
-            "{MIN}[ssh]\nconfig = \"{}\"\n[[peer]]\nname = \"alice\"\nhost = \"alice-pc\"\nuser = \"a\"\n\
+            "{MIN}[ssh]\nconfig = '{}'\n[[peer]]\nname = \"alice\"\nhost = \"alice-pc\"\nuser = \"a\"\n\
              [[peer]]\nname = \"bob\"\nhost = \"bob-pc\"\nuser = \"b\"\n",
             cfg.display()
         );
@@ -1120,8 +1101,10 @@ dir = "/srv/up"
         assert!(parse_url("h/x").is_err());
     }
 
+    #[cfg(unix)]
     #[test]
     fn password_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pw");
         std::fs::write(&f, "s3cret\n").unwrap();

@@ -1,11 +1,12 @@
-//! Ctrl-C and SIGTERM: stop within a moment. The signal handlers (signal-hook) only set
-//! flags; a thread woken by the signal then shuts down every network connection relayup
+//! Ctrl-C and SIGTERM: stop within a moment. The signal handlers only set flags; a
+//! thread woken by the signal then shuts down every network connection relayup
 //! opened, which wakes every blocked libssh2 or FTP call at once. Relays see their
 //! connection drop, which closes their stdin: they remove what they staged and exit.
 //! A second signal while that clean-up runs ends the process at once, in the handler
-//! itself, so nothing that hangs can hold it.
+//! itself, so nothing that hangs can hold it. How the signals are caught on each
+//! system is [`crate::platform::on_interrupt`]'s business.
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use crate::platform::{InterruptFlags, SIGINT};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
@@ -32,22 +33,12 @@ pub fn install() {
 }
 
 fn register() -> std::io::Result<()> {
-    use signal_hook::flag;
-    for sig in [SIGINT, SIGTERM] {
-        // signal-hook runs a signal's actions in the order they were registered: the
-        // exit must come before the action that arms it, or the first signal would exit.
-        flag::register_conditional_shutdown(sig, 128 + sig, &ARMED)?;
-        flag::register(sig, &ARMED)?;
-        flag::register_usize(sig, &SIGNAL, sig as usize)?;
-        flag::register(sig, &INTERRUPTED)?;
-    }
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    std::thread::spawn(move || {
-        for _ in signals.forever() {
-            cut_all();
-        }
-    });
-    Ok(())
+    let flags = InterruptFlags {
+        armed: &ARMED,
+        signal: &SIGNAL,
+        interrupted: &INTERRUPTED,
+    };
+    crate::platform::on_interrupt(flags, cut_all)
 }
 
 /// Shuts down every watched connection (blocked calls on them fail at once).

@@ -7,13 +7,14 @@
 // the top; `send/` plans the parts and drives every host; `remote/` is SSH and the
 // peers (the client's side and the relay); `transport/` uploads to the server;
 // `server/` turns the parts into the one file there; `commands/` are the other
-// subcommands.
+// subcommands; `platform/` is what differs between Unix and Windows.
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod interrupt;
+pub mod platform;
 pub mod progress;
 pub mod remote;
 pub mod secret;

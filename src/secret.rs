@@ -38,11 +38,7 @@ impl Drop for Secret {
 /// own user (Linux: `PR_SET_DUMPABLE` 0): for a relay, which holds the server password
 /// for the whole send on a colleague's machine.
 pub fn no_core_dumps() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers and touches no memory.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
+    crate::platform::no_core_dumps()
 }
 
 impl std::fmt::Debug for Secret {

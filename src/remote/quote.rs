@@ -23,8 +23,7 @@ pub fn sh(s: &str) -> String {
 /// the result is plain text that any POSIX shell turns back into the same bytes.
 pub fn sh_os(s: &std::ffi::OsStr) -> String {
     use std::fmt::Write;
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = s.as_bytes();
+    let bytes = crate::platform::shell_bytes(s);
     if bytes.is_empty() {
         return sh("");
     }
@@ -56,6 +55,7 @@ pub fn sh_home(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use std::process::Command;
 
     #[test]
@@ -65,18 +65,18 @@ mod tests {
         assert_eq!(sh(""), "''");
         assert_eq!(sh_home("~/bin/relayup"), "\"$HOME\"/'bin/relayup'");
         assert_eq!(sh_home("/usr/bin/relayup"), "'/usr/bin/relayup'");
-        use std::os::unix::ffi::OsStrExt;
         assert_eq!(sh_os(std::ffi::OsStr::new("a b")), "'a b'");
         assert_eq!(sh_os(std::ffi::OsStr::new("")), "''");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_words_round_trip_through_a_real_shell() {
+        use std::os::unix::ffi::OsStrExt;
         assert_eq!(
             sh_os(std::ffi::OsStr::from_bytes(b"caf\xe9.bin")),
             "'caf'\"$(printf '\\351')\"'.bin'"
         );
-    }
-
-    #[test]
-    fn non_utf8_words_round_trip_through_a_real_shell() {
-        use std::os::unix::ffi::OsStrExt;
         let nasty: [&[u8]; 6] = [
             b"caf\xe9.bin",
             b"\xff",
@@ -96,6 +96,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     #[test]
     fn round_trips_through_a_real_shell() {
         let nasty = [

@@ -6,7 +6,6 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -166,7 +165,7 @@ fn set_up(hello: &Hello, out: &Out) -> Result<(PathBuf, Server)> {
         version: env!("CARGO_PKG_VERSION").into(),
         protocol: PROTOCOL,
         staging: staging.display().to_string(),
-        staging_free: free_space(&staging),
+        staging_free: crate::platform::free_space(&staging),
     });
     Ok((staging, uploader))
 }
@@ -441,7 +440,6 @@ fn valid_file_name(name: &str) -> bool {
 /// else can write into it, and it is never chmod-ed: a directory relayup did not
 /// create is not relayup's to change.
 fn staging_dir(requested: Option<&str>) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
     let dir = match requested {
         Some(s) => crate::config::expand(s)?,
         None => crate::config::expand(crate::server::names::DEFAULT_STAGING)?,
@@ -452,42 +450,26 @@ fn staging_dir(requested: Option<&str>) -> Result<PathBuf> {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("cannot create staging dir {}", dir.display()))?;
             }
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
+            crate::platform::create_private_dir(&dir)
                 .with_context(|| format!("cannot create staging dir {}", dir.display()))?;
         }
         Err(e) => {
             return Err(e).with_context(|| format!("staging dir {}", dir.display()));
         }
         Ok(meta) => {
-            let me = unsafe { libc::getuid() };
             if !meta.is_dir() {
                 bail!("staging dir {} is not a directory", dir.display());
             }
-            if meta.uid() != me || meta.mode() & 0o022 != 0 {
+            if let Some(problem) = crate::platform::private_dir_problem(&meta) {
                 bail!(
-                    "staging dir {} belongs to uid {} with mode {:o}; relayup stages only in a directory of this account that others cannot write: \
+                    "staging dir {} {problem}; relayup stages only in a directory of this account that others cannot write: \
                      point `staging` at one, or remove it so that relayup creates it (mode 0700)",
                     dir.display(),
-                    meta.uid(),
-                    meta.mode() & 0o7777
                 );
             }
         }
     }
     std::fs::canonicalize(&dir).with_context(|| format!("staging dir {}", dir.display()))
-}
-
-/// Free bytes available to this user in `dir`.
-fn free_space(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 fn file_checksum(path: &Path, size: u64) -> Result<String> {

@@ -327,7 +327,6 @@ pub struct HostKeyProblem(String);
 /// rewriting, keeps the user's comments and hashed entries as they are.
 fn add_known_host(file: &Path, name: &str, key_line: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     static APPEND: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = APPEND.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(dir) = file.parent() {
@@ -336,10 +335,7 @@ fn add_known_host(file: &Path, name: &str, key_line: &str) -> Result<()> {
     let needs_newline = std::fs::read(file)
         .map(|b| !b.is_empty() && !b.ends_with(b"\n"))
         .unwrap_or(false);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
+    let mut f = crate::platform::owner_only(std::fs::OpenOptions::new().create(true).append(true))
         .open(file)
         .with_context(|| format!("cannot add a host key to {}", file.display()))?;
     let line = format!(

@@ -1,11 +1,12 @@
 //! The journal of unfinished sends, under `$XDG_STATE_HOME/relayup/` (default
-//! `~/.local/state/relayup/`): enough to resume with the same parts and to clean up.
-//! The server is trusted over the journal: a part counts as sent only if the server
-//! has it with the right size and MD5.
+//! `~/.local/state/relayup/`; on Windows `%LOCALAPPDATA%\relayup\`): enough to resume
+//! with the same parts and to clean up. The server is trusted over the journal: a part
+//! counts as sent only if the server has it with the right size and MD5.
 //!
 //! Paths are kept exactly, even when they are not UTF-8 (a Unix file name is bytes):
 //! a UTF-8 path is a JSON string as it always was, any other is `{"base64": "…"}`
-//! of its bytes, so journals written either way read back the same.
+//! of its bytes (on Windows, of its UTF-16 units: see [`crate::platform::os_str_bytes`]),
+//! so journals written either way read back the same.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -37,10 +38,9 @@ pub struct Journal {
 
 /// A path as JSON without loss: a string when it is UTF-8, else its bytes in base64.
 mod exact_path {
+    use crate::platform::{os_str_bytes, os_string_from_bytes};
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use std::ffi::OsString;
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
     use std::path::{Path, PathBuf};
 
     #[derive(Serialize, Deserialize)]
@@ -56,7 +56,7 @@ mod exact_path {
         match path.to_str() {
             Some(text) => Repr::Text(text.to_string()),
             None => Repr::Bytes {
-                base64: B64.encode(path.as_os_str().as_bytes()),
+                base64: B64.encode(os_str_bytes(path.as_os_str())),
             },
         }
         .serialize(s)
@@ -65,9 +65,13 @@ mod exact_path {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
         Ok(match Repr::deserialize(d)? {
             Repr::Text(text) => PathBuf::from(text),
-            Repr::Bytes { base64 } => PathBuf::from(OsString::from_vec(
-                B64.decode(base64).map_err(serde::de::Error::custom)?,
-            )),
+            Repr::Bytes { base64 } => {
+                let bytes = B64.decode(base64).map_err(serde::de::Error::custom)?;
+                PathBuf::from(
+                    os_string_from_bytes(bytes)
+                        .ok_or_else(|| serde::de::Error::custom("not a path of this system"))?,
+                )
+            }
         })
     }
 }
@@ -80,11 +84,7 @@ pub fn valid_upload_id(id: &str) -> bool {
 }
 
 pub fn dir() -> Result<PathBuf> {
-    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => crate::config::home()?.join(".local").join("state"),
-    };
-    Ok(base.join("relayup"))
+    Ok(crate::platform::state_base()?.join("relayup"))
 }
 
 fn path(id: &str) -> Result<PathBuf> {
@@ -253,10 +253,9 @@ mod tests {
 
     #[test]
     fn paths_that_are_not_utf8_round_trip_and_old_journals_still_read() {
-        use std::os::unix::ffi::OsStrExt;
         let plan = Plan::new(10, 1, Strategy::Adaptive, None);
-        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/caf\xe9 \xff.bin"));
-        let j = Journal::new("abc", odd, "ok.bin", Path::new("/c.toml"), &plan);
+        let odd = PathBuf::from(crate::platform::not_unicode("/tmp/caf\u{e9} "));
+        let j = Journal::new("abc", &odd, "ok.bin", Path::new("/c.toml"), &plan);
         let text = serde_json::to_string(&j).unwrap();
         assert!(text.contains("\"source\":{\"base64\":"), "{text}");
         assert!(text.contains("\"config\":\"/c.toml\""), "{text}");

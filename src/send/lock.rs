@@ -20,9 +20,9 @@ pub struct Owner {
     pub pid: u32,
     /// Seconds since the epoch when the run started.
     pub since: u64,
-    /// The machine's id (`/etc/machine-id`), where it has one: host names repeat
-    /// (containers, CI runners), and only a run of this very machine may be judged
-    /// dead by its pid.
+    /// The machine's id ([`crate::platform::machine_id`]), where it has one: host
+    /// names repeat (containers, CI runners), and only a run of this very machine may
+    /// be judged dead by its pid.
     pub machine: Option<String>,
 }
 
@@ -84,13 +84,7 @@ impl Owner {
         if self.machine.is_some() && self.machine != machine_id() {
             return false;
         }
-        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
-            return false;
-        };
-        // Signal 0 checks existence only; EPERM means it exists under another user.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        !alive
+        !crate::platform::may_be_running(self.pid)
     }
 }
 
@@ -197,11 +191,12 @@ pub fn new_run_id() -> String {
     format!("{:x}", h.finalize())[..8].to_string()
 }
 
-/// An id of this machine for relayup's lock files, if it has an `/etc/machine-id`:
-/// derived from it, not the id itself, which is not to be shown to others.
+/// An id of this machine for relayup's lock files, if it has one
+/// ([`crate::platform::machine_id`]): derived from it, not the id itself, which is not
+/// to be shown to others.
 fn machine_id() -> Option<String> {
     use md5::{Digest, Md5};
-    let id = std::fs::read_to_string("/etc/machine-id").ok()?;
+    let id = crate::platform::machine_id()?;
     let id = id.trim();
     if id.is_empty() {
         return None;
@@ -214,14 +209,9 @@ fn machine_id() -> Option<String> {
 
 /// This machine's host name (`localhost` if it has none).
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).to_string();
-    if ok && !name.is_empty() && Owner::parse(&format!("{name} 0 0")).is_some() {
-        name
-    } else {
-        "localhost".into()
+    match crate::platform::hostname() {
+        Some(name) if !name.is_empty() && Owner::parse(&format!("{name} 0 0")).is_some() => name,
+        _ => "localhost".into(),
     }
 }
 
@@ -283,7 +273,12 @@ mod tests {
         assert!(!other.is_dead_here());
         // The same host name on another machine (a container, a CI runner): never
         // judged by a pid of this one, even one that does not run here.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+        // A process that has just ended: this test program listing its tests.
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--list")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let dead = child.id();
         child.wait().unwrap();
         let twin = Owner {

@@ -244,8 +244,7 @@ mod tests {
         ] {
             assert!(validate_dest(OsStr::new(bad)).is_err(), "{bad:?}");
         }
-        use std::os::unix::ffi::OsStrExt;
-        let err = validate_dest(OsStr::from_bytes(b"bad\xff")).unwrap_err();
+        let err = validate_dest(&crate::platform::not_unicode("bad")).unwrap_err();
         assert!(format!("{err}").contains("UTF-8"));
     }
 }

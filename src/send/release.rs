@@ -342,8 +342,10 @@ fn make_dirs(args: &SendArgs, dirs: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use std::fs;
 
+    #[cfg(unix)] // symbolic links
     #[test]
     fn a_directory_lands_under_its_own_name_with_its_tree() {
         let t = tempfile::tempdir().unwrap();
@@ -371,6 +373,7 @@ mod tests {
         assert_eq!(r.items[1].source, dist.join("link-to-z"));
     }
 
+    #[cfg(unix)] // symbolic links and a FIFO
     #[test]
     fn refuses_what_cannot_be_sent() {
         let t = tempfile::tempdir().unwrap();
