@@ -377,6 +377,12 @@ impl Assembly for DirectWrite {
     }
 
     fn finish(&mut self) -> Result<Assembled> {
+        // The login that took the lock sat idle through the transfer, longer than
+        // many servers keep an idle control connection (vsftpd: 300 s): the end, the
+        // rename and letting go of the lock, runs on a new one.
+        if let Ok((fresh, _)) = transport::open(&self.spec, &self.upload_id, &self.access) {
+            self.conn = fresh;
+        }
         let bad = self
             .verifier
             .take()

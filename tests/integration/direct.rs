@@ -379,3 +379,22 @@ fn direct_writes_need_room_for_the_file_once() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(md5_file(&small.join("fits")), md5_file(&fits));
 }
+
+/// The login that takes the lock idles through the transfer; a server that drops idle
+/// logins (vsftpd's idle_session_timeout) must not cost the rename at the end.
+#[test]
+fn a_server_that_drops_idle_logins_still_gets_the_file_renamed() {
+    let mut env = TestEnv::new(1);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    env.set_vsftpd_option("idle_session_timeout=2");
+    let config = direct_config(&env, "direct.toml", "ftp");
+    let file = env.random_file("f", 16 * PART);
+    let done = send_ok(
+        &env,
+        &config,
+        &file,
+        "idle.bin",
+        &["--part-size", "1MiB", "--bwlimit", "2MiB"],
+    );
+    assert_eq!(done["verification"], "read-back", "{done}");
+}
