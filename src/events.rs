@@ -175,14 +175,15 @@ pub struct HostRate {
 
 impl Done {
     /// `done` for a destination that already held this file.
-    pub fn already_there(md5: &str, dest: &str) -> Done {
+    /// `verification`: how the destination's MD5 was had (`server-md5`, `read-back`).
+    pub fn already_there(md5: &str, dest: &str, verification: &str) -> Done {
         Done {
             bytes: 0,
             seconds: 0.0,
             md5: md5.to_string(),
             dest: dest.to_string(),
             verified: true,
-            verification: "server-md5".into(),
+            verification: verification.into(),
             already_there: true,
             mbps: 0.0,
             hosts: BTreeMap::new(),
@@ -420,7 +421,7 @@ mod tests {
         before["mbps"] = json!(0.0);
         before["verification"] = json!("server-md5");
         same(
-            &Event::Done(Done::already_there("abc", "f")),
+            &Event::Done(Done::already_there("abc", "f", "server-md5")),
             before,
             r#"{"type":"done","bytes":0,"seconds":0.0,"md5":"abc","dest":"f","verified":true,"verification":"server-md5","already_there":true,"mbps":0.0,"hosts":{}}"#,
         );

@@ -3,14 +3,11 @@
 //! Parts found missing or corrupt there are removed and named for a second round.
 
 use anyhow::{anyhow, Context, Result};
-use std::path::Path;
 use std::time::Instant;
 
-use super::hashes::md5_range;
 use super::journal::Journal;
 use super::lock::Ids;
 use super::peers::HostEnd;
-use super::plan::Plan;
 use super::schedule::Scheduler;
 use super::start::Run;
 use super::target::{stamp, Target};
@@ -42,9 +39,7 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         Err(e) if e.is::<MergeFailed>() => {
             // A part missing or unreadable at the merge: the same path as a corrupt one.
             progress.stop();
-            let bad = assembly
-                .remove_bad(&part_md5s(&plan, &t.source)?)
-                .unwrap_or_default();
+            let bad = assembly.remove_bad(&plan, &t.source).unwrap_or_default();
             if !bad.is_empty() {
                 return Ok(Outcome::Resend(corrupt(&bad, &sched, &ends)));
             }
@@ -74,9 +69,7 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
     if md5_differs || file.size != t.stamp.size {
         // Every part was size-checked when it landed, so a part changed on the server
         // afterwards. Find the bad ones by their own MD5s; the re-run sends only those.
-        let bad = assembly
-            .remove_bad(&part_md5s(&plan, &t.source)?)
-            .unwrap_or_default();
+        let bad = assembly.remove_bad(&plan, &t.source).unwrap_or_default();
         if !bad.is_empty() {
             return Ok(Outcome::Resend(corrupt(&bad, &sched, &ends)));
         }
@@ -138,14 +131,6 @@ fn mismatch(file: &Assembled, source_md5: &str, size: u64) -> anyhow::Error {
         ),
         Code::Verify,
     )
-}
-
-/// Each part's expected size and MD5, hashed from the source.
-fn part_md5s(plan: &Plan, source: &Path) -> Result<Vec<(u64, String)>> {
-    plan.parts
-        .iter()
-        .map(|p| Ok((p.len, md5_range(source, p.offset, p.len)?)))
-        .collect()
 }
 
 /// The [`CorruptParts`] for the parts `bad`, naming the peers that reported

@@ -9,7 +9,7 @@ pub mod hosts;
 pub mod journal;
 pub mod local;
 pub mod lock;
-mod md5;
+pub mod md5;
 mod peers;
 pub mod plan;
 mod preflight;

@@ -23,7 +23,7 @@ enum Prepared {
     Ready(Box<dyn Assembly>),
     /// The destination exists (and `--overwrite` was not given); its MD5 where the
     /// server could compute it.
-    Exists(Option<String>),
+    Exists(Option<(String, &'static str)>),
 }
 
 /// How the server's pre-flight ended.
@@ -62,7 +62,7 @@ pub fn log_in(t: &Target, ids: &Ids, signals: &Signals) -> Result<LoggedIn> {
         Prepared::Ready(a) => a,
         Prepared::Exists(their_md5) => {
             // Not an error if it is this very file.
-            return already_there(t, their_md5.as_deref()).map(LoggedIn::AlreadyThere);
+            return already_there(t, their_md5).map(LoggedIn::AlreadyThere);
         }
     };
     let (local, host_key) = local
@@ -83,7 +83,7 @@ fn prepare(t: &Target, ids: &Ids) -> Result<Prepared> {
                 if let Ok(m) = t.settings.merge_login() {
                     merge::remove_if_empty(&session, &m.dir, &ids.upload);
                 }
-                Prepared::Exists(Some(md5))
+                Prepared::Exists(Some((md5, "server-md5")))
             }
         }),
         AssemblyKind::Direct => {
@@ -161,15 +161,15 @@ pub fn check_server_space(t: &Target, assembly: &dyn Assembly, there: u64) -> Re
 }
 
 /// The destination already exists: fine if it is this very file (nothing to send).
-fn already_there(t: &Target, their_md5: Option<&str>) -> Result<String> {
+fn already_there(t: &Target, theirs: Option<(String, &'static str)>) -> Result<String> {
     let (source, dest) = (&t.source, &t.dest);
     let dir = match (&t.settings.merge, t.settings.assembly) {
         (Some(m), AssemblyKind::Merge) => m.dir.as_str(),
         _ => t.settings.server.dir.as_str(),
     };
-    let Some(their_md5) = their_md5 else {
+    let Some((their_md5, how)) = theirs else {
         return Err(anyhow!(
-            "{dir}/{dest} already exists on the server (and the server cannot hash it to compare); \
+            "{dir}/{dest} already exists on the server (another size, or it could not be compared); \
              pass --overwrite to replace it, or --dest to choose another name"
         ))
         .context(Code::Usage);
@@ -178,7 +178,7 @@ fn already_there(t: &Target, their_md5: Option<&str>) -> Result<String> {
         .with_context(|| format!("hashing {}", source.display()))?;
     if ours == their_md5 {
         if t.mode == Mode::Json {
-            progress::emit(&Event::Done(events::Done::already_there(&ours, dest)));
+            progress::emit(&Event::Done(events::Done::already_there(&ours, dest, how)));
         }
         eprintln!(
             "relayup: {dir}/{dest} is already on the server with the same md5 {ours}; nothing to send"

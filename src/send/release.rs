@@ -315,11 +315,7 @@ fn make_dirs(args: &SendArgs, dirs: &[String]) -> Result<()> {
     if dirs.is_empty() {
         return Ok(());
     }
-    let path = crate::config::config_path(args.config.as_deref())
-        .map_err(|e| with_code(e, Code::Usage))?;
-    let mut settings = crate::config::load(&path).map_err(|e| with_code(e, Code::Usage))?;
-    settings.known_hosts.accept_new = args.accept_new_host_keys;
-    settings.io_timeout = std::time::Duration::from_secs(args.stall_timeout);
+    let settings = super::target::settings(args, &[]).map_err(|e| with_code(e, Code::Usage))?;
     let access = crate::transport::Access::of(&settings);
     let (mut conn, _) = crate::transport::open(&settings.server, "dirs", &access)
         .map_err(|e| with_code(e, Code::Connect))?;

@@ -45,8 +45,7 @@ impl Target {
     /// Resolves the command line; the peers in `exclude` are left out (a second round
     /// after parts they reported were bad). Errors here are usage errors.
     pub fn resolve(args: &SendArgs, exclude: &[String]) -> Result<Target> {
-        let path = config::config_path(args.config.as_deref())?;
-        let mut settings = config::load(&path)?;
+        let settings = settings(args, exclude)?;
         let stamp = stamp(&args.file)?;
         File::open(&args.file)
             .with_context(|| format!("{}: cannot open it for reading", args.file.display()))?;
@@ -62,22 +61,6 @@ impl Target {
             StrategyArg::Equal => Strategy::Equal,
         };
         let part_size = part_size(args.part_size.as_deref(), strategy)?;
-        if args.no_peers {
-            settings.peers.clear();
-        }
-        if let Some(names) = &args.peers {
-            settings.keep_peers(names)?;
-        }
-        settings.peers.retain(|p| !exclude.contains(&p.login.name));
-        settings.io_timeout = Duration::from_secs(args.stall_timeout);
-        settings.known_hosts.accept_new = args.accept_new_host_keys;
-        let rate = |flag: &str, text: &Option<String>| {
-            text.as_deref()
-                .map(|t| parse_rate(t).with_context(|| format!("{flag} {t}")))
-                .transpose()
-        };
-        settings.server.bwlimit = rate("--bwlimit", &args.bwlimit)?;
-        settings.bwlimit_total = rate("--bwlimit-total", &args.bwlimit_total)?;
         Ok(Target {
             settings,
             source: args.file.clone(),
@@ -194,6 +177,30 @@ pub fn stamp(path: &Path) -> Result<Stamp> {
         size: meta.len(),
         mtime: meta.modified().ok(),
     })
+}
+
+/// The config with the send's flags applied: `--no-peers`, `--peers`, the peers in
+/// `exclude` left out, `--stall-timeout`, `--accept-new-host-keys`, the rate limits.
+pub fn settings(args: &SendArgs, exclude: &[String]) -> Result<Settings> {
+    let path = config::config_path(args.config.as_deref())?;
+    let mut settings = config::load(&path)?;
+    if args.no_peers {
+        settings.peers.clear();
+    }
+    if let Some(names) = &args.peers {
+        settings.keep_peers(names)?;
+    }
+    settings.peers.retain(|p| !exclude.contains(&p.login.name));
+    settings.io_timeout = Duration::from_secs(args.stall_timeout);
+    settings.known_hosts.accept_new = args.accept_new_host_keys;
+    let rate = |flag: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| parse_rate(t).with_context(|| format!("{flag} {t}")))
+            .transpose()
+    };
+    settings.server.bwlimit = rate("--bwlimit", &args.bwlimit)?;
+    settings.bwlimit_total = rate("--bwlimit-total", &args.bwlimit_total)?;
+    Ok(settings)
 }
 
 /// The server-side name: one plain file name inside the upload directory.

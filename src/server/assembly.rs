@@ -73,9 +73,9 @@ pub trait Assembly: Send {
     /// [`crate::server::merge::MergeFailed`] means a part was missing, unreadable or
     /// different from the source.
     fn finish(&mut self) -> Result<Assembled>;
-    /// Removes every part whose size or MD5 differs from `expected` (by index), so a
-    /// second round sends exactly those; returns their indexes.
-    fn remove_bad(&self, expected: &[(u64, String)]) -> Result<Vec<usize>>;
+    /// Removes every part of `plan` that differs from that range of `source` (or
+    /// forgets it), so a second round sends exactly those; returns their indexes.
+    fn remove_bad(&self, plan: &Plan, source: &Path) -> Result<Vec<usize>>;
     /// Puts the verified file under `dest` (replacing a regular file there only with
     /// `overwrite`) and lets go of the temp data.
     fn publish(&mut self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()>;

@@ -70,9 +70,9 @@ pub enum Prepared {
     /// The temp dir exists, this run holds its lock, and the file is there to write
     /// into.
     Ready(Box<DirectWrite>),
-    /// The destination exists (and `--overwrite` was not given); its MD5 if the
-    /// server could compute it.
-    Exists(Option<String>),
+    /// The destination exists (and `--overwrite` was not given); its MD5 where it
+    /// could be had, and how (`server-md5` or `read-back`).
+    Exists(Option<(String, &'static str)>),
 }
 
 /// A direct-write [`Assembly`], prepared and locked for this run.
@@ -278,8 +278,8 @@ fn existing_dest(conn: &mut dyn Uploader, r: &Request<'_>, dest: &str) -> Result
                 None
             } else {
                 match conn.md5_at(dest, 0, size).ok().flatten() {
-                    Some(md5) => Some(md5),
-                    None => md5_back(conn, dest, size).ok(),
+                    Some(md5) => Some((md5, "server-md5")),
+                    None => md5_back(conn, dest, size).ok().map(|m| (m, "read-back")),
                 }
             };
             Ok(Some(Prepared::Exists(md5)))
@@ -408,8 +408,9 @@ impl Assembly for DirectWrite {
         })
     }
 
-    fn remove_bad(&self, _: &[(u64, String)]) -> Result<Vec<usize>> {
-        // Nothing to remove: a part sent again overwrites its range.
+    fn remove_bad(&self, _: &Plan, _: &Path) -> Result<Vec<usize>> {
+        // The verifier found them already; nothing to remove: a part sent again
+        // overwrites its range.
         Ok(self.bad.clone())
     }
 
@@ -566,13 +567,12 @@ impl VerifyJob {
 /// The MD5 of the first `len` bytes of `path` on the server, hashed here as they are
 /// read.
 fn md5_back(conn: &mut dyn Uploader, path: &str, len: u64) -> Result<String> {
-    use md5::{Digest, Md5};
-    let mut h = Md5::new();
+    let mut h = crate::send::md5::Md5::new();
     conn.read_at(path, 0, len, &mut |bytes: &[u8]| {
         h.update(bytes);
         Ok(())
     })?;
-    Ok(format!("{:x}", h.finalize()))
+    Ok(h.hex())
 }
 
 /// Reads `part` back from the server and compares it with the source, byte for

@@ -98,12 +98,27 @@ impl Assembly for AppendMerge {
             .finish()
     }
 
-    fn remove_bad(&self, expected: &[(u64, String)]) -> Result<Vec<usize>> {
+    /// Each part's size and MD5, hashed from the source, against the part files.
+    fn remove_bad(
+        &self,
+        plan: &crate::send::plan::Plan,
+        source: &std::path::Path,
+    ) -> Result<Vec<usize>> {
+        let expected = plan
+            .parts
+            .iter()
+            .map(|p| {
+                Ok((
+                    p.len,
+                    crate::send::hashes::md5_range(source, p.offset, p.len)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         remove_bad_parts(
             &self.session,
             &self.place.dir,
             &self.place.upload_id,
-            expected,
+            &expected,
         )
     }
 

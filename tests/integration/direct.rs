@@ -1,18 +1,23 @@
 //! Direct writes: no `[merge]` login, every host writes its parts into one file on the
 //! server over its own FTP/FTPS/SFTP login; each part verified, then renamed.
 
-use crate::harness::{edit_file, json_lines, md5_file, text, TestEnv, PART};
+use crate::harness::{edit_file, event, json_lines, md5_file, text, TestEnv, PART};
 use std::path::{Path, PathBuf};
 
 /// A config for `scheme` without the `[merge]` section: the server gives uploads only.
 pub fn direct_config(env: &TestEnv, name: &str, scheme: &str) -> PathBuf {
     let path = env.write_config(name, scheme, &[]);
-    edit_file(&path, |t| {
+    without_merge(&path);
+    path
+}
+
+/// Takes the `[merge]` section out of a config the harness wrote.
+fn without_merge(path: &Path) {
+    edit_file(path, |t| {
         let start = t.find("[merge]").expect("write_config writes [merge]");
         let end = start + t[start..].find("\n\n").expect("a blank line ends [merge]") + 2;
         format!("{}{}", &t[..start], &t[end..])
     });
-    path
 }
 
 /// Sends `file` as `dest`, checks the server's copy by MD5, that nothing is left, and
@@ -38,10 +43,7 @@ fn send_ok(
         "{dest}: the server's copy differs from the source"
     );
     env.assert_clean();
-    json_lines(&out)
-        .into_iter()
-        .find(|e| e["type"] == "done")
-        .expect("a done event")
+    event(&json_lines(&out), "done").clone()
 }
 
 #[test]
@@ -98,10 +100,7 @@ fn a_server_that_serialises_writes_gets_them_from_this_machine_only() {
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("lock_upload_files"), "{stderr}");
-    let done = json_lines(&out)
-        .into_iter()
-        .find(|e| e["type"] == "done")
-        .unwrap();
+    let done = event(&json_lines(&out), "done").clone();
     let hosts = done["hosts"].as_object().unwrap();
     assert_eq!(hosts["local"]["bytes"], 5 * PART + 3, "{done}");
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
@@ -114,11 +113,7 @@ fn proftpd_hashes_each_part_so_nothing_is_read_back() {
     let mut env = TestEnv::new(2);
     let port = env.start_proftpd();
     let config = env.write_proftpd_config("pro.toml", port);
-    edit_file(&config, |t| {
-        let start = t.find("[merge]").unwrap();
-        let end = start + t[start..].find("\n\n").unwrap() + 2;
-        format!("{}{}", &t[..start], &t[end..])
-    });
+    without_merge(&config);
     let file = env.random_file("f", 6 * PART + 5);
     let done = send_ok(&env, &config, &file, "pro.bin", &["--part-size", "1MiB"]);
     assert_eq!(done["verification"], "server-hash-ranges", "{done}");
@@ -150,10 +145,7 @@ fn an_sftp_only_chrooted_account_takes_the_whole_send() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(md5_file(&server.upload.join("r.bin")), md5_file(&file));
-    let done = json_lines(&out)
-        .into_iter()
-        .find(|e| e["type"] == "done")
-        .unwrap();
+    let done = event(&json_lines(&out), "done").clone();
     assert_eq!(done["verification"], "read-back", "{done}");
     let left: Vec<_> = std::fs::read_dir(&server.upload)
         .unwrap()
@@ -185,10 +177,7 @@ fn an_sftp_only_chrooted_account_takes_the_whole_send() {
         &["--json", "--verify", "none", "--dest", "n.bin"],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let done = json_lines(&out)
-        .into_iter()
-        .find(|e| e["type"] == "done")
-        .unwrap();
+    let done = event(&json_lines(&out), "done").clone();
     assert_eq!(
         (done["verification"].as_str(), done["verified"].as_bool()),
         (Some("none"), Some(false))
