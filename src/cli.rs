@@ -153,9 +153,17 @@ pub struct SendArgs {
     /// The one file being sent (set per file of a release).
     #[arg(skip)]
     pub file: PathBuf,
-    /// Its path on the server, components validated (set per file of a release).
+    /// Its path on the server, components validated (set for a release's manifest).
     #[arg(skip)]
     pub dest_path: Option<String>,
+    /// A release's files and their paths on the server, sent in one run.
+    #[arg(skip)]
+    pub items: Vec<(PathBuf, String)>,
+    /// With several files: publish none of them until every one is verified, then
+    /// all in one pass (default: each file as soon as the transfer is verified, so
+    /// one bad file does not hold back the others).
+    #[arg(long)]
+    pub atomic_release: bool,
     /// After the files, upload a checksum list in `md5sum -c` format under this path
     /// (e.g. MD5SUMS), relative to server.url's directory.
     #[arg(long, value_name = "PATH")]

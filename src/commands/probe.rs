@@ -287,7 +287,7 @@ fn peer_rate(mut link: PeerLink, id: &str) -> Result<f64> {
         link.stage_reader(0, &name, &mut ProbeData::new(PROBE_MAX), PROBE_MAX)?;
         let sum = hashes::checksum_of(&mut ProbeData::new(PROBE_MAX))?;
         let mut meter = Meter::new();
-        link.request_upload(0, &name, PROBE_MAX, &sum, None)?;
+        link.request_upload(0, &name, PROBE_MAX, &sum, (None, None))?;
         loop {
             match link.next_event()? {
                 Event::Progress { bytes, .. } => {

@@ -4,8 +4,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use ssh2::{Channel, ExtendedData, Session, Sftp};
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use crate::remote::ssh::{self, Trust};
 use crate::send::hashes::Hashes;
 use crate::send::hosts::{Host, Report};
 use crate::send::plan::Part;
+use crate::send::source::{Places, Source};
 use crate::transport::sftp::write_file;
 use crate::transport::Body;
 use crate::transport::Cancellable;
@@ -204,12 +205,11 @@ impl PeerLink {
     }
 
     /// Copies the part's byte range to the peer's staging dir over SFTP.
-    fn stage(&mut self, source: &Path, part: &Part, prefix: &str) -> Result<String> {
+    fn stage(&mut self, source: &Source, part: &Part, prefix: &str) -> Result<String> {
         let name = format!("{prefix}{}", part.file_name());
-        let mut file =
-            File::open(source).with_context(|| format!("opening {}", source.display()))?;
-        file.seek(SeekFrom::Start(part.offset))?;
-        self.stage_reader(part.index, &name, &mut file.take(part.len), part.len)?;
+        let mut range = source.reader(part.offset, part.len)?;
+        self.stage_reader(part.index, &name, &mut range, part.len)?;
+        range.complete()?;
         Ok(name)
     }
 
@@ -244,7 +244,7 @@ impl PeerLink {
         file: &str,
         size: u64,
         xxh3: &str,
-        offset: Option<u64>,
+        (into, offset): (Option<&str>, Option<u64>),
     ) -> Result<()> {
         self.send(&Request::Upload {
             index,
@@ -252,6 +252,7 @@ impl PeerLink {
             size,
             xxh3: xxh3.to_string(),
             offset,
+            into: into.map(str::to_string),
         })
     }
 
@@ -309,11 +310,11 @@ fn link_name(peer: &Peer) -> String {
 /// relay, which reports on them.
 pub struct PeerHost<'a> {
     pub link: &'a mut PeerLink,
-    pub source: &'a Path,
+    pub source: &'a Source,
     /// Staged names start with this (`<upload id>-<run id>`).
     pub stage_prefix: &'a str,
-    /// Direct writes: the relay writes each part at its offset of the one file.
-    pub direct: bool,
+    /// Where each part goes on the server.
+    pub places: &'a Places,
 }
 
 impl Host for PeerHost<'_> {
@@ -334,9 +335,13 @@ impl Host for PeerHost<'_> {
         // Hashed by the one pass over the source, which staging has given time to get
         // there.
         let xxh3 = hashes.part(part.index)?;
-        let offset = self.direct.then_some(part.offset);
-        self.link
-            .request_upload(part.index, &name, part.len, &xxh3, offset)?;
+        self.link.request_upload(
+            part.index,
+            &name,
+            part.len,
+            &xxh3,
+            self.places.of(part.index),
+        )?;
         Ok(Some(xxh3))
     }
 

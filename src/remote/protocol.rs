@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use crate::secret::Secret;
 
 /// Bumped whenever a message changes shape; client and relay must agree.
-pub const PROTOCOL: u32 = 6;
+pub const PROTOCOL: u32 = 7;
 
 fn default_stall() -> u64 {
     30
@@ -109,6 +109,11 @@ pub enum Request {
         /// instead of uploading it as a part file.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
+        /// Direct writes: the file in the upload's temp dir the part goes to (whole,
+        /// or at `offset`) instead of its own part file: `file` for one file's send,
+        /// `<k>.file` in a release.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        into: Option<String>,
     },
     /// From now on, upload at most this many bytes per second (at least 1), also in
     /// the part being uploaded: this peer's share of `--bwlimit-total` changed.
@@ -227,16 +232,18 @@ mod tests {
             size: 10,
             xxh3: "00".into(),
             offset: None,
+            into: None,
         };
         assert_eq!(parse_request(to_line(&up).trim_end()).unwrap(), up);
         // A direct write names its offset; without one the line is as before.
-        assert!(!to_line(&up).contains("offset"));
+        assert!(!to_line(&up).contains("offset") && !to_line(&up).contains("into"));
         let at = Request::Upload {
             index: 3,
             file: "x-3.part".into(),
             size: 10,
             xxh3: "00".into(),
             offset: Some(1 << 40),
+            into: Some("3.file".into()),
         };
         assert_eq!(parse_request(to_line(&at).trim_end()).unwrap(), at);
         assert_eq!(to_line(&Request::Bye), "{\"type\":\"bye\"}\n");

@@ -56,6 +56,8 @@ struct Job {
     xxh3: String,
     /// Direct writes: where the part goes in the upload's one file.
     offset: Option<u64>,
+    /// Direct writes: the file in the temp dir it goes to.
+    into: Option<String>,
 }
 
 /// A line from stdin as the reader thread passes it on (`None`: stdin closed).
@@ -381,9 +383,13 @@ fn serve(lines: &mpsc::Receiver<Line>, idle: Duration, to: &Dispatch) -> Result<
                 size,
                 xxh3,
                 offset,
+                into,
             } => {
                 if !valid_file_name(&file) {
                     bail!("refusing staged file name {file:?}");
+                }
+                if into.as_deref().is_some_and(|n| !valid_file_name(n)) {
+                    bail!("refusing server file name {into:?}");
                 }
                 let path = to.staging.join(&file);
                 to.staged.add(path.clone());
@@ -393,6 +399,7 @@ fn serve(lines: &mpsc::Receiver<Line>, idle: Duration, to: &Dispatch) -> Result<
                     size,
                     xxh3,
                     offset,
+                    into,
                 });
             }
             Request::Limit { bytes_per_sec } => {
@@ -494,10 +501,7 @@ fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Res
     let path = job.path.clone();
     let sum = Arc::new(Mutex::new(xxhash_rust::xxh3::Xxh3::new()));
     let name = crate::server::names::part(index);
-    let place = match job.offset {
-        Some(offset) => Place::At(offset),
-        None => Place::Part(&name),
-    };
+    let place = Place::of(&name, job.into.as_deref(), job.offset);
     server.put_part(
         place,
         job.size,

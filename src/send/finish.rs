@@ -9,6 +9,7 @@ use super::journal::Journal;
 use super::lock::Ids;
 use super::peers::HostEnd;
 use super::schedule::Scheduler;
+use super::source::Source;
 use super::start::Run;
 use super::target::{stamp, Target};
 use super::{CorruptParts, Outcome};
@@ -27,6 +28,8 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         hasher,
         mut assembly,
         journal,
+        source,
+        skipped,
         ..
     } = run;
     if !sched.all_done() {
@@ -34,12 +37,12 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         return Err(no_host_finished(&ends, t, &ids.upload));
     }
     let transfer_end = Instant::now();
-    let file = match assembly.finish() {
+    let files = match assembly.finish() {
         Ok(m) => m,
         Err(e) if e.is::<MergeFailed>() => {
             // A part missing or unreadable at the merge: the same path as a corrupt one.
             progress.stop();
-            let bad = assembly.remove_bad(&plan, &t.source).unwrap_or_default();
+            let bad = assembly.remove_bad(&plan, &source).unwrap_or_default();
             if !bad.is_empty() {
                 return Ok(Outcome::Resend(corrupt(&bad, &sched, &ends)));
             }
@@ -47,36 +50,57 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         }
         Err(e) => return Err(with_code(e, Code::Transfer)),
     };
-    if let Some(md5) = &file.md5 {
+    if let (false, Some(md5)) = (
+        source.is_release(),
+        files.first().and_then(|f| f.md5.as_ref()),
+    ) {
         progress.merged(md5, transfer_end.elapsed().as_secs_f64());
     }
-    let source_md5 = hasher
+    let sums = hasher
         .join()
         .map_err(|_| anyhow!("hashing thread panicked"))?
-        .with_context(|| format!("hashing {}", t.source.display()))
+        .context("hashing the source")
         .map_err(|e| with_code(e, Code::Transfer))?;
     let (summary, seconds) = progress.stop();
-    if stamp(&t.source)? != t.stamp {
+    let (mut good, mut changed, mut differ) = (Vec::new(), Vec::new(), None);
+    for (k, (f, file)) in source.files.iter().zip(&files).enumerate() {
+        if stamp(&f.path).ok() != Some(f.stamp) {
+            changed.push(f);
+        } else if file.md5.as_ref().is_some_and(|m| *m != sums[k]) || file.size != f.size() {
+            differ.get_or_insert((k, file));
+        } else {
+            good.push((k, file.clone()));
+        }
+    }
+    if let Some((k, file)) = differ {
+        // Every part was size-checked when it landed, so a part changed on the server
+        // afterwards. Find the bad ones by their own MD5s; the re-run sends only those.
+        let bad = assembly.remove_bad(&plan, &source).unwrap_or_default();
+        if !bad.is_empty() {
+            return Ok(Outcome::Resend(corrupt(&bad, &sched, &ends)));
+        }
+        let f = &source.files[k];
+        return Err(mismatch(file, &f.dest, &sums[k], f.size()));
+    }
+    if let Some(f) = changed.first() {
+        let published = if source.is_release() && !t.atomic && !good.is_empty() {
+            assembly
+                .publish(&good, t.overwrite, false)
+                .map_err(|e| with_code(e, Code::Transfer))?;
+            format!("the {} other file(s) were published", good.len())
+        } else {
+            "nothing was renamed into place".to_string()
+        };
         return Err(with_code(
             anyhow!(
-                "{} changed during the send; nothing was renamed into place. Send it again once it is stable",
-                t.source.display()
+                "{} changed during the send; {published}. Send it again once it is stable",
+                f.path.display()
             ),
             Code::Verify,
         ));
     }
-    let md5_differs = file.md5.as_ref().is_some_and(|m| *m != source_md5);
-    if md5_differs || file.size != t.stamp.size {
-        // Every part was size-checked when it landed, so a part changed on the server
-        // afterwards. Find the bad ones by their own MD5s; the re-run sends only those.
-        let bad = assembly.remove_bad(&plan, &t.source).unwrap_or_default();
-        if !bad.is_empty() {
-            return Ok(Outcome::Resend(corrupt(&bad, &sched, &ends)));
-        }
-        return Err(mismatch(&file, &source_md5, t.stamp.size));
-    }
     assembly
-        .publish(&file, &t.dest, t.overwrite)
+        .publish(&good, t.overwrite, true)
         .map_err(|e| with_code(e, Code::Transfer))?;
     // The journal's last save is done before it goes.
     let _ = journal.join();
@@ -86,16 +110,48 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
             progress.warn(&format!("{} dropped out during the send: {e:#}", h.name));
         }
     }
-    progress::report_done(
-        t.mode,
-        t.stamp.size,
-        seconds,
-        &source_md5,
-        &t.dest,
-        &summary,
-        file.verification,
-    );
-    Ok(Outcome::Sent(source_md5))
+    let verification = files.first().map_or("server-md5", |f| f.verification);
+    if !t.source.is_release() {
+        progress::report_done(
+            t.mode,
+            source.size,
+            seconds,
+            &sums[0],
+            &t.dest,
+            &summary,
+            verification,
+        );
+    }
+    Ok(Outcome::Sent(reports(t, &source, &sums, &skipped)))
+}
+
+/// Every file of the target, in order, as sent in this run or found on the server.
+fn reports(
+    t: &Target,
+    sent: &Source,
+    sums: &[String],
+    skipped: &[(usize, String)],
+) -> Vec<super::FileReport> {
+    let mut sent_md5 = sent.files.iter().zip(sums);
+    t.source
+        .files
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            let there = skipped.iter().find(|s| s.0 == k).map(|s| s.1.clone());
+            let already_there = there.is_some();
+            let md5 = there
+                .or_else(|| sent_md5.next().map(|(_, m)| m.clone()))
+                .unwrap_or_default();
+            super::FileReport {
+                dest: f.dest.clone(),
+                source: f.path.clone(),
+                bytes: f.size(),
+                md5,
+                already_there,
+            }
+        })
+        .collect()
 }
 
 /// Every host failed: what each said, and where the parts wait for a resume.
@@ -121,10 +177,10 @@ fn no_host_finished(ends: &[HostEnd], t: &Target, upload_id: &str) -> anyhow::Er
 }
 
 /// The assembled file is not the source, and no part is to blame.
-fn mismatch(file: &Assembled, source_md5: &str, size: u64) -> anyhow::Error {
+fn mismatch(file: &Assembled, dest: &str, source_md5: &str, size: u64) -> anyhow::Error {
     with_code(
         anyhow!(
-            "verification failed: the server's file has md5 {} and {} bytes, \
+            "verification failed: the server's file for {dest} has md5 {} and {} bytes, \
              the source has md5 {source_md5} and {size} bytes; nothing was renamed into place",
             file.md5.as_deref().unwrap_or("(not computed)"),
             file.size

@@ -11,13 +11,13 @@
 use super::md5::Md5;
 use anyhow::{anyhow, Context, Result};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::send::plan::Part;
+use crate::send::source::Source;
 
 #[derive(Default)]
 struct State {
@@ -27,14 +27,17 @@ struct State {
 
 pub struct Hashes {
     state: Mutex<State>,
-    source: PathBuf,
+    source: Arc<Source>,
     parts: Vec<Part>,
 }
 
 impl Hashes {
-    /// Starts hashing `source`, whose parts are `parts` (contiguous, in order). The
-    /// thread returns the whole file's MD5.
-    pub fn spawn(source: PathBuf, parts: Vec<Part>) -> (Arc<Hashes>, JoinHandle<Result<String>>) {
+    /// Starts hashing `source`, whose parts are `parts` (contiguous, in order, none
+    /// spanning two files). The thread returns every file's MD5, in order.
+    pub fn spawn(
+        source: Arc<Source>,
+        parts: Vec<Part>,
+    ) -> (Arc<Hashes>, JoinHandle<Result<Vec<String>>>) {
         let hashes = Arc::new(Hashes {
             state: Mutex::new(State {
                 parts: vec![None; parts.len()],
@@ -58,40 +61,47 @@ impl Hashes {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn run(&self, source: &std::path::Path, parts: &[Part]) -> Result<String> {
-        let mut f = File::open(source).with_context(|| format!("opening {}", source.display()))?;
-        let mut whole = Md5::new();
+    fn run(&self, source: &Source, parts: &[Part]) -> Result<Vec<String>> {
         let mut buf = vec![0u8; 1 << 20];
-        for part in parts {
-            let mut sum = Xxh3::new();
-            let mut left = part.len;
-            while left > 0 {
-                let want = buf.len().min(left as usize);
-                let n = f
-                    .read(&mut buf[..want])
-                    .with_context(|| format!("reading {}", source.display()))?;
+        let mut next = parts.iter().peekable();
+        let mut sums = Vec::with_capacity(source.files.len());
+        for file in &source.files {
+            let path = &file.path;
+            let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let mut whole = Md5::new();
+            let end = file.start + file.size();
+            while let Some(part) = next.next_if(|p| p.offset < end) {
+                let mut sum = Xxh3::new();
+                let mut left = part.len;
+                while left > 0 {
+                    let want = buf.len().min(left as usize);
+                    let n = f
+                        .read(&mut buf[..want])
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    if n == 0 {
+                        return Err(anyhow!(
+                            "{} became shorter while being read",
+                            path.display()
+                        ));
+                    }
+                    whole.update(&buf[..n]);
+                    sum.update(&buf[..n]);
+                    left -= n as u64;
+                }
+                self.lock().parts[part.index] = Some(hex128(sum.digest128()));
+            }
+            // Anything after the last part (the file grew) still counts: the caller
+            // compares against the server's MD5 and the size check catches the rest.
+            loop {
+                let n = f.read(&mut buf)?;
                 if n == 0 {
-                    return Err(anyhow!(
-                        "{} became shorter while being read",
-                        source.display()
-                    ));
+                    break;
                 }
                 whole.update(&buf[..n]);
-                sum.update(&buf[..n]);
-                left -= n as u64;
             }
-            self.lock().parts[part.index] = Some(hex128(sum.digest128()));
+            sums.push(whole.hex());
         }
-        // Anything after the last part (the file grew) still counts: the caller compares
-        // against the server's MD5 and the size check catches the rest.
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            whole.update(&buf[..n]);
-        }
-        Ok(whole.hex())
+        Ok(sums)
     }
 
     /// Part `index`'s checksum: from the pass if it got there, else computed now
@@ -111,7 +121,10 @@ impl Hashes {
             .parts
             .get(index)
             .ok_or_else(|| anyhow!("no part {index}"))?;
-        range(&self.source, part.offset, part.len, checksum_of)
+        let mut r = self.source.reader(part.offset, part.len)?;
+        let sum = checksum_of(&mut r)?;
+        r.complete()?;
+        Ok(sum)
     }
 }
 
@@ -168,31 +181,6 @@ pub fn md5_of(r: &mut dyn Read) -> Result<String> {
     }
 }
 
-/// MD5 of `len` bytes of `path` from `offset`; a file shorter than that is an error.
-pub fn md5_range(path: &Path, offset: u64, len: u64) -> Result<String> {
-    range(path, offset, len, md5_of)
-}
-
-/// `digest` of `len` bytes of `path` from `offset`; a file shorter than that is an error.
-fn range(
-    path: &Path,
-    offset: u64,
-    len: u64,
-    digest: fn(&mut dyn Read) -> Result<String>,
-) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut range = f.take(len);
-    let sum = digest(&mut range)?;
-    if range.limit() != 0 {
-        return Err(anyhow!(
-            "{} became shorter while being read",
-            path.display()
-        ));
-    }
-    Ok(sum)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,7 +193,8 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let parts = fixed(data.len() as u64, 1 << 20);
-        let (h, t) = Hashes::spawn(path, parts.clone());
+        let source = Arc::new(Source::single(&path, "f").unwrap());
+        let (h, t) = Hashes::spawn(source, parts.clone());
         for p in parts.iter().rev() {
             let want = format!(
                 "{:032x}",
@@ -215,15 +204,55 @@ mod tests {
         }
         assert_eq!(
             t.join().unwrap().unwrap(),
-            format!("{:x}", <md5::Md5 as md5::Digest>::digest(&data))
+            [format!("{:x}", <md5::Md5 as md5::Digest>::digest(&data))]
         );
         assert!(h.part(99).is_err());
     }
 
     #[test]
-    fn a_missing_file_fails_every_caller() {
-        let (h, t) = Hashes::spawn("/nonexistent/file".into(), fixed(10, 5));
+    fn a_file_gone_fails_every_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, [0u8; 10]).unwrap();
+        let source = Arc::new(Source::single(&path, "f").unwrap());
+        std::fs::remove_file(&path).unwrap();
+        let (h, t) = Hashes::spawn(source, fixed(10, 5));
         assert!(t.join().unwrap().is_err());
         assert!(h.part(1).is_err());
+    }
+
+    #[test]
+    fn a_release_gives_each_file_its_md5() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut items = Vec::new();
+        for (name, body) in [("a", &b"hello"[..]), ("e", b""), ("b", b"world!")] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            items.push((p, name.to_string()));
+        }
+        let source = Arc::new(Source::release(&items).unwrap());
+        let plan = crate::send::plan::Plan::for_source(
+            &source,
+            2,
+            crate::send::plan::Strategy::Adaptive,
+            Some(4),
+        );
+        assert_eq!(
+            plan.parts
+                .iter()
+                .map(|p| (p.offset, p.len))
+                .collect::<Vec<_>>(),
+            [(0, 4), (4, 1), (5, 4), (9, 2)]
+        );
+        let (h, t) = Hashes::spawn(source, plan.parts.clone());
+        let md5 = |b: &[u8]| format!("{:x}", <md5::Md5 as md5::Digest>::digest(b));
+        assert_eq!(
+            t.join().unwrap().unwrap(),
+            [md5(b"hello"), md5(b""), md5(b"world!")]
+        );
+        assert_eq!(
+            h.part(3).unwrap(),
+            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b"d!"))
+        );
     }
 }

@@ -484,7 +484,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         std::fs::write(&src, vec![0u8; 4 << 20]).unwrap();
-        let (hashes, _h) = Hashes::spawn(src, plan.parts.clone());
+        let source = std::sync::Arc::new(crate::send::source::Source::single(&src, "src").unwrap());
+        let (hashes, _h) = Hashes::spawn(source, plan.parts.clone());
         let health = Health::new(retry_for);
         let job = Job {
             host: 0,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use crate::send::plan::{Part, Plan, Strategy};
+use crate::send::source::Source;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Journal {
@@ -34,6 +35,10 @@ pub struct Journal {
     /// Direct writes: the parts verified on the server so far (by index).
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub verified: std::collections::BTreeSet<usize>,
+    /// A release: every file's name on the server and size, in the order of the
+    /// parts (`source` is then the first file, `dest` says how many there are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<(String, u64)>,
 }
 
 /// A path as JSON without loss: a string when it is UTF-8, else its bytes in base64.
@@ -96,11 +101,16 @@ fn file_name(id: &str) -> String {
 }
 
 impl Journal {
-    pub fn new(id: &str, source: &Path, dest: &str, config: &Path, plan: &Plan) -> Journal {
+    pub fn new(id: &str, source: &Source, config: &Path, plan: &Plan) -> Journal {
+        let first = source
+            .files
+            .first()
+            .map(|f| f.path.clone())
+            .unwrap_or_default();
         Journal {
             id: id.to_string(),
-            source: std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf()),
-            dest: dest.to_string(),
+            source: std::fs::canonicalize(&first).unwrap_or(first),
+            dest: source.label(),
             config: std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf()),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -111,11 +121,34 @@ impl Journal {
             parts: plan.parts.iter().map(|p| (p.offset, p.len)).collect(),
             owners: plan.owners.clone(),
             verified: Default::default(),
+            files: if source.is_release() {
+                source
+                    .files
+                    .iter()
+                    .map(|f| (f.dest.clone(), f.size()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
-    /// The plan this journal recorded, if it still describes `size` bytes exactly.
-    pub fn plan(&self, size: u64) -> Option<Plan> {
+    /// The plan this journal recorded, if it still describes `source` exactly: its
+    /// size and, for a release, its files.
+    pub fn plan(&self, source: &Source) -> Option<Plan> {
+        let size = source.size;
+        let files: Vec<(String, u64)> = if source.is_release() {
+            source
+                .files
+                .iter()
+                .map(|f| (f.dest.clone(), f.size()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if files != self.files {
+            return None;
+        }
         let mut next = 0;
         let mut parts = Vec::new();
         for (index, &(offset, len)) in self.parts.iter().enumerate() {
@@ -216,17 +249,18 @@ mod tests {
     #[test]
     fn plan_round_trips_and_rejects_damage() {
         let plan = Plan::new(100, 3, Strategy::Equal, None);
-        let j = Journal::new("abc", Path::new("/x"), "d", Path::new("/c"), &plan);
-        let back = j.plan(100).unwrap();
+        let src = |size| Source::unchecked(Path::new("/x"), "d", size);
+        let j = Journal::new("abc", &src(100), Path::new("/c"), &plan);
+        let back = j.plan(&src(100)).unwrap();
         assert_eq!(back.parts, plan.parts);
         assert_eq!(back.strategy, Strategy::Equal);
         assert!(
-            j.plan(101).is_none(),
+            j.plan(&src(101)).is_none(),
             "a different size is a different file"
         );
         let mut gap = j.clone();
         gap.parts[1].0 += 1;
-        assert!(gap.plan(100).is_none());
+        assert!(gap.plan(&src(100)).is_none());
     }
 
     #[test]
@@ -235,7 +269,8 @@ mod tests {
         let dir = state.path().join("relayup");
         let id = "00112233aabbccdd";
         let plan = Plan::new(100, 2, Strategy::Equal, None);
-        let j = Journal::new(id, Path::new("/x"), "d", Path::new("/c"), &plan);
+        let src = Source::unchecked(Path::new("/x"), "d", 100);
+        let j = Journal::new(id, &src, Path::new("/c"), &plan);
         j.save_in(&dir).unwrap();
         let mut again = j.clone();
         again.dest = "e".into();
@@ -243,7 +278,7 @@ mod tests {
         let text = std::fs::read_to_string(dir.join(format!("{id}.json"))).unwrap();
         let back: Journal = serde_json::from_str(&text).unwrap();
         assert_eq!(back.dest, "e");
-        assert_eq!(back.plan(100).unwrap().parts, plan.parts);
+        assert_eq!(back.plan(&src).unwrap().parts, plan.parts);
         let names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -255,7 +290,12 @@ mod tests {
     fn paths_that_are_not_utf8_round_trip_and_old_journals_still_read() {
         let plan = Plan::new(10, 1, Strategy::Adaptive, None);
         let odd = PathBuf::from(crate::platform::not_unicode("/tmp/caf\u{e9} "));
-        let j = Journal::new("abc", &odd, "ok.bin", Path::new("/c.toml"), &plan);
+        let j = Journal::new(
+            "abc",
+            &Source::unchecked(&odd, "ok.bin", 10),
+            Path::new("/c.toml"),
+            &plan,
+        );
         let text = serde_json::to_string(&j).unwrap();
         assert!(text.contains("\"source\":{\"base64\":"), "{text}");
         assert!(text.contains("\"config\":\"/c.toml\""), "{text}");
@@ -269,7 +309,9 @@ mod tests {
             "equal":false,"parts":[[0,10]]}"#;
         let j: Journal = serde_json::from_str(old).unwrap();
         assert_eq!(j.source, Path::new("/home/u/big.iso"));
-        assert!(j.plan(10).is_some());
+        assert!(j
+            .plan(&Source::unchecked(Path::new("/x"), "big.iso", 10))
+            .is_some());
         assert!(serde_json::to_string(&j)
             .unwrap()
             .contains("\"source\":\"/home/u/big.iso\""));

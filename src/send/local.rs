@@ -2,16 +2,17 @@
 //! source to the server, on a thread of its own, and reports on them as a peer's relay
 //! does, so one loop (see [`crate::send::hosts`]) drives it like every peer.
 
-use anyhow::{anyhow, Context, Result};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use anyhow::{anyhow, Result};
+
+use std::io::Read;
+
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 use crate::send::hashes::Hashes;
 use crate::send::hosts::{Host, Report};
 use crate::send::plan::Part;
+use crate::send::source::{Places, Source};
 use crate::transport::{Place, Server};
 
 pub struct LocalHost {
@@ -24,9 +25,9 @@ impl LocalHost {
     /// With `direct`, parts are written into the upload's one file at their offsets.
     pub fn start(
         mut server: Server,
-        source: PathBuf,
+        source: Arc<Source>,
         hashes: Arc<Hashes>,
-        direct: bool,
+        places: Arc<Places>,
     ) -> LocalHost {
         let (parts, todo) = mpsc::channel::<Part>();
         let (report, reports) = mpsc::channel();
@@ -34,32 +35,28 @@ impl LocalHost {
             for part in todo {
                 let progress = report.clone();
                 let name = part.file_name();
-                let place = if direct {
-                    Place::At(part.offset)
-                } else {
-                    Place::Part(&name)
-                };
-                let result = server
-                    .put_part(
-                        place,
-                        part.len,
-                        &mut || {
-                            let mut file = File::open(&source)
-                                .with_context(|| format!("{}: cannot open it", source.display()))?;
-                            file.seek(SeekFrom::Start(part.offset))?;
-                            Ok(Box::new(file.take(part.len)) as Box<dyn Read>)
-                        },
-                        &mut |bytes| {
-                            let _ = progress.send(Report::Progress {
-                                index: part.index,
-                                bytes,
-                            });
-                        },
-                        crate::interrupt::flag(),
-                    )
-                    // The bytes came from the source itself: their checksum is the
-                    // source's, from the one pass over it.
-                    .and_then(|_| hashes.part(part.index));
+                let (into, offset) = places.of(part.index);
+                let place = Place::of(&name, into, offset);
+                let result =
+                    server
+                        .put_part(
+                            place,
+                            part.len,
+                            &mut || {
+                                Ok(Box::new(source.reader(part.offset, part.len)?)
+                                    as Box<dyn Read>)
+                            },
+                            &mut |bytes| {
+                                let _ = progress.send(Report::Progress {
+                                    index: part.index,
+                                    bytes,
+                                });
+                            },
+                            crate::interrupt::flag(),
+                        )
+                        // The bytes came from the source itself: their checksum is the
+                        // source's, from the one pass over it.
+                        .and_then(|_| hashes.part(part.index));
                 let r = match result {
                     Ok(checksum) => Report::Done {
                         index: part.index,

@@ -15,6 +15,7 @@ pub mod plan;
 mod preflight;
 pub mod release;
 pub mod schedule;
+pub mod source;
 mod start;
 mod target;
 
@@ -35,8 +36,8 @@ use target::Target;
 enum Outcome {
     /// `--dry-run`: the plan is printed, nothing sent.
     Planned,
-    /// The file is on the server under its name, verified; the source's MD5.
-    Sent(String),
+    /// The files are on the server under their names, verified.
+    Sent(Vec<FileReport>),
     /// The destination already holds this very file (this MD5): nothing was sent.
     AlreadyThere(String),
     /// Parts were missing or corrupt on the server at the merge and have been removed
@@ -67,11 +68,15 @@ impl std::fmt::Display for CorruptParts {
     }
 }
 
-/// How the send of one file ended, when it did not fail.
-pub struct FileSent {
-    /// The file's MD5 (`None` for `--dry-run`).
-    pub md5: Option<String>,
-    /// The destination already held this very file.
+/// One file on the server after a send.
+#[derive(Clone, Debug)]
+pub struct FileReport {
+    /// Its path on the server, relative to the upload directory.
+    pub dest: String,
+    pub source: std::path::PathBuf,
+    pub bytes: u64,
+    pub md5: String,
+    /// The destination already held this very file: it was not sent.
     pub already_there: bool,
 }
 
@@ -83,13 +88,14 @@ pub fn run(args: SendArgs) -> Result<ExitCode> {
     if one_file || (args.paths.len() == 1 && std::fs::metadata(&args.paths[0]).is_err()) {
         let mut one = args.clone();
         one.file = args.paths[0].clone();
-        return send_file(&one).map(|_| ExitCode::SUCCESS);
+        return send_files(&one).map(|_| ExitCode::SUCCESS);
     }
     release::run(&args)
 }
 
-/// Sends one file (`args.file`), with a second round for parts found bad.
-pub fn send_file(args: &SendArgs) -> Result<FileSent> {
+/// Sends one file (`args.file`) or a release (`args.items`), with a second round
+/// for parts found bad. Nothing for `--dry-run`.
+pub fn send_files(args: &SendArgs) -> Result<Vec<FileReport>> {
     let result = match send(args, &[]) {
         Ok(Outcome::Resend(c)) => {
             // Once: the resume path finds every good part on the server and sends the
@@ -105,18 +111,15 @@ pub fn send_file(args: &SendArgs) -> Result<FileSent> {
         other => other,
     };
     let result = match result {
-        Ok(Outcome::Planned) => Ok(FileSent {
-            md5: None,
-            already_there: false,
-        }),
-        Ok(Outcome::Sent(md5)) => Ok(FileSent {
-            md5: Some(md5),
-            already_there: false,
-        }),
-        Ok(Outcome::AlreadyThere(md5)) => Ok(FileSent {
-            md5: Some(md5),
+        Ok(Outcome::Planned) => Ok(Vec::new()),
+        Ok(Outcome::Sent(files)) => Ok(files),
+        Ok(Outcome::AlreadyThere(md5)) => Ok(vec![FileReport {
+            dest: args.dest_path.clone().unwrap_or_default(),
+            source: args.file.clone(),
+            bytes: std::fs::metadata(&args.file).map_or(0, |m| m.len()),
+            md5,
             already_there: true,
-        }),
+        }]),
         Ok(Outcome::Resend(c)) => Err(with_code(
             anyhow!("{c} twice; nothing was renamed into place"),
             Code::Verify,

@@ -11,6 +11,7 @@ use super::health::Health;
 use super::hosts;
 use super::lock::Ids;
 use super::schedule::Scheduler;
+use super::source::{Places, Source};
 use super::target::Target;
 use crate::progress::Progress;
 use crate::remote::peer::{self, PeerLink};
@@ -79,8 +80,10 @@ pub struct Go {
     pub health: Arc<Health>,
     /// `--stall-timeout`.
     pub stall: std::time::Duration,
-    /// Direct writes: parts go into the one file at their offsets.
-    pub direct: bool,
+    /// What is sent.
+    pub source: Arc<Source>,
+    /// Where each part goes on the server.
+    pub places: Arc<Places>,
 }
 
 impl Go {
@@ -143,9 +146,9 @@ pub fn peer_thread(
     let prefix = crate::server::names::staged_prefix(&ids.upload, &ids.run);
     let mut peer = peer::PeerHost {
         link: &mut link,
-        source: &t.source,
+        source: &go.source,
         stage_prefix: &prefix,
-        direct: go.direct,
+        places: &go.places,
     };
     let result = hosts::ended(&job, &name, hosts::drive(&mut peer, &job));
     link.close();

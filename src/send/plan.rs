@@ -183,6 +183,38 @@ impl Plan {
         }
     }
 
+    /// The plan for `source`: one file as [`Plan::new`] cuts it; a release file by
+    /// file, so no part spans two files: a file smaller than a part is one part (it
+    /// is never split), a bigger one is cut into parts of the part size. Empty files
+    /// have no parts.
+    pub fn for_source(
+        source: &crate::send::source::Source,
+        hosts: usize,
+        strategy: Strategy,
+        part_size: Option<u64>,
+    ) -> Plan {
+        if !source.is_release() {
+            return Plan::new(source.size, hosts, strategy, part_size);
+        }
+        let max = part_size.unwrap_or_else(|| default_part_size(source.size, hosts));
+        let mut parts = Vec::new();
+        for f in &source.files {
+            for p in fixed(f.size(), max) {
+                parts.push(Part {
+                    index: parts.len(),
+                    offset: f.start + p.offset,
+                    len: p.len,
+                });
+            }
+        }
+        Plan {
+            size: source.size,
+            strategy: Strategy::Adaptive,
+            parts,
+            owners: Vec::new(),
+        }
+    }
+
     /// Human description, one line per part (for `--dry-run`).
     pub fn describe(&self, hosts: &[String]) -> String {
         let mut out = String::new();

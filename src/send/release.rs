@@ -203,23 +203,56 @@ pub fn run(args: &SendArgs) -> Result<ExitCode> {
         make_dirs(args, &dirs)?;
     }
     let n = release.items.len();
-    let Tally {
-        sums,
-        sent,
-        there,
-        bytes,
-    } = send_items(args, &release.items, json)?;
+    let mut all = args.clone();
+    all.items = release
+        .items
+        .iter()
+        .map(|i| (i.source.clone(), i.dest.clone()))
+        .collect();
+    all.manifest = None;
+    let reports = if all.items.is_empty() {
+        Vec::new()
+    } else {
+        super::send_files(&all)?
+    };
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
+    let (mut sent, mut there, mut bytes) = (0, 0, 0);
+    for r in &reports {
+        if r.already_there {
+            there += 1;
+        } else {
+            sent += 1;
+            bytes += r.bytes;
+        }
+        if json {
+            progress::emit(&Event::FileDone {
+                path: r.dest.clone(),
+                source: r.source.display().to_string(),
+                bytes: r.bytes,
+                md5: r.md5.clone(),
+                already_there: r.already_there,
+            });
+        }
+    }
     if let Some(m) = &manifest {
+        let sums: Vec<(String, String)> = reports
+            .iter()
+            .map(|r| (r.dest.clone(), r.md5.clone()))
+            .collect();
         let mut tmp = tempfile::NamedTempFile::new().context("writing the manifest")?;
         std::io::Write::write_all(&mut tmp, self::manifest(m, &sums).as_bytes())
             .context("writing the manifest")?;
         if !json {
             eprintln!("relayup: manifest {m}");
         }
-        send_item(args, tmp.path(), m).with_context(|| format!("uploading the manifest {m}"))?;
+        let mut one = args.clone();
+        one.file = tmp.path().to_path_buf();
+        one.dest_path = Some(m.clone());
+        one.manifest = None;
+        one.items = Vec::new();
+        super::send_files(&one).with_context(|| format!("uploading the manifest {m}"))?;
     }
     let seconds = started.elapsed().as_secs_f64();
     if json {
@@ -240,65 +273,6 @@ pub fn run(args: &SendArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the files of a release came to.
-#[derive(Default)]
-struct Tally {
-    /// `(path on the server, md5)` of every file, in order.
-    sums: Vec<(String, String)>,
-    sent: usize,
-    there: usize,
-    /// Bytes sent (files found there do not count).
-    bytes: u64,
-}
-
-/// Sends the files one by one.
-fn send_items(args: &SendArgs, items: &[Item], json: bool) -> Result<Tally> {
-    let n = items.len();
-    let mut t = Tally::default();
-    for (k, item) in items.iter().enumerate() {
-        if !json && !args.dry_run {
-            eprintln!("relayup: [{}/{n}] {}", k + 1, item.dest);
-        }
-        let size = std::fs::metadata(&item.source)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let result = send_item(args, &item.source, &item.dest).with_context(|| {
-            format!(
-                "{} ({} of {n} files done; run the same command again to go on)",
-                item.dest, k
-            )
-        })?;
-        let Some(md5) = result.md5 else { continue };
-        if result.already_there {
-            t.there += 1;
-        } else {
-            t.sent += 1;
-            t.bytes += size;
-        }
-        if json {
-            progress::emit(&Event::FileDone {
-                path: item.dest.clone(),
-                source: item.source.display().to_string(),
-                bytes: size,
-                md5: md5.clone(),
-                already_there: result.already_there,
-            });
-        }
-        t.sums.push((item.dest.clone(), md5));
-    }
-    Ok(t)
-}
-
-/// Sends one file of the release under `dest`.
-fn send_item(args: &SendArgs, source: &Path, dest: &str) -> Result<super::FileSent> {
-    let mut one = args.clone();
-    one.file = source.to_path_buf();
-    one.dest_path = Some(dest.to_string());
-    one.manifest = None;
-    super::send_file(&one)
-}
-
-/// `a`, `a/b`, `a/b/c` for `a/b/c`.
 fn parent_dirs(path: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (i, _) in path.match_indices('/') {

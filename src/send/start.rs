@@ -18,6 +18,7 @@ use super::peers::{Go, HostEnd, Signals};
 use super::plan::{Plan, Strategy};
 use super::preflight;
 use super::schedule::Scheduler;
+use super::source::{Places, Source};
 use super::target::Target;
 use crate::config::AssemblyKind;
 use crate::error::{with_code, Code};
@@ -39,7 +40,12 @@ pub struct Run {
     pub plan: Plan,
     pub sched: Arc<Scheduler>,
     pub progress: Arc<Progress>,
-    pub hasher: std::thread::JoinHandle<Result<String>>,
+    pub hasher: std::thread::JoinHandle<Result<Vec<String>>>,
+    /// What this run sends: the target's files without those already on the server.
+    pub source: Arc<Source>,
+    /// The target's files the server already has (by index), with their MD5 and how
+    /// the server's copy was compared.
+    pub skipped: Vec<(usize, String)>,
     /// How the parts become one file on the server; holds this run's lock there
     /// until the end of the run.
     pub assembly: Box<dyn Assembly>,
@@ -56,14 +62,20 @@ pub fn lead(
     signals: &Signals,
     ready: mpsc::Receiver<(usize, bool)>,
 ) -> Result<Lead> {
-    let (mut assembly, local) = match preflight::log_in(t, ids, signals)? {
-        preflight::LoggedIn::Ready(assembly, local) => (assembly, *local),
+    let (mut assembly, local, skipped) = match preflight::log_in(t, ids, signals)? {
+        preflight::LoggedIn::Ready(assembly, local, skipped) => (assembly, *local, skipped),
         preflight::LoggedIn::AlreadyThere(md5) => return Ok(Lead::AlreadyThere(md5)),
+    };
+    let source = if skipped.is_empty() {
+        t.source.clone()
+    } else {
+        let skip: Vec<usize> = skipped.iter().map(|s| s.0).collect();
+        Arc::new(t.source.without(&skip))
     };
     let live = live_hosts(t, assembly.as_ref(), ready);
     let id = ids.upload.as_str();
-    let (plan, done, mut journal) = plan_and_resume(t, id, assembly.as_mut(), live.len())?;
-    let progress = start_progress(t, id, &plan, &done);
+    let (plan, done, mut journal) = plan_and_resume(t, &source, id, assembly.as_mut(), live.len())?;
+    let progress = start_progress(t, &source, id, &plan, &done);
     let sched = Arc::new(Scheduler::new(
         &plan,
         t.settings.peers.len() + 1,
@@ -74,7 +86,7 @@ pub fn lead(
     let (verified_tx, verified_rx) = mpsc::channel();
     let layout = Layout {
         parts: plan.parts.clone(),
-        source: t.source.clone(),
+        source: source.clone(),
         verified: verified_tx,
     };
     let merged = assembly
@@ -95,7 +107,11 @@ pub fn lead(
     for index in resumed {
         let _ = merged.send(index);
     }
-    let (hashes, hasher) = Hashes::spawn(t.source.clone(), plan.parts.clone());
+    let (hashes, hasher) = Hashes::spawn(source.clone(), plan.parts.clone());
+    let places = Arc::new(match t.settings.assembly {
+        AssemblyKind::Direct => Places::direct(&source, &plan.parts),
+        AssemblyKind::Merge => Places::parts(),
+    });
     let shared = Go {
         sched: sched.clone(),
         progress: progress.clone(),
@@ -104,12 +120,13 @@ pub fn lead(
         staging_need: 2 * plan.parts.iter().map(|p| p.len).max().unwrap_or(0),
         health: Arc::new(Health::new(t.retry_for)),
         stall: t.settings.io_timeout,
-        direct: t.settings.assembly == AssemblyKind::Direct,
+        source: source.clone(),
+        places,
     };
     signals.go.set(Some(shared.clone()));
     let mut local = local;
     local.pace_with(sched.pace(0));
-    let mut me = LocalHost::start(local, t.source.clone(), hashes, shared.direct);
+    let mut me = LocalHost::start(local, source.clone(), hashes, shared.places.clone());
     let job = shared.job(0);
     let result = hosts::ended(&job, "local", hosts::drive(&mut me, &job));
     Ok(Lead::Run(Box::new(Run {
@@ -124,6 +141,8 @@ pub fn lead(
         hasher,
         assembly,
         journal,
+        source,
+        skipped,
     })))
 }
 
@@ -160,18 +179,19 @@ fn live_hosts(
 /// room there checked, and the journal saved for this run.
 fn plan_and_resume(
     t: &Target,
+    source: &Source,
     id: &str,
     assembly: &mut dyn Assembly,
     hosts: usize,
 ) -> Result<(Plan, HashSet<usize>, Journal)> {
     let (plan, verified) = Journal::load(id)
-        .and_then(|j| Some((j.plan(t.stamp.size)?, j.verified)))
+        .and_then(|j| Some((j.plan(source)?, j.verified)))
         .unwrap_or_else(|| {
-            let plan = Plan::new(t.stamp.size, hosts, t.strategy, t.part_size);
+            let plan = Plan::for_source(source, hosts, t.strategy, t.part_size);
             (plan, Default::default())
         });
     let done = assembly
-        .resumable(&plan, &t.source, &verified)
+        .resumable(&plan, source, &verified)
         .map_err(|e| with_code(e, Code::Transfer))?;
     let there = plan
         .parts
@@ -179,15 +199,21 @@ fn plan_and_resume(
         .filter(|p| done.contains(&p.index))
         .map(|p| p.len)
         .sum();
-    preflight::check_server_space(t, assembly, there)?;
-    let mut journal = Journal::new(id, &t.source, &t.dest, &t.settings.path, &plan);
+    preflight::check_server_space(t, assembly, source.size, there)?;
+    let mut journal = Journal::new(id, source, &t.settings.path, &plan);
     journal.verified = verified.into_iter().filter(|i| done.contains(i)).collect();
     journal.save().map_err(|e| with_code(e, Code::Transfer))?;
     Ok((plan, done, journal))
 }
 
 /// The progress display, with its `start` event; says when parts are resumed.
-fn start_progress(t: &Target, id: &str, plan: &Plan, done: &HashSet<usize>) -> Arc<Progress> {
+fn start_progress(
+    t: &Target,
+    source: &Source,
+    id: &str,
+    plan: &Plan,
+    done: &HashSet<usize>,
+) -> Arc<Progress> {
     let resumed_bytes: u64 = plan
         .parts
         .iter()
@@ -204,9 +230,13 @@ fn start_progress(t: &Target, id: &str, plan: &Plan, done: &HashSet<usize>) -> A
     }
     let names = t.host_names();
     let start = events::Start {
-        file: t.source.display().to_string(),
+        file: source
+            .files
+            .first()
+            .map(|f| f.path.display().to_string())
+            .unwrap_or_default(),
         dest: t.dest.clone(),
-        bytes: t.stamp.size,
+        bytes: source.size,
         parts: plan.parts.len(),
         hosts: names.clone(),
         upload_id: id.to_string(),
@@ -214,5 +244,5 @@ fn start_progress(t: &Target, id: &str, plan: &Plan, done: &HashSet<usize>) -> A
         resumed_bytes,
         strategy: plan.strategy,
     };
-    Progress::start(t.mode, t.stamp.size - resumed_bytes, &names, start)
+    Progress::start(t.mode, source.size - resumed_bytes, &names, start)
 }

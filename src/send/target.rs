@@ -6,10 +6,12 @@
 use anyhow::{anyhow, bail, Context, Result};
 use md5::{Digest, Md5};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::plan::{Plan, Strategy};
+pub use super::source::stamp;
+use super::source::Source;
 use crate::cli::{SendArgs, StrategyArg, VerifyArg};
 use crate::config::{self, Settings};
 use crate::events::{self, Event};
@@ -22,12 +24,15 @@ pub struct Target {
     /// The config, with `--peers`, `--bwlimit`, `--stall-timeout` and
     /// `--accept-new-host-keys` applied.
     pub settings: Settings,
-    /// The file to send.
-    pub source: PathBuf,
-    /// What the source looked like at the start; checked again before the rename.
-    pub stamp: Stamp,
-    /// The name on the server, inside the upload directory.
+    /// What is sent: one file, or a release's files (each with its name on the
+    /// server and what it looked like at the start, checked again before its
+    /// rename).
+    pub source: Arc<Source>,
+    /// The name on the server, inside the upload directory (a release: how many
+    /// files, for messages).
     pub dest: String,
+    /// `--atomic-release`: publish a release's files only all together.
+    pub atomic: bool,
     pub strategy: Strategy,
     /// `--part-size` for `adaptive`.
     pub part_size: Option<u64>,
@@ -46,26 +51,34 @@ impl Target {
     /// after parts they reported were bad). Errors here are usage errors.
     pub fn resolve(args: &SendArgs, exclude: &[String]) -> Result<Target> {
         let settings = settings(args, exclude)?;
-        let stamp = stamp(&args.file)?;
-        File::open(&args.file)
-            .with_context(|| format!("{}: cannot open it for reading", args.file.display()))?;
-        let dest = match (&args.dest_path, &args.dest) {
-            (Some(path), _) => path.clone(),
-            (None, Some(d)) => validate_dest(d)?,
-            (None, None) => validate_dest(args.file.file_name().ok_or_else(|| {
-                anyhow!("{} has no file name; pass --dest", args.file.display())
-            })?)?,
+        let source = if args.items.is_empty() {
+            File::open(&args.file)
+                .with_context(|| format!("{}: cannot open it for reading", args.file.display()))?;
+            let dest = match (&args.dest_path, &args.dest) {
+                (Some(path), _) => path.clone(),
+                (None, Some(d)) => validate_dest(d)?,
+                (None, None) => validate_dest(args.file.file_name().ok_or_else(|| {
+                    anyhow!("{} has no file name; pass --dest", args.file.display())
+                })?)?,
+            };
+            Source::single(&args.file, &dest)?
+        } else {
+            Source::release(&args.items)?
         };
         let strategy = match args.strategy {
             StrategyArg::Adaptive => Strategy::Adaptive,
+            StrategyArg::Equal if source.is_release() => bail!(
+                "--strategy equal cuts one file into one share per host; a release of several files \
+                 is sent with the shared queue (adaptive): leave --strategy out"
+            ),
             StrategyArg::Equal => Strategy::Equal,
         };
         let part_size = part_size(args.part_size.as_deref(), strategy)?;
         Ok(Target {
             settings,
-            source: args.file.clone(),
-            stamp,
-            dest,
+            dest: source.label(),
+            source: Arc::new(source),
+            atomic: args.atomic_release,
             strategy,
             part_size,
             overwrite: args.overwrite,
@@ -91,16 +104,21 @@ impl Target {
     /// parts.
     pub fn upload_id(&self) -> String {
         let mut h = Md5::new();
-        let source = &self.source;
-        let canonical = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-        h.update(canonical.as_os_str().as_encoded_bytes());
-        h.update(self.stamp.size.to_le_bytes());
-        if let Some(t) = self
-            .stamp
-            .mtime
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        {
-            h.update(t.as_nanos().to_le_bytes());
+        for (k, f) in self.source.files.iter().enumerate() {
+            let canonical = std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone());
+            h.update(canonical.as_os_str().as_encoded_bytes());
+            h.update(f.stamp.size.to_le_bytes());
+            if let Some(t) = f
+                .stamp
+                .mtime
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            {
+                h.update(t.as_nanos().to_le_bytes());
+            }
+            if self.source.is_release() {
+                h.update(f.dest.as_bytes());
+                h.update([u8::from(k == 0)]);
+            }
         }
         let s = &self.settings;
         let merge_dir = s.merge.as_ref().map_or("", |m| m.dir.as_str());
@@ -120,16 +138,21 @@ impl Target {
     /// `--dry-run`: the plan, as text or as one `plan` event.
     pub fn print_plan(&self, id: &str) {
         let hosts = self.host_names();
-        let plan = Plan::new(self.stamp.size, hosts.len(), self.strategy, self.part_size);
+        let plan = Plan::for_source(&self.source, hosts.len(), self.strategy, self.part_size);
         let server = &self.settings.server;
         let temp_dir = crate::transport::temp_dir(&server.dir, id);
         if self.mode == Mode::Json {
             progress::emit(&Event::Plan(events::PlanEvent {
-                file: self.source.display().to_string(),
+                file: self
+                    .source
+                    .files
+                    .first()
+                    .map(|f| f.path.display().to_string())
+                    .unwrap_or_default(),
                 dest: self.dest.clone(),
                 dir: server.dir.clone(),
                 server: format!("{}://{}:{}", server.scheme, server.host, server.port),
-                bytes: self.stamp.size,
+                bytes: self.source.size,
                 upload_id: id.to_string(),
                 temp_dir,
                 strategy: plan.strategy,
@@ -138,12 +161,47 @@ impl Target {
             }));
             return;
         }
-        print!("{}", plan.describe(&hosts));
+        if self.source.is_release() {
+            print!("{}", self.describe_release(&plan, &hosts));
+        } else {
+            print!("{}", plan.describe(&hosts));
+        }
         println!(
             "destination: {}/{} on {}://{}:{}",
             server.dir, self.dest, server.scheme, server.host, server.port
         );
         println!("upload id: {id} (temp dir {temp_dir})");
+    }
+}
+
+impl Target {
+    /// A release's plan, one line per file: its size, its parts and its name.
+    fn describe_release(&self, plan: &Plan, hosts: &[String]) -> String {
+        let mut parts = vec![Vec::new(); self.source.files.len()];
+        for p in &plan.parts {
+            parts[self.source.locate(p.offset)].push(p.index);
+        }
+        let mut out = format!(
+            "plan: {} file(s), {} in {} part(s) in one shared queue (a file smaller than a part is one part)\nhosts ({}): {}\n",
+            self.source.files.len(),
+            crate::size::human(self.source.size),
+            plan.parts.len(),
+            hosts.len(),
+            hosts.join(", ")
+        );
+        for (f, ps) in self.source.files.iter().zip(&parts) {
+            let which = match (ps.first(), ps.last()) {
+                (Some(a), Some(b)) if a == b => format!("part {a}"),
+                (Some(a), Some(b)) => format!("parts {a}-{b}"),
+                _ => "empty".to_string(),
+            };
+            out.push_str(&format!(
+                "  {:>10}  {which:<14}  {}\n",
+                crate::size::human(f.size()),
+                f.dest
+            ));
+        }
+        out
     }
 }
 
@@ -158,25 +216,6 @@ fn part_size(text: Option<&str>, strategy: Strategy) -> Result<Option<u64>> {
         bail!("--part-size applies to --strategy adaptive; equal makes one part per host");
     }
     Ok(Some(v))
-}
-
-/// What the source looked like when the send started; checked again before the rename.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Stamp {
-    pub size: u64,
-    mtime: Option<SystemTime>,
-}
-
-pub fn stamp(path: &Path) -> Result<Stamp> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("{}: cannot read it", path.display()))?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", path.display());
-    }
-    Ok(Stamp {
-        size: meta.len(),
-        mtime: meta.modified().ok(),
-    })
 }
 
 /// The config with the send's flags applied: `--no-peers`, `--peers`, the peers in

@@ -8,10 +8,11 @@
 
 use anyhow::Result;
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 use crate::send::plan::{Part, Plan};
+use crate::send::source::Source;
 
 /// A part already complete on the server from an earlier, interrupted run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub struct Assembled {
     /// The server's `inode size mtime` of the file, checked again before the rename
     /// (append-merge).
     pub stat: String,
+    /// Its name in the temp dir, renamed to the destination when it is published.
+    pub name: String,
     /// How it was verified, as the final message and `--json` say: `server-md5`,
     /// `server-hash-ranges`, `read-back` or `none`.
     pub verification: &'static str,
@@ -40,21 +43,36 @@ pub struct Assembled {
 pub struct Layout {
     /// Every part of the plan, by index.
     pub parts: Vec<Part>,
-    /// The source file, for the checks that compare with it.
-    pub source: PathBuf,
+    /// What is sent (one file or a release's), for the checks that compare with it
+    /// and for where each file goes.
+    pub source: Arc<Source>,
     /// Told the index of every part checked on the server and whether it passed
     /// (direct writes; the journal keeps the verified ones for a resume).
     pub verified: Sender<(usize, bool)>,
 }
 
+/// What is on the server under a release file's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Existing {
+    Missing,
+    /// A regular file of this size, and its MD5 (and how it was had) where the size
+    /// is the source's and the server could tell.
+    File(u64, Option<(String, &'static str)>),
+    /// A directory, a symbolic link or another special file: never replaced.
+    NotAFile(&'static str),
+}
+
 /// One upload's assembly on the server, prepared and locked for this run.
 pub trait Assembly: Send {
+    /// What is under each release file's name (`dest`, `size` of the source file) on
+    /// the server.
+    fn existing(&mut self, files: &[(&str, u64)], hash: bool) -> Result<Vec<Existing>>;
     /// Which parts of `plan` need not be sent again: complete on the server from an
     /// earlier run (`verified`: those the journal says were verified then).
     fn resumable(
         &mut self,
         plan: &Plan,
-        source: &Path,
+        source: &Source,
         verified: &BTreeSet<usize>,
     ) -> Result<HashSet<usize>>;
     /// Free bytes where the file is assembled, if the server could tell.
@@ -69,14 +87,15 @@ pub trait Assembly: Send {
     /// Starts assembling the parts of `layout` as they arrive: the index of every part
     /// complete on the server goes to the returned sender.
     fn start(&mut self, layout: Layout) -> Result<Sender<usize>>;
-    /// Waits until the last part is in; the assembled file. An error of type
-    /// [`crate::server::merge::MergeFailed`] means a part was missing, unreadable or
-    /// different from the source.
-    fn finish(&mut self) -> Result<Assembled>;
+    /// Waits until the last part is in; every assembled file, in the layout's
+    /// order. An error of type [`crate::server::merge::MergeFailed`] means a part
+    /// was missing, unreadable or different from the source.
+    fn finish(&mut self) -> Result<Vec<Assembled>>;
     /// Removes every part of `plan` that differs from that range of `source` (or
     /// forgets it), so a second round sends exactly those; returns their indexes.
-    fn remove_bad(&self, plan: &Plan, source: &Path) -> Result<Vec<usize>>;
-    /// Puts the verified file under `dest` (replacing a regular file there only with
-    /// `overwrite`) and lets go of the temp data.
-    fn publish(&mut self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()>;
+    fn remove_bad(&self, plan: &Plan, source: &Source) -> Result<Vec<usize>>;
+    /// Puts the verified files (by their index in the layout) under their names
+    /// (replacing a regular file there only with `overwrite`) and, with `last`, lets
+    /// go of the temp data.
+    fn publish(&mut self, files: &[(usize, Assembled)], overwrite: bool, last: bool) -> Result<()>;
 }

@@ -10,20 +10,21 @@
 //! by a dead run of this machine is taken over; any other is respected.
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::Code;
 use crate::remote::protocol::ServerSpec;
-use crate::send::hashes::md5_range;
 use crate::send::lock::{Ids, Owner};
 use crate::send::plan::{Part, Plan};
-use crate::server::assembly::{Assembled, Assembly, Layout};
+use crate::send::source::Source;
+use crate::server::assembly::{Assembled, Assembly, Existing, Layout};
 use crate::server::merge::MergeFailed;
 use crate::server::names;
 use crate::transport::{self, Access, Kind, Uploader};
@@ -101,6 +102,10 @@ pub struct DirectWrite {
     /// This run created the temp dir and nothing has been sent yet: a run that ends
     /// before its transfer starts (no room on the server, say) leaves nothing there.
     fresh: bool,
+    /// A release: every file has a temp file of its own, `<k>.file`.
+    release: bool,
+    /// What is sent, once the transfer starts.
+    source: Option<Arc<Source>>,
 }
 
 /// Everything the pre-flight needs to know about the send.
@@ -118,6 +123,9 @@ pub struct Request<'a> {
     /// The settings, when they have a `[merge]` SSH login: its `md5sum` then hashes
     /// the parts on the server.
     pub shell: Option<&'a crate::config::Settings>,
+    /// A release: the destinations are checked file by file ([`Assembly::existing`]),
+    /// and each file gets its temp file when the transfer starts.
+    pub release: bool,
 }
 
 impl DirectWrite {
@@ -131,8 +139,10 @@ impl DirectWrite {
         let dest = format!("{}/{}", dir.trim_end_matches('/'), r.dest);
         let what = conn.what().to_string();
         let check = choose_check(r, &offers, &what)?;
-        if let Some(exists) = existing_dest(conn.as_mut(), r, &dest)? {
-            return Ok(exists);
+        if !r.release {
+            if let Some(exists) = existing_dest(conn.as_mut(), r, &dest)? {
+                return Ok(exists);
+            }
         }
         let tmp = names::temp_dir(&dir, &r.ids.upload);
         let fresh = conn.make_dir(&tmp)?;
@@ -159,7 +169,20 @@ impl DirectWrite {
             bad: Vec::new(),
             locked: true,
             fresh,
+            release: r.release,
+            source: None,
         };
+        if r.release {
+            me.free = me.conn.free(&me.dir);
+            if r.peers {
+                let probe = format!("{}/probe", me.tmp);
+                me.conn.write_small(&probe, b"p")?;
+                me.parallel =
+                    transport::parallel_writes(&me.spec, &me.upload_id, &me.access, &probe)?;
+                let _ = me.conn.remove_file(&probe);
+            }
+            return Ok(Prepared::Ready(Box::new(me)));
+        }
         if me.conn.kind(&me.file)? == Kind::Missing {
             let mut first = Vec::new();
             File::open(r.source)
@@ -181,7 +204,7 @@ impl DirectWrite {
     /// regular file there is replaced: over FTP by the rename itself; over SFTP (whose
     /// version 3 rename never replaces) the old file is moved aside first and put back
     /// if the rename fails.
-    fn rename_into_place(&mut self, dest: &str, overwrite: bool) -> Result<()> {
+    fn rename_into_place(&mut self, file: &str, dest: &str, overwrite: bool) -> Result<()> {
         let what = self.conn.what().to_string();
         let target = format!("{}/{dest}", self.dir.trim_end_matches('/'));
         let there = self.conn.kind(&target)?;
@@ -204,11 +227,11 @@ impl DirectWrite {
             }
         }
         if there == Kind::Missing || self.spec.scheme != "sftp" {
-            return self.conn.move_to(&self.file, &target);
+            return self.conn.move_to(file, &target);
         }
         let aside = format!("{}/{}", self.tmp, names::replaced(&self.run));
         self.conn.move_to(&target, &aside)?;
-        match self.conn.move_to(&self.file, &target) {
+        match self.conn.move_to(file, &target) {
             Ok(()) => {
                 let _ = self.conn.remove_file(&aside);
                 Ok(())
@@ -234,7 +257,7 @@ impl DirectWrite {
 impl Drop for DirectWrite {
     fn drop(&mut self) {
         let fresh = self.fresh && self.locked;
-        if fresh {
+        if fresh && !self.release {
             let _ = self.conn.remove_file(&self.file);
         }
         self.unlock();
@@ -330,25 +353,93 @@ fn read_owner(conn: &mut dyn Uploader, path: &str) -> Option<Owner> {
     Owner::parse(String::from_utf8_lossy(&bytes).trim())
 }
 
+impl DirectWrite {
+    /// File `k`'s temp file on the server.
+    fn temp_file(&self, source: &Source, k: usize) -> String {
+        format!("{}/{}", self.tmp, source.temp_name(k))
+    }
+
+    /// A release's temp files as the transfer needs them: an empty file made empty,
+    /// a file of several parts made with its first byte (its parts are written at
+    /// their offsets).
+    fn make_temp_files(&mut self, source: &Source, parts: &[Part]) -> Result<()> {
+        let mut count = vec![0usize; source.files.len()];
+        for p in parts {
+            count[source.locate(p.offset)] += 1;
+        }
+        for (k, f) in source.files.iter().enumerate() {
+            if f.size() > 0 && count[k] < 2 {
+                continue;
+            }
+            let path = self.temp_file(source, k);
+            if self.conn.kind(&path)? != Kind::Missing {
+                continue;
+            }
+            let mut first = Vec::new();
+            source
+                .reader(f.start, f.size().min(1))?
+                .read_to_end(&mut first)?;
+            self.conn.write_small(&path, &first)?;
+        }
+        Ok(())
+    }
+}
+
 impl Assembly for DirectWrite {
-    /// Parts that an earlier run verified (by the journal) and that the file is long
-    /// enough to hold: they are verified again in this run before they count.
+    fn existing(&mut self, files: &[(&str, u64)], hash: bool) -> Result<Vec<Existing>> {
+        let mut out = Vec::with_capacity(files.len());
+        for (dest, size) in files {
+            let path = format!("{}/{dest}", self.dir.trim_end_matches('/'));
+            out.push(match self.conn.kind(&path)? {
+                Kind::Missing => Existing::Missing,
+                Kind::Dir => Existing::NotAFile("a directory"),
+                Kind::Other => Existing::NotAFile("not a regular file (a symbolic link?)"),
+                Kind::File(theirs) => {
+                    let md5 = if theirs != *size || !hash || self.check == Check::Unchecked {
+                        None
+                    } else {
+                        match self.conn.md5_at(&path, 0, theirs).ok().flatten() {
+                            Some(md5) => Some((md5, "server-md5")),
+                            None => md5_back(self.conn.as_mut(), &path, theirs)
+                                .ok()
+                                .map(|m| (m, "read-back")),
+                        }
+                    };
+                    Existing::File(theirs, md5)
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Parts that an earlier run verified (by the journal) and that their file is
+    /// long enough to hold: they are verified again in this run before they count.
     fn resumable(
         &mut self,
         plan: &Plan,
-        _: &Path,
+        source: &Source,
         verified: &BTreeSet<usize>,
     ) -> Result<HashSet<usize>> {
-        let size = match self.conn.kind(&self.file)? {
-            Kind::File(size) => size,
-            _ => return Ok(HashSet::new()),
-        };
-        Ok(plan
-            .parts
-            .iter()
-            .filter(|p| verified.contains(&p.index) && p.offset + p.len <= size)
-            .map(|p| p.index)
-            .collect())
+        let mut sizes: HashMap<usize, u64> = HashMap::new();
+        let mut done = HashSet::new();
+        for p in plan.parts.iter().filter(|p| verified.contains(&p.index)) {
+            let k = source.locate(p.offset);
+            let size = match sizes.get(&k) {
+                Some(s) => *s,
+                None => {
+                    let s = match self.conn.kind(&self.temp_file(source, k))? {
+                        Kind::File(size) => size,
+                        _ => 0,
+                    };
+                    sizes.insert(k, s);
+                    s
+                }
+            };
+            if p.offset - source.files[k].start + p.len <= size {
+                done.insert(p.index);
+            }
+        }
+        Ok(done)
     }
 
     fn free(&self) -> Option<u64> {
@@ -362,12 +453,16 @@ impl Assembly for DirectWrite {
 
     fn start(&mut self, layout: Layout) -> Result<Sender<usize>> {
         self.fresh = false;
+        if self.release {
+            self.make_temp_files(&layout.source, &layout.parts)?;
+        }
+        self.source = Some(layout.source.clone());
         let (tx, rx) = mpsc::channel();
         let job = VerifyJob {
             spec: self.spec.clone(),
             access: self.access.clone(),
             upload_id: self.upload_id.clone(),
-            file: self.file.clone(),
+            tmp: self.tmp.clone(),
             check: self.check,
             shell: self.shell.clone(),
             layout,
@@ -376,7 +471,7 @@ impl Assembly for DirectWrite {
         Ok(tx)
     }
 
-    fn finish(&mut self) -> Result<Assembled> {
+    fn finish(&mut self) -> Result<Vec<Assembled>> {
         // The login that took the lock sat idle through the transfer, longer than
         // many servers keep an idle control connection (vsftpd: 300 s): the end, the
         // rename and letting go of the lock, runs on a new one.
@@ -396,29 +491,47 @@ impl Assembly for DirectWrite {
                 bad.len()
             ))));
         }
-        let size = match self.conn.kind(&self.file)? {
-            Kind::File(size) => size,
-            _ => bail!("{}: {} is gone", self.conn.what(), self.file),
-        };
-        Ok(Assembled {
-            md5: None,
-            size,
-            stat: String::new(),
-            verification: self.check.label(),
-        })
+        let source = self
+            .source
+            .clone()
+            .ok_or_else(|| anyhow!("the transfer never started"))?;
+        (0..source.files.len())
+            .map(|k| {
+                let path = self.temp_file(&source, k);
+                let size = match self.conn.kind(&path)? {
+                    Kind::File(size) => size,
+                    _ => bail!("{}: {path} is gone", self.conn.what()),
+                };
+                Ok(Assembled {
+                    md5: None,
+                    size,
+                    stat: String::new(),
+                    name: source.temp_name(k),
+                    verification: self.check.label(),
+                })
+            })
+            .collect()
     }
 
-    fn remove_bad(&self, _: &Plan, _: &Path) -> Result<Vec<usize>> {
+    fn remove_bad(&self, _: &Plan, _: &Source) -> Result<Vec<usize>> {
         // The verifier found them already; nothing to remove: a part sent again
         // overwrites its range.
         Ok(self.bad.clone())
     }
 
-    fn publish(&mut self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()> {
-        let _ = file;
-        self.rename_into_place(dest, overwrite)?;
-        self.unlock();
-        let _ = self.conn.remove_dir(&self.tmp);
+    fn publish(&mut self, files: &[(usize, Assembled)], overwrite: bool, last: bool) -> Result<()> {
+        let source = self
+            .source
+            .clone()
+            .ok_or_else(|| anyhow!("the transfer never started"))?;
+        for (k, file) in files {
+            let from = format!("{}/{}", self.tmp, file.name);
+            self.rename_into_place(&from, &source.files[*k].dest, overwrite)?;
+        }
+        if last {
+            self.unlock();
+            let _ = self.conn.remove_dir(&self.tmp);
+        }
         Ok(())
     }
 
@@ -432,13 +545,22 @@ struct VerifyJob {
     spec: ServerSpec,
     access: Access,
     upload_id: String,
-    file: String,
+    /// The temp dir, as the upload login sees it.
+    tmp: String,
     check: Check,
     shell: Option<crate::config::Settings>,
     layout: Layout,
 }
 
 impl VerifyJob {
+    /// Where `part` is on the server: its file's name in the temp dir and its offset
+    /// there.
+    fn at(&self, part: Part) -> (String, u64) {
+        let source = &self.layout.source;
+        let k = source.locate(part.offset);
+        (source.temp_name(k), part.offset - source.files[k].start)
+    }
+
     /// Verifies each part whose index arrives on `rx` (once each), telling the
     /// layout's `verified` about every one that passes; returns the indexes of those
     /// that did not. Ends when every part has been seen or the senders are gone.
@@ -492,15 +614,16 @@ impl VerifyJob {
         part: Part,
     ) -> Result<bool> {
         let m = settings.merge_login()?;
-        let file = names::direct_file(&m.dir, &self.upload_id);
+        let (name, at) = self.at(part);
+        let file = format!("{}/{name}", names::temp_dir(&m.dir, &self.upload_id));
         // GNU tail seeks to the offset in a regular file: only the range is read.
         let script = format!(
             "tail -c +{} -- {} | head -c {} | md5sum",
-            part.offset + 1,
+            at + 1,
             crate::remote::quote::sh(&file),
             part.len
         );
-        let ours = md5_range(&self.layout.source, part.offset, part.len)?;
+        let ours = self.layout.source.md5_range(part.offset, part.len)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -542,17 +665,16 @@ impl VerifyJob {
                     *conn = Some(transport::open(&self.spec, &self.upload_id, &self.access)?.0);
                 }
                 let c = conn.as_mut().expect("opened above").as_mut();
+                let (name, at) = self.at(part);
+                let file = format!("{}/{name}", self.tmp);
+                let source = &self.layout.source;
                 match self.check {
-                    Check::ServerRanges => match c.md5_at(&self.file, part.offset, part.len)? {
-                        Some(theirs) => {
-                            Ok(theirs == md5_range(&self.layout.source, part.offset, part.len)?)
-                        }
+                    Check::ServerRanges => match c.md5_at(&file, at, part.len)? {
+                        Some(theirs) => Ok(theirs == source.md5_range(part.offset, part.len)?),
                         // A path the command cannot carry (a space in it, for XMD5).
-                        None => read_back(c, &self.file, &self.layout.source, part),
+                        None => read_back(c, (&file, at), source, part),
                     },
-                    Check::ReadBack | Check::ShellMd5 => {
-                        read_back(c, &self.file, &self.layout.source, part)
-                    }
+                    Check::ReadBack | Check::ShellMd5 => read_back(c, (&file, at), source, part),
                     Check::Unchecked => Ok(true),
                 }
             })();
@@ -575,16 +697,18 @@ fn md5_back(conn: &mut dyn Uploader, path: &str, len: u64) -> Result<String> {
     Ok(h.hex())
 }
 
-/// Reads `part` back from the server and compares it with the source, byte for
-/// byte.
-fn read_back(conn: &mut dyn Uploader, file: &str, source: &Path, part: Part) -> Result<bool> {
-    let mut src =
-        File::open(source).with_context(|| format!("{}: cannot open it", source.display()))?;
-    src.seek(SeekFrom::Start(part.offset))?;
-    let mut src = src.take(part.len);
+/// Reads `part` back from the server (from `file` at `at`) and compares it with the
+/// source, byte for byte.
+fn read_back(
+    conn: &mut dyn Uploader,
+    (file, at): (&str, u64),
+    source: &Source,
+    part: Part,
+) -> Result<bool> {
+    let mut src = source.reader(part.offset, part.len)?;
     let mut same = true;
     let mut ours = vec![0u8; transport::CHUNK];
-    conn.read_at(file, part.offset, part.len, &mut |theirs: &[u8]| {
+    conn.read_at(file, at, part.len, &mut |theirs: &[u8]| {
         if same {
             let ours = &mut ours[..theirs.len()];
             src.read_exact(ours).context("reading the source")?;

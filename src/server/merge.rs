@@ -17,8 +17,9 @@ use crate::remote::ssh::{self, Trust};
 use crate::send::lock::{Ids, Owner};
 use crate::server::names::{merged as merged_name, temp_dir_name as temp_name};
 
+use crate::send::source::Source;
 pub use crate::server::assembly::ServerPart;
-use crate::server::assembly::{Assembled, Assembly};
+use crate::server::assembly::{Assembled, Assembly, Existing};
 
 /// What pre-flight found on the server.
 pub enum Prepared {
@@ -41,6 +42,8 @@ pub struct AppendMerge {
     free: Option<u64>,
     place: RunPlace,
     feeder: Option<Feeder>,
+    /// Each file's name on the server, in the layout's order.
+    dests: Vec<String>,
 }
 
 /// Where a run's files are on the server: `merge.dir`, the upload id (which names the
@@ -55,10 +58,14 @@ impl Assembly for AppendMerge {
     /// Parts an earlier run left complete in the temp dir: same length as planned and
     /// the same MD5 as that range of the source (hashed here, so the server is trusted
     /// only for what it can prove).
+    fn existing(&mut self, files: &[(&str, u64)], hash: bool) -> Result<Vec<Existing>> {
+        existing(&self.session, &self.place.dir, files, hash)
+    }
+
     fn resumable(
         &mut self,
         plan: &crate::send::plan::Plan,
-        source: &std::path::Path,
+        source: &Source,
         _: &std::collections::BTreeSet<usize>,
     ) -> Result<std::collections::HashSet<usize>> {
         let mut done = std::collections::HashSet::new();
@@ -66,9 +73,7 @@ impl Assembly for AppendMerge {
             let Some(part) = plan.parts.get(sp.index) else {
                 continue;
             };
-            if part.len == sp.size
-                && crate::send::hashes::md5_range(source, part.offset, part.len)? == sp.md5
-            {
+            if part.len == sp.size && source.md5_range(part.offset, part.len)? == sp.md5 {
                 done.insert(part.index);
             }
         }
@@ -85,13 +90,14 @@ impl Assembly for AppendMerge {
     }
 
     fn start(&mut self, layout: crate::server::assembly::Layout) -> Result<Sender<usize>> {
-        let size = layout.parts.iter().map(|p| p.len).sum();
-        let (feeder, tx) = Feeder::start(&self.session, &self.place, layout.parts.len(), size)?;
+        let files = FileParts::of(&layout.source, &layout.parts, &self.place.run);
+        self.dests = layout.source.files.iter().map(|f| f.dest.clone()).collect();
+        let (feeder, tx) = Feeder::start(&self.session, &self.place, files, layout.source.size)?;
         self.feeder = Some(feeder);
         Ok(tx)
     }
 
-    fn finish(&mut self) -> Result<Assembled> {
+    fn finish(&mut self) -> Result<Vec<Assembled>> {
         self.feeder
             .take()
             .ok_or_else(|| anyhow!("the merge was never started"))?
@@ -99,20 +105,11 @@ impl Assembly for AppendMerge {
     }
 
     /// Each part's size and MD5, hashed from the source, against the part files.
-    fn remove_bad(
-        &self,
-        plan: &crate::send::plan::Plan,
-        source: &std::path::Path,
-    ) -> Result<Vec<usize>> {
+    fn remove_bad(&self, plan: &crate::send::plan::Plan, source: &Source) -> Result<Vec<usize>> {
         let expected = plan
             .parts
             .iter()
-            .map(|p| {
-                Ok((
-                    p.len,
-                    crate::send::hashes::md5_range(source, p.offset, p.len)?,
-                ))
-            })
+            .map(|p| Ok((p.len, source.md5_range(p.offset, p.len)?)))
             .collect::<Result<Vec<_>>>()?;
         remove_bad_parts(
             &self.session,
@@ -122,8 +119,12 @@ impl Assembly for AppendMerge {
         )
     }
 
-    fn publish(&mut self, file: &Assembled, dest: &str, overwrite: bool) -> Result<()> {
-        commit(&self.session, &self.place, file, dest, overwrite)
+    fn publish(&mut self, files: &[(usize, Assembled)], overwrite: bool, last: bool) -> Result<()> {
+        let list: Vec<(&Assembled, &str)> = files
+            .iter()
+            .map(|(k, f)| (f, self.dests[*k].as_str()))
+            .collect();
+        commit(&self.session, &self.place, &list, overwrite, last)
     }
 }
 
@@ -213,7 +214,14 @@ pub fn login(settings: &Settings) -> Result<Session> {
 /// parts an earlier run left there (with their size and MD5, computed on the server).
 /// Also removes, in the background, finished sends' temp dirs whose background
 /// removal never ran to the end (see [`commit`]; a server reboot, say).
-pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> Result<Prepared> {
+/// `dest` is `None` for a release, whose destinations are checked one by one
+/// ([`existing`]) once the lock is held.
+pub fn prepare(
+    settings: &Settings,
+    dest: Option<&str>,
+    ids: &Ids,
+    overwrite: bool,
+) -> Result<Prepared> {
     let (upload_id, run) = (ids.upload.as_str(), ids.run.as_str());
     let m = settings.merge_login()?;
     let session = login(settings)?;
@@ -233,27 +241,38 @@ pub fn prepare(settings: &Settings, dest: &str, ids: &Ids, overwrite: bool) -> R
                 run: run.to_string(),
             },
             feeder: None,
+            dests: Vec::new(),
         }));
     }
     ch.wait_close().ok();
     let code = ch.exit_status().unwrap_or(-1);
-    let md5 = preflight_stopped(settings, dest, upload_id, code, &lines)?;
+    let md5 = preflight_stopped(settings, dest.unwrap_or_default(), upload_id, code, &lines)?;
     Ok(Prepared::Exists(session, md5))
 }
 
 /// The pre-flight script: checks `dir` and `dest`, creates and locks the temp dir,
 /// prints the free space and the parts there, then `ready`, and holds the lock (its
 /// shell waits on stdin) until the run ends. Stops with a [`status`] code otherwise.
-fn preflight_script(dir: &str, dest: &str, upload_id: &str, overwrite: bool) -> String {
+fn preflight_script(dir: &str, dest: Option<&str>, upload_id: &str, overwrite: bool) -> String {
     let tmp = sh(&temp_name(upload_id));
     let me = Owner::me();
+    let dest_checks = match dest {
+        Some(dest) => format!(
+            "{}\n\
+             if [ -e {dest} ] && [ {ow} != 1 ]; then printf 'exists %s\\n' \"$(md5sum < {dest})\"; exit {exists}; fi",
+            dest_type_checks(&sh(dest)),
+            dest = sh(dest),
+            ow = u8::from(overwrite),
+            exists = status::EXISTS,
+        ),
+        None => String::new(),
+    };
     format!(
         "cd -- {dir} 2>/dev/null || exit {no_dir}\n\
          [ -w . ] || exit {not_writable}\n\
          {{ rm -rf -- .relayup-*.done.* </dev/null >/dev/null 2>&1 & }}\n\
          command -v md5sum >/dev/null 2>&1 || {{ echo 'md5sum (coreutils) is not installed' >&2; exit {no_tool}; }}\n\
          {dest_checks}\n\
-         if [ -e {dest} ] && [ {ow} != 1 ]; then printf 'exists %s\\n' \"$(md5sum < {dest})\"; exit {exists}; fi\n\
          {temp_checks}\n\
          {lock}\n\
          rm -f -- {tmp}/merged.*.tmp {tmp}/*.part.*\n\
@@ -263,15 +282,11 @@ fn preflight_script(dir: &str, dest: &str, upload_id: &str, overwrite: bool) -> 
          echo ready\n\
          exec cat >/dev/null",
         dir = sh(dir),
-        dest = sh(dest),
-        ow = u8::from(overwrite),
-        dest_checks = dest_type_checks(&sh(dest)),
         temp_checks = temp_dir_checks(&tmp),
         lock = lock_lines(&tmp, &me),
         no_dir = status::NO_DIR,
         not_writable = status::NOT_WRITABLE,
         no_tool = status::NO_TOOL,
-        exists = status::EXISTS,
         no_temp = status::NO_TEMP,
     )
 }
@@ -554,32 +569,65 @@ pub fn remove_temp(session: &Session, dir: &str, upload_id: &str) -> Result<()> 
     }
 }
 
-/// What the server reports of the merged file as it was written (its `stat` is
-/// `inode size mtime`), checked again right before the rename, so the file renamed
-/// into place is the very file whose bytes were hashed.
-type Merged = Assembled;
-
 /// Appends parts in order on the server while the transfer goes on.
 pub struct Feeder {
     tx: Sender<usize>,
-    handle: JoinHandle<Result<Merged>>,
+    handle: JoinHandle<Result<Vec<Assembled>>>,
+}
+
+/// One file's parts as the merge takes them: its index, its parts in order, and the
+/// file it is merged into (`None`: its only part is hashed and published as it is,
+/// no copy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileParts {
+    pub file: usize,
+    pub parts: Vec<usize>,
+    pub merged: Option<String>,
+}
+
+impl FileParts {
+    /// The files of `source` and the parts (of `parts`) in each. One file's send is
+    /// merged into `merged.<run>.tmp`; a release's file of several parts (or none)
+    /// into `merged.<run>.<k>.tmp`.
+    pub fn of(source: &Source, parts: &[crate::send::plan::Part], run: &str) -> Vec<FileParts> {
+        let mut files: Vec<FileParts> = (0..source.files.len())
+            .map(|k| FileParts {
+                file: k,
+                parts: Vec::new(),
+                merged: None,
+            })
+            .collect();
+        for p in parts {
+            files[source.locate(p.offset)].parts.push(p.index);
+        }
+        for f in &mut files {
+            f.merged = if !source.is_release() {
+                Some(merged_name(run))
+            } else if f.parts.len() != 1 {
+                Some(crate::server::names::merged_file(run, f.file))
+            } else {
+                None
+            };
+        }
+        files
+    }
 }
 
 impl Feeder {
-    /// Starts the merge on its own channel of `session`. `place.run` names this run's
-    /// merged file, which is created here and must not exist.
+    /// Starts the merge of `files` (`size` bytes in all) on its own channel of
+    /// `session`. The merged files are created here and must not exist.
     pub fn start(
         session: &Session,
         place: &RunPlace,
-        parts: usize,
+        files: Vec<FileParts>,
         size: u64,
     ) -> Result<(Feeder, Sender<usize>)> {
         let mut ch = start_merge(session, place)?;
         let session = session.clone();
         let (tx, rx): (Sender<usize>, Receiver<usize>) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || -> Result<Merged> {
-            feed(&mut ch, &rx, parts)?;
-            merge_result(&mut ch, &session, size)
+        let handle = std::thread::spawn(move || -> Result<Vec<Assembled>> {
+            feed(&mut ch, &rx, &files)?;
+            merge_result(&mut ch, &session, size, files.len())
         });
         Ok((
             Feeder {
@@ -590,9 +638,9 @@ impl Feeder {
         ))
     }
 
-    /// Waits for the last parts to be appended; returns the server's MD5 and size of
-    /// the merged file.
-    pub fn finish(self) -> Result<Merged> {
+    /// Waits for the last parts to be appended; returns the server's MD5, size and
+    /// name of every merged file.
+    pub fn finish(self) -> Result<Vec<Assembled>> {
         drop(self.tx);
         self.handle
             .join()
@@ -600,18 +648,31 @@ impl Feeder {
     }
 }
 
-/// Starts the merge script and waits for its `ready`: the merged file is created.
+/// Starts the merge script and waits for its `ready`. It reads a header per file,
+/// `<k> <parts> <merged name or ->`, then that many part names as they arrive, and
+/// prints `md5 <k> <md5>` and `stat <k> <name> <inode size mtime>` for each file.
 fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
     let tmp = crate::server::names::temp_dir(&place.dir, &place.upload_id);
-    let merged = sh(&merged_name(&place.run));
-    // Names come from us (`<n>.part`), one per line, in index order. `set -C`
-    // creates the merged file only if no other writer has that name.
+    // Names come from us (`<n>.part`, `merged.<run>…`). `set -C` creates a merged
+    // file only if no other writer has that name. A file of one part is not copied:
+    // the part itself is hashed and published.
     let script = format!(
         "cd -- {} || exit 1\n\
-         set -C; : > {merged} || exit 1; set +C\n\
          echo ready\n\
-         while IFS= read -r n; do cat -- \"$n\" || exit 1; done | tee {merged} | md5sum | sed 's/^/md5 /'\n\
-         printf 'stat %s\\n' \"$(stat -c '%i %s %Y' -- {merged})\"\n",
+         while IFS=' ' read -r k n m; do\n\
+           if [ \"$m\" = - ]; then\n\
+             IFS= read -r p || exit 1\n\
+             s=$(md5sum < \"$p\") || exit 1\n\
+             printf 'md5 %s %s\\n' \"$k\" \"${{s%% *}}\"\n\
+             m=$p\n\
+           else\n\
+             set -C; : > \"$m\" || exit 1; set +C\n\
+             i=0\n\
+             while [ \"$i\" -lt \"$n\" ] && IFS= read -r p; do cat -- \"$p\" || exit 1; i=$((i + 1)); done \
+               | tee -- \"$m\" | md5sum | sed \"s/^/md5 $k /\"\n\
+           fi\n\
+           printf 'stat %s %s %s\\n' \"$k\" \"$m\" \"$(stat -c '%i %s %Y' -- \"$m\")\"\n\
+         done\n",
         sh(&tmp)
     );
     let mut ch = ssh::start_script(session, &script, true).context("starting the merge")?;
@@ -624,30 +685,65 @@ fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
     Ok(ch)
 }
 
-/// Hands the merge the part names in index order as the parts arrive (in any order)
-/// on `rx`, then ends its input.
-fn feed(ch: &mut ssh2::Channel, rx: &Receiver<usize>, parts: usize) -> Result<()> {
+/// Hands the merge each file's header and part names in order as the parts arrive
+/// (in any order) on `rx`, then ends its input.
+fn feed(ch: &mut ssh2::Channel, rx: &Receiver<usize>, files: &[FileParts]) -> Result<()> {
     let mut ready = BTreeSet::new();
-    let mut next = 0usize;
-    // Stop as soon as every part is in: the senders may outlive the transfer.
-    while next < parts {
+    let mut order = files
+        .iter()
+        .flat_map(|f| {
+            let header = format!(
+                "{} {} {}\n",
+                f.file,
+                f.parts.len(),
+                f.merged.as_deref().unwrap_or("-")
+            );
+            std::iter::once((None, header)).chain(
+                f.parts
+                    .iter()
+                    .map(|&i| (Some(i), format!("{}\n", crate::server::names::part(i)))),
+            )
+        })
+        .peekable();
+    let (total, mut fed) = (files.iter().map(|f| f.parts.len()).sum::<usize>(), 0);
+    let mut out = String::new();
+    loop {
+        // Everything that can go now: headers, and parts that are in.
+        while let Some((_, line)) = order.next_if(|(i, _)| i.is_none_or(|i| ready.contains(&i))) {
+            out.push_str(&line);
+            fed += 1;
+        }
+        if !out.is_empty() {
+            ch.write_all(out.as_bytes())
+                .context("feeding the merge on the server")?;
+            out.clear();
+        }
+        if order.peek().is_none() {
+            break;
+        }
+        // Stop as soon as every part is in: the senders may outlive the transfer.
         let Ok(index) = rx.recv() else { break };
         ready.insert(index);
-        while ready.remove(&next) {
-            ch.write_all(format!("{next}.part\n").as_bytes())
-                .context("feeding the merge on the server")?;
-            next += 1;
-        }
     }
-    if next != parts {
-        bail!("merge stopped: only {next} of {parts} parts arrived");
+    let _ = fed;
+    if let Some((Some(i), _)) = order.peek() {
+        bail!(
+            "merge stopped: part {i} never arrived ({} of {total} parts did)",
+            ready.len()
+        );
     }
     ch.send_eof()?;
     Ok(())
 }
 
-/// Waits for the merge of a `size`-byte file to end and reads its MD5 and `stat`.
-fn merge_result(ch: &mut ssh2::Channel, session: &Session, size: u64) -> Result<Merged> {
+/// Waits for the merge of `files` files (`size` bytes) to end and reads each one's
+/// MD5 and `stat`.
+fn merge_result(
+    ch: &mut ssh2::Channel,
+    session: &Session,
+    size: u64,
+    files: usize,
+) -> Result<Vec<Assembled>> {
     // The server still has to append the parts that came last: allow for a slow disk.
     let secs = (size / (20 << 20)).max(120);
     let before = session.timeout();
@@ -657,32 +753,53 @@ fn merge_result(ch: &mut ssh2::Channel, session: &Session, size: u64) -> Result<
     session.set_timeout(before);
     read.context("reading the merge result")?;
     ch.wait_close().ok();
-    let md5 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("md5 "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_default()
-        .to_string();
-    let stat = out
-        .lines()
-        .find_map(|l| l.strip_prefix("stat "))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let other: Vec<&str> = out
-        .lines()
-        .filter(|l| !l.starts_with("md5 ") && !l.starts_with("stat "))
-        .collect();
-    let merged_size = stat.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-    match merged_size {
-        Some(size) if md5.len() == 32 && other.is_empty() => Ok(Merged {
-            md5: Some(md5),
-            size,
-            stat,
-            verification: "server-md5",
-        }),
-        _ => Err(anyhow::Error::new(MergeFailed(other.join(" ")))),
+    parse_merged(&out, files).ok_or_else(|| {
+        let other: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with("md5 ") && !l.starts_with("stat "))
+            .collect();
+        anyhow::Error::new(MergeFailed(other.join(" ")))
+    })
+}
+
+/// The merge's `md5 <k> <md5>` and `stat <k> <name> <inode size mtime>` lines, one
+/// pair per file; `None` if any is missing or anything else was printed.
+fn parse_merged(out: &str, files: usize) -> Option<Vec<Assembled>> {
+    let mut md5s = vec![None; files];
+    let mut stats = vec![None; files];
+    for line in out.lines() {
+        let mut f = line.split_whitespace();
+        match f.next()? {
+            "md5" => {
+                let k: usize = f.next()?.parse().ok()?;
+                let m = f.next()?;
+                (m.len() == 32).then_some(())?;
+                *md5s.get_mut(k)? = Some(m.to_string());
+            }
+            "stat" => {
+                let k: usize = f.next()?.parse().ok()?;
+                let name = f.next()?.to_string();
+                let rest: Vec<&str> = f.collect();
+                (rest.len() == 3).then_some(())?;
+                let size: u64 = rest[1].parse().ok()?;
+                *stats.get_mut(k)? = Some((name, rest.join(" "), size));
+            }
+            _ => return None,
+        }
     }
+    md5s.into_iter()
+        .zip(stats)
+        .map(|(m, s)| {
+            let (name, stat, size) = s?;
+            Some(Assembled {
+                md5: Some(m?),
+                size,
+                stat,
+                name,
+                verification: "server-md5",
+            })
+        })
+        .collect()
 }
 
 /// The merge ran but could not read every part (a part missing or unreadable on the
@@ -691,46 +808,141 @@ fn merge_result(ch: &mut ssh2::Channel, session: &Session, size: u64) -> Result<
 #[error("the merge on the server failed: {0}")]
 pub struct MergeFailed(pub String);
 
-/// Moves the verified file into place and removes the temp dir. Right before the
-/// rename the merged file must still be the one the merge wrote (same inode, size and
-/// mtime), and the destination, if there, a regular file: the rename never goes into a
-/// directory or through a symlink (`mv -T`), and without `--overwrite` it never
-/// replaces anything (`ln`, which fails on an existing name). The temp dir's removal
-/// runs in the background on the server: freeing a file's worth of parts took ~0.4 s
-/// of a 13 s send in the lab. The dir is renamed first, so a new send of the same file
-/// never meets it.
+/// Where a here-document of file names ends: a line no name can be, since no path
+/// component may start with relayup's temp prefix.
+const END_OF_NAMES: &str = ".relayup-end";
+
+/// A here-document of `lines`, for a script's loop to read.
+fn here_doc(lines: impl IntoIterator<Item = String>) -> String {
+    let mut out = format!("<<'{END_OF_NAMES}'\n");
+    for l in lines {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out.push_str(END_OF_NAMES);
+    out
+}
+
+/// What is under each of `files` (`dest`, source size) in `dir` on the server; the
+/// MD5 of a regular file of the source's size, with `hash`.
+pub fn existing(
+    session: &Session,
+    dir: &str,
+    files: &[(&str, u64)],
+    hash: bool,
+) -> Result<Vec<Existing>> {
+    let list = files
+        .iter()
+        .enumerate()
+        .flat_map(|(k, (d, size))| [k.to_string(), size.to_string(), d.to_string()]);
+    let script = format!(
+        "cd -- {dir} || exit {no_dir}\n\
+         while IFS= read -r k && IFS= read -r sz && IFS= read -r d; do\n\
+           if [ -L \"$d\" ]; then echo \"x $k link\"\n\
+           elif [ -d \"$d\" ]; then echo \"x $k dir\"\n\
+           elif [ -e \"$d\" ] && [ ! -f \"$d\" ]; then echo \"x $k special\"\n\
+           elif [ -f \"$d\" ]; then\n\
+             s=$(wc -c < \"$d\") || exit 1; s=$((s + 0))\n\
+             if [ \"$s\" = \"$sz\" ] && [ {hash} = 1 ]; then m=$(md5sum < \"$d\") || exit 1; echo \"f $k $s ${{m%% *}}\"\n\
+             else echo \"f $k $s\"; fi\n\
+           fi\n\
+         done {list}",
+        dir = sh(dir),
+        no_dir = status::NO_DIR,
+        hash = u8::from(hash),
+        list = here_doc(list),
+    );
+    let out = ssh::run(session, &script)?;
+    if out.status != 0 {
+        bail!(
+            "checking the destinations in {dir} on the server failed (exit {}): {}",
+            out.status,
+            out.stderr.trim()
+        );
+    }
+    let mut found = vec![Existing::Missing; files.len()];
+    for line in out.stdout.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(k) = f.get(1).and_then(|k| k.parse::<usize>().ok()) else {
+            continue;
+        };
+        let Some(slot) = found.get_mut(k) else {
+            continue;
+        };
+        *slot = match (f[0], &f[2..]) {
+            ("x", ["link"]) => Existing::NotAFile("a symbolic link"),
+            ("x", ["dir"]) => Existing::NotAFile("a directory"),
+            ("x", _) => Existing::NotAFile("not a regular file"),
+            ("f", [size]) => Existing::File(size.parse().unwrap_or(0), None),
+            ("f", [size, md5]) if md5.len() == 32 => Existing::File(
+                size.parse().unwrap_or(0),
+                Some((md5.to_string(), "server-md5")),
+            ),
+            _ => continue,
+        };
+    }
+    Ok(found)
+}
+
+/// Moves the verified files (each with its name on the server) into place and, with
+/// `last`, removes the temp dir. Right before its rename each merged file must
+/// still be the one the merge wrote (same inode, size and mtime), and the
+/// destination, if there, a regular file: the rename never goes into a directory or
+/// through a symlink (`mv -T`), and without `--overwrite` it never replaces anything
+/// (`ln`, which fails on an existing name). The temp dir's removal runs in the
+/// background on the server: freeing a file's worth of parts took ~0.4 s of a 13 s
+/// send in the lab. The dir is renamed first, so a new send of the same file never
+/// meets it.
 pub fn commit(
     session: &Session,
     place: &RunPlace,
-    merged: &Merged,
-    dest: &str,
+    files: &[(&Assembled, &str)],
     overwrite: bool,
+    last: bool,
 ) -> Result<()> {
-    let (dir, run) = (place.dir.as_str(), place.run.as_str());
+    let dir = place.dir.as_str();
     let tmp = temp_name(&place.upload_id);
+    let list = files
+        .iter()
+        .flat_map(|(f, d)| [f.name.clone(), f.stat.clone(), d.to_string()]);
+    let cleanup = if last {
+        format!(
+            "trash={tmp}.done.$$\n\
+             mv -- {tmp} \"$trash\" && {{ rm -rf -- \"$trash\" </dev/null >/dev/null 2>&1 & }}",
+            tmp = sh(&tmp)
+        )
+    } else {
+        String::new()
+    };
     let script = format!(
         "cd -- {dir} || exit 1\n\
-         m={merged}\n\
-         [ \"$(stat -c '%i %s %Y' -- \"$m\")\" = {stat} ] || exit {changed}\n\
-         {dest_checks}\n\
-         if [ {ow} = 1 ]; then mv -f -T -- \"$m\" {dest} || exit 1\n\
-         elif ln -T -- \"$m\" {dest} 2>/dev/null; then rm -f -- \"$m\"\n\
-         elif [ -e {dest} ] || [ -L {dest} ]; then exit {exists}\n\
-         else mv -T -- \"$m\" {dest} || exit 1; fi\n\
-         trash={tmp}.done.$$\n\
-         mv -- {tmp} \"$trash\" && {{ rm -rf -- \"$trash\" </dev/null >/dev/null 2>&1 & }}",
+         while IFS= read -r m && IFS= read -r st && IFS= read -r d; do\n\
+           printf 'at %s\\n' \"$d\"\n\
+           m={tmp}/$m\n\
+           [ \"$(stat -c '%i %s %Y' -- \"$m\")\" = \"$st\" ] || exit {changed}\n\
+           {dest_checks}\n\
+           if [ {ow} = 1 ]; then mv -f -T -- \"$m\" \"$d\" || exit 1\n\
+           elif ln -T -- \"$m\" \"$d\" 2>/dev/null; then rm -f -- \"$m\"\n\
+           elif [ -e \"$d\" ] || [ -L \"$d\" ]; then exit {exists}\n\
+           else mv -T -- \"$m\" \"$d\" || exit 1; fi\n\
+         done {list}\n\
+         {cleanup}",
         dir = sh(dir),
-        dest = sh(dest),
         ow = u8::from(overwrite),
-        merged = sh(&format!("{tmp}/{}", merged_name(run))),
-        stat = sh(&merged.stat),
         changed = status::CHANGED,
         exists = status::EXISTS,
-        dest_checks = dest_type_checks(&sh(dest)),
+        dest_checks = dest_type_checks("\"$d\""),
         tmp = sh(&tmp),
+        list = here_doc(list),
     );
     let out = ssh::run(session, &script)?;
-    let place = format!("{}/{dest}", dir.trim_end_matches('/'));
+    let at = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("at "))
+        .next_back()
+        .unwrap_or_default();
+    let place = format!("{}/{at}", dir.trim_end_matches('/'));
     match out.status {
         0 => Ok(()),
         status::EXISTS => Err(anyhow!(
@@ -741,11 +953,11 @@ pub fn commit(
             Err(anyhow!("{}", dest_type_message(out.status, &place))).context(Code::Usage)
         }
         status::CHANGED => Err(anyhow!(
-            "the merged file changed on the server after it was hashed (another writer?); nothing was renamed into place"
+            "the merged file for {place} changed on the server after it was hashed (another writer?); it was not renamed into place"
         ))
         .context(Code::Verify),
         s => bail!(
-            "moving the merged file into place failed (exit {s}): {}",
+            "moving the merged file into place as {place} failed (exit {s}): {}",
             out.stderr.trim()
         ),
     }

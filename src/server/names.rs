@@ -10,6 +10,8 @@
 //!   - `lock`, `owner`: the run's lock and who holds it (append-merge: a file held
 //!     with `flock`; direct writes: a directory holding `owner`);
 //!   - `file`: with direct writes, the one file every host writes its parts into;
+//!   - `<k>.file`: with direct writes of a release, file k's bytes (with the
+//!     append-merge, `merged.<run>.<k>.tmp`: file k's merged parts);
 //!   - `replaced.<run>`: with direct writes and `--overwrite` where the server cannot
 //!     rename over a file, the old destination while the new one takes its place.
 //! - `.relayup-<upload id>.done.<pid>`: a finished temp dir being removed.
@@ -34,6 +36,11 @@ pub const DIRECT_FILE: &str = "file";
 /// it.
 pub fn direct_file(dir: &str, upload_id: &str) -> String {
     format!("{}/{DIRECT_FILE}", temp_dir(dir, upload_id))
+}
+
+/// With direct writes of a release, file `k`'s name inside the temp dir.
+pub fn release_file(k: usize) -> String {
+    format!("{k}.file")
 }
 
 /// With direct writes, where the destination waits while it is replaced.
@@ -71,6 +78,11 @@ pub fn uploading(part_name: &str, tag: &str, k: u64) -> String {
 /// The merged file of run `run`.
 pub fn merged(run: &str) -> String {
     format!("merged.{run}.tmp")
+}
+
+/// The merged file of a release's file `k` in run `run`.
+pub fn merged_file(run: &str, k: usize) -> String {
+    format!("merged.{run}.{k}.tmp")
 }
 
 /// What the staged parts of one run start with on a peer.

@@ -91,10 +91,25 @@ pub enum Kind {
 /// Where an upload goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place<'a> {
-    /// A part file of this name in the upload's temp dir (append-merge).
+    /// A whole file of this name in the upload's temp dir, uploaded under a name of
+    /// its own and renamed (append-merge parts; a release's small files with direct
+    /// writes).
     Part(&'a str),
-    /// The upload's one file, at this offset (direct writes).
-    At(u64),
+    /// Into the file of this name in the upload's temp dir, at this offset (direct
+    /// writes).
+    At(&'a str, u64),
+}
+
+impl Place<'_> {
+    /// Where `part` goes, told by the assembly: its own part file, or `name` (a file
+    /// in the temp dir) whole or at `offset`.
+    pub fn of<'a>(part_name: &'a str, name: Option<&'a str>, offset: Option<u64>) -> Place<'a> {
+        match (name, offset) {
+            (None, _) => Place::Part(part_name),
+            (Some(n), None) => Place::Part(n),
+            (Some(n), Some(o)) => Place::At(n, o),
+        }
+    }
 }
 
 /// How an SFTP server's host key is checked.
@@ -241,9 +256,11 @@ impl Server {
                         conn.put(&tmp, body)?;
                         conn.rename(&tmp, name)
                     }
-                    Place::At(offset) => {
-                        let file =
-                            crate::server::names::direct_file(&self.spec.dir, &self.upload_id);
+                    Place::At(name, offset) => {
+                        let file = format!(
+                            "{}/{name}",
+                            crate::server::names::temp_dir(&self.spec.dir, &self.upload_id)
+                        );
                         conn.write_at(&file, offset, body)
                     }
                 }
@@ -253,7 +270,7 @@ impl Server {
                 Err(e) if attempt >= ATTEMPTS || cancel.load(Ordering::Relaxed) => {
                     let what = match place {
                         Place::Part(name) => name.to_string(),
-                        Place::At(offset) => format!("the bytes at {offset}"),
+                        Place::At(name, offset) => format!("the bytes at {offset} of {name}"),
                     };
                     return Err(e.context(format!("uploading {what} ({attempt} attempt(s))")));
                 }
