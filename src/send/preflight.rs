@@ -70,7 +70,7 @@ pub fn log_in(t: &Target, ids: &Ids, signals: &Signals) -> Result<LoggedIn> {
         .context("uploading from this machine")
         .map_err(|e| with_code(e, Code::Connect))?;
     let skipped = if t.source.is_release() {
-        release_existing(t, assembly.as_mut())?
+        release_existing(t, assembly.as_mut()).inspect_err(|_| assembly.abandon())?
     } else {
         Vec::new()
     };

@@ -40,6 +40,9 @@ pub struct SourceFile {
     pub stamp: Stamp,
     /// Where its bytes start in the source's stream.
     pub start: u64,
+    /// Its index among the files of the send as given, which names its temp file on
+    /// the server (the same in every run, whichever files the server had already).
+    pub key: usize,
 }
 
 impl SourceFile {
@@ -67,6 +70,7 @@ impl Source {
                 dest: dest.to_string(),
                 stamp,
                 start: 0,
+                key: 0,
             }],
             size: stamp.size,
             release: false,
@@ -82,6 +86,7 @@ impl Source {
                 dest: dest.to_string(),
                 stamp: Stamp { size, mtime: None },
                 start: 0,
+                key: 0,
             }],
             size,
             release: false,
@@ -92,13 +97,14 @@ impl Source {
     pub fn release(items: &[(PathBuf, String)]) -> Result<Source> {
         let mut files = Vec::with_capacity(items.len());
         let mut start = 0;
-        for (path, dest) in items {
+        for (key, (path, dest)) in items.iter().enumerate() {
             let stamp = stamp(path)?;
             files.push(SourceFile {
                 path: path.clone(),
                 dest: dest.clone(),
                 stamp,
                 start,
+                key,
             });
             start += stamp.size;
         }
@@ -146,10 +152,10 @@ impl Source {
     }
 
     /// File `k`'s name inside the upload's temp dir on the server, with direct
-    /// writes: `file` for the one file of a send, `<k>.file` in a release.
+    /// writes: `file` for the one file of a send, `<key>.file` in a release.
     pub fn temp_name(&self, k: usize) -> String {
         if self.release {
-            crate::server::names::release_file(k)
+            crate::server::names::release_file(self.files[k].key)
         } else {
             crate::server::names::DIRECT_FILE.to_string()
         }

@@ -104,20 +104,24 @@ impl Target {
     /// parts.
     pub fn upload_id(&self) -> String {
         let mut h = Md5::new();
-        for (k, f) in self.source.files.iter().enumerate() {
+        for f in &self.source.files {
             let canonical = std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone());
             h.update(canonical.as_os_str().as_encoded_bytes());
             h.update(f.stamp.size.to_le_bytes());
+            if self.source.is_release() {
+                // Not the times: a release one of whose files changed during a send
+                // is sent again under the same id, and finds what it sent before
+                // (each part is proved again before it counts).
+                h.update(f.dest.as_bytes());
+                h.update([0]);
+                continue;
+            }
             if let Some(t) = f
                 .stamp
                 .mtime
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             {
                 h.update(t.as_nanos().to_le_bytes());
-            }
-            if self.source.is_release() {
-                h.update(f.dest.as_bytes());
-                h.update([u8::from(k == 0)]);
             }
         }
         let s = &self.settings;

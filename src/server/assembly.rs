@@ -75,6 +75,9 @@ pub trait Assembly: Send {
         source: &Source,
         verified: &BTreeSet<usize>,
     ) -> Result<HashSet<usize>>;
+    /// The send stops before its transfer: a temp dir that holds nothing of an
+    /// earlier run goes (the lock goes when the assembly is dropped).
+    fn abandon(&mut self) {}
     /// Free bytes where the file is assembled, if the server could tell.
     fn free(&self) -> Option<u64>;
     /// Bytes this kind needs on the server for a file of `size` when `there` bytes of

@@ -372,13 +372,26 @@ impl DirectWrite {
                 continue;
             }
             let path = self.temp_file(source, k);
-            if self.conn.kind(&path)? != Kind::Missing {
-                continue;
-            }
             let mut first = Vec::new();
             source
                 .reader(f.start, f.size().min(1))?
                 .read_to_end(&mut first)?;
+            // A file an earlier run left must start with this byte: part 0 is
+            // written from byte 1 on (a write at 0 would cut the file short).
+            match self.conn.kind(&path)? {
+                Kind::File(0) if first.is_empty() => continue,
+                Kind::File(n) if n > 0 && !first.is_empty() => {
+                    let mut theirs = Vec::new();
+                    self.conn.read_at(&path, 0, 1, &mut |b: &[u8]| {
+                        theirs.extend_from_slice(b);
+                        Ok(())
+                    })?;
+                    if theirs == first {
+                        continue;
+                    }
+                }
+                _ => {}
+            }
             self.conn.write_small(&path, &first)?;
         }
         Ok(())
@@ -530,7 +543,9 @@ impl Assembly for DirectWrite {
         }
         if last {
             self.unlock();
-            let _ = self.conn.remove_dir(&self.tmp);
+            // What an earlier run's other plan left there goes too.
+            let tmp = self.tmp.clone();
+            let _ = remove_all(self.conn.as_mut(), &tmp);
         }
         Ok(())
     }

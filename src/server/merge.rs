@@ -62,6 +62,16 @@ impl Assembly for AppendMerge {
         existing(&self.session, &self.place.dir, files, hash)
     }
 
+    fn abandon(&mut self) {
+        let script = format!(
+            "cd -- {} || exit 1\n\
+             [ -z \"$(ls -A -- {tmp} | grep -v -x -e lock -e owner)\" ] && rm -rf -- {tmp}",
+            sh(&self.place.dir),
+            tmp = sh(&temp_name(&self.place.upload_id)),
+        );
+        let _ = ssh::run(&self.session, &script);
+    }
+
     fn resumable(
         &mut self,
         plan: &crate::send::plan::Plan,

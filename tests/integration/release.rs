@@ -2,10 +2,11 @@
 //! verified, a checksum manifest at the end.
 
 use crate::direct::direct_config;
-use crate::harness::{json_lines, md5_file, text, TestEnv, PART};
+use crate::harness::{json_lines, md5_file, send_args, text, wait_until, TestEnv, PART};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// `rel/`: nested directories, an empty file, an empty directory, names with spaces,
 /// quotes and UTF-8, a link to a file (sent) and a link to a directory (skipped).
@@ -39,6 +40,9 @@ fn send_release(env: &TestEnv, config: &Path, rel: &Path, files: &[&str]) {
     let out = env.relayup(&args);
     assert!(out.status.success(), "{}", text(&out));
     let events = json_lines(&out);
+    // One send for the files (one pre-flight, one plan), one for the manifest.
+    let starts = events.iter().filter(|e| e["type"] == "start").count();
+    assert_eq!(starts, 2, "{}", text(&out));
     let file_done: Vec<&str> = events
         .iter()
         .filter(|e| e["type"] == "file_done")
@@ -135,4 +139,265 @@ fn a_release_refuses_dest_and_special_files() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("fifo"), "{}", text(&out));
     assert!(!env.srv.join("d").exists(), "nothing sent before the check");
+}
+
+/// `many/`: `n` small files of 1–64 KiB in nested directories, one big file, one
+/// empty file.
+fn many_files(env: &TestEnv, n: usize) -> PathBuf {
+    let many = env.private.join("many");
+    for i in 0..n {
+        let dir = many.join(format!("d{}", i % 7));
+        fs::create_dir_all(&dir).unwrap();
+        let f = env.random_file("small", 1024 + (i as u64 * 7919) % (63 * 1024));
+        fs::rename(&f, dir.join(format!("f{i}.bin"))).unwrap();
+    }
+    let big = env.random_file("big", 6 * PART + 3);
+    fs::rename(&big, many.join("big.bin")).unwrap();
+    fs::write(many.join("empty"), b"").unwrap();
+    many
+}
+
+/// Every file under `local` (a directory sent as a whole) is the same under the
+/// server's copy of it.
+fn assert_same_tree(env: &TestEnv, local: &Path) -> usize {
+    let mut count = 0;
+    let mut stack = vec![local.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(local.parent().unwrap()).unwrap();
+            let there = env.srv.join(rel);
+            assert_eq!(md5_file(&there), md5_file(&p), "{}", rel.display());
+            count += 1;
+        }
+    }
+    count
+}
+
+/// 300 small files and a big one through 3 peers: one pre-flight and one plan, a
+/// small file is one part of its own (never split), every host uploads, and each
+/// file lands whole under its name.
+fn many_small_files(env: &TestEnv, config: &Path) {
+    let many = many_files(env, 300);
+    let out = env.relayup(&[
+        "send",
+        many.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--part-size",
+        "1MiB",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let events = json_lines(&out);
+    let starts: Vec<_> = events.iter().filter(|e| e["type"] == "start").collect();
+    assert_eq!(starts.len(), 1, "one send for the whole release");
+    // 300 small files of one part each, the big one in 7 parts, none for the empty.
+    assert_eq!(starts[0]["parts"], 307, "{}", starts[0]);
+    let mut hosts: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "part_done")
+        .map(|e| e["host"].as_str().unwrap())
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    assert_eq!(hosts.len(), 4, "every host took parts: {hosts:?}");
+    assert_eq!(assert_same_tree(env, &many), 302);
+    env.assert_clean();
+}
+
+#[test]
+fn many_small_files_through_the_merge_in_one_queue() {
+    let env = TestEnv::new(3);
+    let config = env.write_config("c.toml", "sftp", &[]);
+    many_small_files(&env, &config);
+}
+
+#[test]
+fn many_small_files_by_direct_writes_in_one_queue() {
+    let mut env = TestEnv::new(3);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    let config = direct_config(&env, "d.toml", "ftp");
+    many_small_files(&env, &config);
+}
+
+/// A release killed with SIGKILL in the middle: nothing of it is visible on the
+/// server, and the same command again sends only what is missing and publishes
+/// every file.
+fn kill_9_then_resume(env: &TestEnv, config: &Path) {
+    let many = many_files(env, 40);
+    let big2 = env.random_file("big2", 8 * PART);
+    fs::rename(&big2, many.join("d0/big2.bin")).unwrap();
+    let args = send_args(&many, config, &["--bwlimit", "2MiB"]);
+    let run = env.spawn_send(&args);
+    run.wait_parts(12, None);
+    let mut run = run;
+    run.child.kill().unwrap();
+    let _ = run.finish(Duration::from_secs(10));
+    wait_until("staged parts are removed", Duration::from_secs(10), || {
+        env.staged_files().is_empty()
+    });
+    assert!(
+        !env.srv.join("many/big.bin").exists() && !env.srv.join("many/d0/big2.bin").exists(),
+        "nothing is published before the end"
+    );
+    let run = env.spawn_send(&send_args(&many, config, &[]));
+    let (status, events, stderr) = run.finish(Duration::from_secs(180));
+    assert!(status.success(), "resume failed: {stderr}");
+    let start = events.iter().find(|e| e["type"] == "start").unwrap();
+    assert!(start["resumed_parts"].as_u64().unwrap() >= 8, "{start}");
+    assert_eq!(assert_same_tree(env, &many), 43);
+    env.assert_clean();
+}
+
+#[test]
+fn a_release_killed_midway_resumes_through_the_merge() {
+    let env = TestEnv::new(2);
+    let config = env.write_config("c.toml", "sftp", &[]);
+    kill_9_then_resume(&env, &config);
+}
+
+#[test]
+fn a_release_killed_midway_resumes_by_direct_writes() {
+    let mut env = TestEnv::new(2);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    let config = direct_config(&env, "d.toml", "ftp");
+    kill_9_then_resume(&env, &config);
+}
+
+/// A file of the release changes while it is sent: by default every other file is
+/// published and the send fails naming it; with `--atomic-release` nothing at all is
+/// published.
+fn one_file_changes(env: &TestEnv, config: &Path, atomic: bool) {
+    let rel = env.private.join("rel");
+    fs::create_dir_all(&rel).unwrap();
+    for (name, size) in [("a.bin", 3 * PART), ("b.bin", 2 * PART), ("c.txt", 10)] {
+        let f = env.random_file(name, size);
+        fs::rename(&f, rel.join(name)).unwrap();
+    }
+    let mut extra = vec!["--bwlimit", "1MiB"];
+    if atomic {
+        extra.push("--atomic-release");
+    }
+    let run = env.spawn_send(&send_args(&rel, config, &extra));
+    run.wait_parts(1, None);
+    // A new mtime is a new file, as far as the send knows.
+    let b = rel.join("b.bin");
+    let f = fs::File::options().write(true).open(&b).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    drop(f);
+    let (status, _, stderr) = run.finish(Duration::from_secs(120));
+    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("b.bin changed during the send"), "{stderr}");
+    assert!(!env.srv.join("rel/b.bin").exists());
+    for other in ["a.bin", "c.txt"] {
+        let there = env.srv.join("rel").join(other);
+        if atomic {
+            assert!(
+                !there.exists(),
+                "{other} published despite --atomic-release"
+            );
+        } else {
+            assert_eq!(md5_file(&there), md5_file(&rel.join(other)), "{other}");
+        }
+    }
+    // Sent again once it is stable: what is there already is skipped.
+    let out = env.relayup(&[
+        "send",
+        rel.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let events = json_lines(&out);
+    let end = events.iter().find(|e| e["type"] == "release_done").unwrap();
+    let expect_there = if atomic { 0 } else { 2 };
+    assert_eq!(end["already_there"], expect_there, "{end}");
+    assert_eq!(assert_same_tree(env, &rel), 3);
+    env.assert_clean();
+}
+
+#[test]
+fn a_changed_file_holds_back_only_itself() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "sftp", &[]);
+    one_file_changes(&env, &config, false);
+}
+
+#[test]
+fn atomic_release_publishes_nothing_when_one_file_fails() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "sftp", &[]);
+    one_file_changes(&env, &config, true);
+}
+
+#[test]
+fn atomic_release_by_direct_writes_publishes_nothing_when_one_file_fails() {
+    let mut env = TestEnv::new(1);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    let config = direct_config(&env, "d.toml", "ftp");
+    one_file_changes(&env, &config, true);
+}
+
+/// What is on the server decides per file: an identical file is skipped, a
+/// different one stops the send before anything is sent (unless `--overwrite`,
+/// which replaces only what differs), and a directory under a file's name is never
+/// replaced.
+#[test]
+fn existing_files_are_compared_one_by_one() {
+    let env = TestEnv::new(1);
+    let config = env.write_config("c.toml", "sftp", &[]);
+    let rel = env.private.join("rel");
+    fs::create_dir_all(&rel).unwrap();
+    for (name, size) in [("a.bin", 2 * PART), ("b.bin", PART + 1), ("c.txt", 10)] {
+        let f = env.random_file(name, size);
+        fs::rename(&f, rel.join(name)).unwrap();
+    }
+    let send = |extra: &[&str]| {
+        let mut args = vec![
+            "send",
+            rel.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend(extra);
+        env.relayup(&args)
+    };
+    assert!(send(&[]).status.success());
+    // b changes here: a re-run refuses before sending anything.
+    fs::write(rel.join("b.bin"), b"new content").unwrap();
+    let out = send(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("rel/b.bin already exists"),
+        "{}",
+        text(&out)
+    );
+    assert!(!json_lines(&out).iter().any(|e| e["type"] == "start"));
+    // --overwrite sends only b.
+    let out = send(&["--overwrite"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let events = json_lines(&out);
+    let start = events.iter().find(|e| e["type"] == "start").unwrap();
+    assert_eq!(start["bytes"], 11, "{start}");
+    let end = events.iter().find(|e| e["type"] == "release_done").unwrap();
+    assert_eq!(
+        (end["sent"].as_u64(), end["already_there"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(assert_same_tree(&env, &rel), 3);
+    // A directory where a file goes is never replaced.
+    fs::remove_file(env.srv.join("rel/c.txt")).unwrap();
+    fs::create_dir(env.srv.join("rel/c.txt")).unwrap();
+    let out = send(&["--overwrite"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is a directory"), "{}", text(&out));
+    env.assert_clean();
 }
