@@ -64,6 +64,10 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
     let (summary, seconds) = progress.stop();
     let (mut good, mut changed, mut differ) = (Vec::new(), Vec::new(), None);
     for (k, (f, file)) in source.files.iter().zip(&files).enumerate() {
+        if file.published {
+            // Verified and published during the transfer.
+            continue;
+        }
         if stamp(&f.path).ok() != Some(f.stamp) {
             changed.push(f);
         } else if file.md5.as_ref().is_some_and(|m| *m != sums[k]) || file.size != f.size() {
@@ -83,11 +87,14 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         return Err(mismatch(file, &f.dest, &sums[k], f.size()));
     }
     if let Some(f) = changed.first() {
-        let published = if source.is_release() && !t.atomic && !good.is_empty() {
+        let published = if source.is_release() && !t.atomic {
             assembly
                 .publish(&good, t.overwrite, false)
                 .map_err(|e| with_code(e, Code::Transfer))?;
-            format!("the {} other file(s) were published", good.len())
+            format!(
+                "the other {} file(s) are published",
+                files.iter().filter(|f| f.published).count() + good.len()
+            )
         } else {
             "nothing was renamed into place".to_string()
         };
@@ -122,33 +129,28 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
             verification,
         );
     }
-    Ok(Outcome::Sent(reports(t, &source, &sums, &skipped)))
+    Ok(Outcome::Sent(reports(&source, &sums, &skipped)))
 }
 
 /// Every file of the target, in order, as sent in this run or found on the server.
 fn reports(
-    t: &Target,
-    sent: &Source,
+    source: &Source,
     sums: &[String],
     skipped: &[(usize, String)],
 ) -> Vec<super::FileReport> {
-    let mut sent_md5 = sent.files.iter().zip(sums);
-    t.source
+    source
         .files
         .iter()
+        .zip(sums)
         .enumerate()
-        .map(|(k, f)| {
+        .map(|(k, (f, sum))| {
             let there = skipped.iter().find(|s| s.0 == k).map(|s| s.1.clone());
-            let already_there = there.is_some();
-            let md5 = there
-                .or_else(|| sent_md5.next().map(|(_, m)| m.clone()))
-                .unwrap_or_default();
             super::FileReport {
                 dest: f.dest.clone(),
                 source: f.path.clone(),
                 bytes: f.size(),
-                md5,
-                already_there,
+                already_there: there.is_some(),
+                md5: there.unwrap_or_else(|| sum.clone()),
             }
         })
         .collect()

@@ -22,11 +22,15 @@ use crate::send::source::Source;
 #[derive(Default)]
 struct State {
     parts: Vec<Option<String>>,
+    /// Every file's MD5 the pass has finished, in order.
+    files: Vec<String>,
     failed: Option<String>,
 }
 
 pub struct Hashes {
     state: Mutex<State>,
+    /// Signalled when a file's MD5 is done or the pass failed.
+    file_done: std::sync::Condvar,
     source: Arc<Source>,
     parts: Vec<Part>,
 }
@@ -41,8 +45,10 @@ impl Hashes {
         let hashes = Arc::new(Hashes {
             state: Mutex::new(State {
                 parts: vec![None; parts.len()],
+                files: Vec::new(),
                 failed: None,
             }),
+            file_done: std::sync::Condvar::new(),
             source: source.clone(),
             parts: parts.clone(),
         });
@@ -51,6 +57,7 @@ impl Hashes {
             let result = shared.run(&source, &parts);
             if let Err(e) = &result {
                 shared.lock().failed = Some(format!("{e:#}"));
+                shared.file_done.notify_all();
             }
             result
         });
@@ -99,9 +106,26 @@ impl Hashes {
                 }
                 whole.update(&buf[..n]);
             }
-            sums.push(whole.hex());
+            let sum = whole.hex();
+            sums.push(sum.clone());
+            self.lock().files.push(sum);
+            self.file_done.notify_all();
         }
         Ok(sums)
+    }
+
+    /// File `k`'s MD5, once the pass has read all of it (waits for it).
+    pub fn file(&self, k: usize) -> Result<String> {
+        let mut s = self.lock();
+        loop {
+            if let Some(sum) = s.files.get(k) {
+                return Ok(sum.clone());
+            }
+            if let Some(e) = &s.failed {
+                return Err(anyhow!("hashing the source failed: {e}"));
+            }
+            s = self.file_done.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Part `index`'s checksum: from the pass if it got there, else computed now

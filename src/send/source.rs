@@ -41,8 +41,12 @@ pub struct SourceFile {
     /// Where its bytes start in the source's stream.
     pub start: u64,
     /// Its index among the files of the send as given, which names its temp file on
-    /// the server (the same in every run, whichever files the server had already).
+    /// the server.
     pub key: usize,
+    /// The server has this very file already: its parts are not sent, it is not
+    /// assembled or published. (It stays in the stream, so that a resumed run has
+    /// the same plan whichever files the first published.)
+    pub skip: bool,
 }
 
 impl SourceFile {
@@ -71,6 +75,7 @@ impl Source {
                 stamp,
                 start: 0,
                 key: 0,
+                skip: false,
             }],
             size: stamp.size,
             release: false,
@@ -87,6 +92,7 @@ impl Source {
                 stamp: Stamp { size, mtime: None },
                 start: 0,
                 key: 0,
+                skip: false,
             }],
             size,
             release: false,
@@ -105,6 +111,7 @@ impl Source {
                 stamp,
                 start,
                 key,
+                skip: false,
             });
             start += stamp.size;
         }
@@ -115,26 +122,14 @@ impl Source {
         })
     }
 
-    /// The same source without the files `skip` (by index), which the server
-    /// already has.
-    pub fn without(&self, skip: &[usize]) -> Source {
-        let mut start = 0;
-        let files = self
-            .files
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| !skip.contains(k))
-            .map(|(_, f)| {
-                let f = SourceFile { start, ..f.clone() };
-                start += f.size();
-                f
-            })
-            .collect();
-        Source {
-            files,
-            size: start,
-            release: self.release,
+    /// The same source with the files `skip` (by index) marked as already on the
+    /// server.
+    pub fn skipping(&self, skip: &[usize]) -> Source {
+        let mut s = self.clone();
+        for &k in skip {
+            s.files[k].skip = true;
         }
+        s
     }
 
     /// Whether this is a release (many files, each under its own temp name on the

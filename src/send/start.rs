@@ -24,7 +24,7 @@ use crate::config::AssemblyKind;
 use crate::error::{with_code, Code};
 use crate::events;
 use crate::progress::{self, Mode, Progress};
-use crate::server::assembly::{Assembly, Layout};
+use crate::server::assembly::{Assembly, Early, Layout};
 
 /// How the pre-flight and this machine's part of the transfer ended.
 pub enum Lead {
@@ -70,24 +70,37 @@ pub fn lead(
         t.source.clone()
     } else {
         let skip: Vec<usize> = skipped.iter().map(|s| s.0).collect();
-        Arc::new(t.source.without(&skip))
+        Arc::new(t.source.skipping(&skip))
     };
     let live = live_hosts(t, assembly.as_ref(), ready);
     let id = ids.upload.as_str();
     let (plan, done, mut journal) = plan_and_resume(t, &source, id, assembly.as_mut(), live.len())?;
     let progress = start_progress(t, &source, id, &plan, &done);
+    // The parts of files the server has already are not sent either.
+    let not_sent: HashSet<usize> = plan
+        .parts
+        .iter()
+        .filter(|p| source.files[source.locate(p.offset)].skip)
+        .map(|p| p.index)
+        .chain(done.iter().copied())
+        .collect();
     let sched = Arc::new(Scheduler::new(
         &plan,
         t.settings.peers.len() + 1,
         &live,
-        &done,
+        &not_sent,
     ));
     sched.limit(t.settings.server.bwlimit, t.settings.bwlimit_total);
     let (verified_tx, verified_rx) = mpsc::channel();
+    let (hashes, hasher) = Hashes::spawn(source.clone(), plan.parts.clone());
     let layout = Layout {
         parts: plan.parts.clone(),
         source: source.clone(),
         verified: verified_tx,
+        hashes: hashes.clone(),
+        early: (source.is_release() && !t.atomic).then_some(Early {
+            overwrite: t.overwrite,
+        }),
     };
     let merged = assembly
         .start(layout)
@@ -107,7 +120,6 @@ pub fn lead(
     for index in resumed {
         let _ = merged.send(index);
     }
-    let (hashes, hasher) = Hashes::spawn(source.clone(), plan.parts.clone());
     let places = Arc::new(match t.settings.assembly {
         AssemblyKind::Direct => Places::direct(&source, &plan.parts),
         AssemblyKind::Merge => Places::parts(),
@@ -190,16 +202,23 @@ fn plan_and_resume(
             let plan = Plan::for_source(source, hosts, t.strategy, t.part_size);
             (plan, Default::default())
         });
-    let done = assembly
+    let mut done = assembly
         .resumable(&plan, source, &verified)
         .map_err(|e| with_code(e, Code::Transfer))?;
+    done.retain(|&i| !source.files[source.locate(plan.parts[i].offset)].skip);
     let there = plan
         .parts
         .iter()
         .filter(|p| done.contains(&p.index))
         .map(|p| p.len)
         .sum();
-    preflight::check_server_space(t, assembly, source.size, there)?;
+    let skipped: u64 = source
+        .files
+        .iter()
+        .filter(|f| f.skip)
+        .map(|f| f.size())
+        .sum();
+    preflight::check_server_space(t, assembly, source.size - skipped, there)?;
     let mut journal = Journal::new(id, source, &t.settings.path, &plan);
     journal.verified = verified.into_iter().filter(|i| done.contains(i)).collect();
     journal.save().map_err(|e| with_code(e, Code::Transfer))?;
@@ -214,6 +233,12 @@ fn start_progress(
     plan: &Plan,
     done: &HashSet<usize>,
 ) -> Arc<Progress> {
+    let skipped: u64 = source
+        .files
+        .iter()
+        .filter(|f| f.skip)
+        .map(|f| f.size())
+        .sum();
     let resumed_bytes: u64 = plan
         .parts
         .iter()
@@ -236,7 +261,7 @@ fn start_progress(
             .map(|f| f.path.display().to_string())
             .unwrap_or_default(),
         dest: t.dest.clone(),
-        bytes: source.size,
+        bytes: source.size - skipped,
         parts: plan.parts.len(),
         hosts: names.clone(),
         upload_id: id.to_string(),
@@ -244,5 +269,5 @@ fn start_progress(
         resumed_bytes,
         strategy: plan.strategy,
     };
-    Progress::start(t.mode, source.size - resumed_bytes, &names, start)
+    Progress::start(t.mode, source.size - resumed_bytes - skipped, &names, start)
 }

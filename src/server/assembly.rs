@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use crate::send::hashes::Hashes;
 use crate::send::plan::{Part, Plan};
 use crate::send::source::Source;
 
@@ -37,6 +38,8 @@ pub struct Assembled {
     /// How it was verified, as the final message and `--json` say: `server-md5`,
     /// `server-hash-ranges`, `read-back` or `none`.
     pub verification: &'static str,
+    /// Already published during the transfer (see [`Layout::early`]).
+    pub published: bool,
 }
 
 /// What an assembly needs to know about the transfer it follows.
@@ -49,6 +52,18 @@ pub struct Layout {
     /// Told the index of every part checked on the server and whether it passed
     /// (direct writes; the journal keeps the verified ones for a resume).
     pub verified: Sender<(usize, bool)>,
+    /// Every file's MD5 from the one pass over the source, as it gets there.
+    pub hashes: Arc<Hashes>,
+    /// A release's files are published one by one as soon as each is verified,
+    /// replacing a regular file only with `overwrite` (`None`: all at the end, by
+    /// [`Assembly::publish`]: `--atomic-release`, or the send of one file).
+    pub early: Option<Early>,
+}
+
+/// How files are published as soon as they are verified.
+#[derive(Clone, Copy, Debug)]
+pub struct Early {
+    pub overwrite: bool,
 }
 
 /// What is on the server under a release file's name.

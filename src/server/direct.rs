@@ -96,7 +96,7 @@ pub struct DirectWrite {
     /// Whether several hosts can write into the file at once (vsftpd, by default,
     /// makes each upload wait for the others: `lock_upload_files`).
     parallel: bool,
-    verifier: Option<JoinHandle<Result<Vec<usize>>>>,
+    verifier: Option<JoinHandle<Result<Verified>>>,
     bad: Vec<usize>,
     locked: bool,
     /// This run created the temp dir and nothing has been sent yet: a run that ends
@@ -199,50 +199,6 @@ impl DirectWrite {
         Ok(Prepared::Ready(Box::new(me)))
     }
 
-    /// Renames the file to `dest`. Without `overwrite` the name must be free (SFTP's
-    /// rename fails if it is not; over FTP it is checked right before). With it, a
-    /// regular file there is replaced: over FTP by the rename itself; over SFTP (whose
-    /// version 3 rename never replaces) the old file is moved aside first and put back
-    /// if the rename fails.
-    fn rename_into_place(&mut self, file: &str, dest: &str, overwrite: bool) -> Result<()> {
-        let what = self.conn.what().to_string();
-        let target = format!("{}/{dest}", self.dir.trim_end_matches('/'));
-        let there = self.conn.kind(&target)?;
-        match there {
-            Kind::Missing => {}
-            Kind::File(_) if overwrite => {}
-            Kind::File(_) => {
-                return Err(anyhow!(
-                    "{what}: {target} appeared on the server during the send; nothing was renamed into place \
-                     (pass --overwrite to replace it)"
-                ))
-                .context(Code::Usage)
-            }
-            Kind::Dir | Kind::Other => {
-                return Err(anyhow!(
-                    "{what}: {target} is {} now; relayup only ever replaces a regular file: nothing was renamed into place",
-                    if there == Kind::Dir { "a directory" } else { "not a regular file" }
-                ))
-                .context(Code::Usage)
-            }
-        }
-        if there == Kind::Missing || self.spec.scheme != "sftp" {
-            return self.conn.move_to(file, &target);
-        }
-        let aside = format!("{}/{}", self.tmp, names::replaced(&self.run));
-        self.conn.move_to(&target, &aside)?;
-        match self.conn.move_to(file, &target) {
-            Ok(()) => {
-                let _ = self.conn.remove_file(&aside);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.conn.move_to(&aside, &target);
-                Err(e)
-            }
-        }
-    }
-
     /// Lets go of the lock: the owner file, then its directory.
     fn unlock(&mut self) {
         if self.locked {
@@ -263,6 +219,66 @@ impl Drop for DirectWrite {
         self.unlock();
         if fresh {
             let _ = self.conn.remove_dir(&self.tmp);
+        }
+    }
+}
+
+/// Where a run's files are on the server, as the upload login sees them.
+#[derive(Clone, Debug)]
+struct Spot {
+    dir: String,
+    tmp: String,
+    run: String,
+    /// The server speaks SFTP, whose rename never replaces a file.
+    sftp: bool,
+}
+
+/// Renames `file` to `dest` (relative to the upload directory). Without `overwrite`
+/// the name must be free (SFTP's rename fails if it is not; over FTP it is checked
+/// right before). With it, a regular file there is replaced: over FTP by the rename
+/// itself; over SFTP (whose version 3 rename never replaces) the old file is moved
+/// aside first and put back if the rename fails.
+fn rename_into_place(
+    conn: &mut dyn Uploader,
+    spot: &Spot,
+    file: &str,
+    dest: &str,
+    overwrite: bool,
+) -> Result<()> {
+    let what = conn.what().to_string();
+    let target = format!("{}/{dest}", spot.dir.trim_end_matches('/'));
+    let there = conn.kind(&target)?;
+    match there {
+        Kind::Missing => {}
+        Kind::File(_) if overwrite => {}
+        Kind::File(_) => {
+            return Err(anyhow!(
+                "{what}: {target} appeared on the server during the send; nothing was renamed into place \
+                 (pass --overwrite to replace it)"
+            ))
+            .context(Code::Usage)
+        }
+        Kind::Dir | Kind::Other => {
+            return Err(anyhow!(
+                "{what}: {target} is {} now; relayup only ever replaces a regular file: nothing was renamed into place",
+                if there == Kind::Dir { "a directory" } else { "not a regular file" }
+            ))
+            .context(Code::Usage)
+        }
+    }
+    if there == Kind::Missing || !spot.sftp {
+        return conn.move_to(file, &target);
+    }
+    let aside = format!("{}/{}", spot.tmp, names::replaced(&spot.run));
+    conn.move_to(&target, &aside)?;
+    match conn.move_to(file, &target) {
+        Ok(()) => {
+            let _ = conn.remove_file(&aside);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.move_to(&aside, &target);
+            Err(e)
         }
     }
 }
@@ -354,6 +370,15 @@ fn read_owner(conn: &mut dyn Uploader, path: &str) -> Option<Owner> {
 }
 
 impl DirectWrite {
+    fn spot(&self) -> Spot {
+        Spot {
+            dir: self.dir.clone(),
+            tmp: self.tmp.clone(),
+            run: self.run.clone(),
+            sftp: self.spec.scheme == "sftp",
+        }
+    }
+
     /// File `k`'s temp file on the server.
     fn temp_file(&self, source: &Source, k: usize) -> String {
         format!("{}/{}", self.tmp, source.temp_name(k))
@@ -368,7 +393,7 @@ impl DirectWrite {
             count[source.locate(p.offset)] += 1;
         }
         for (k, f) in source.files.iter().enumerate() {
-            if f.size() > 0 && count[k] < 2 {
+            if f.skip || (f.size() > 0 && count[k] < 2) {
                 continue;
             }
             let path = self.temp_file(source, k);
@@ -475,6 +500,7 @@ impl Assembly for DirectWrite {
             spec: self.spec.clone(),
             access: self.access.clone(),
             upload_id: self.upload_id.clone(),
+            spot: self.spot(),
             tmp: self.tmp.clone(),
             check: self.check,
             shell: self.shell.clone(),
@@ -491,7 +517,7 @@ impl Assembly for DirectWrite {
         if let Ok((fresh, _)) = transport::open(&self.spec, &self.upload_id, &self.access) {
             self.conn = fresh;
         }
-        let bad = self
+        let Verified { bad, published } = self
             .verifier
             .take()
             .ok_or_else(|| anyhow!("the verification was never started"))?
@@ -510,10 +536,15 @@ impl Assembly for DirectWrite {
             .ok_or_else(|| anyhow!("the transfer never started"))?;
         (0..source.files.len())
             .map(|k| {
-                let path = self.temp_file(&source, k);
-                let size = match self.conn.kind(&path)? {
-                    Kind::File(size) => size,
-                    _ => bail!("{}: {path} is gone", self.conn.what()),
+                let published = published.contains(&k) || source.files[k].skip;
+                let size = if published {
+                    source.files[k].size()
+                } else {
+                    let path = self.temp_file(&source, k);
+                    match self.conn.kind(&path)? {
+                        Kind::File(size) => size,
+                        _ => bail!("{}: {path} is gone", self.conn.what()),
+                    }
                 };
                 Ok(Assembled {
                     md5: None,
@@ -521,6 +552,7 @@ impl Assembly for DirectWrite {
                     stat: String::new(),
                     name: source.temp_name(k),
                     verification: self.check.label(),
+                    published,
                 })
             })
             .collect()
@@ -537,9 +569,16 @@ impl Assembly for DirectWrite {
             .source
             .clone()
             .ok_or_else(|| anyhow!("the transfer never started"))?;
+        let spot = self.spot();
         for (k, file) in files {
             let from = format!("{}/{}", self.tmp, file.name);
-            self.rename_into_place(&from, &source.files[*k].dest, overwrite)?;
+            rename_into_place(
+                self.conn.as_mut(),
+                &spot,
+                &from,
+                &source.files[*k].dest,
+                overwrite,
+            )?;
         }
         if last {
             self.unlock();
@@ -560,11 +599,19 @@ struct VerifyJob {
     spec: ServerSpec,
     access: Access,
     upload_id: String,
+    spot: Spot,
     /// The temp dir, as the upload login sees it.
     tmp: String,
     check: Check,
     shell: Option<crate::config::Settings>,
     layout: Layout,
+}
+
+/// What the verifying thread found: the parts that differ from the source, and
+/// the files it published as soon as all their parts had passed.
+struct Verified {
+    bad: Vec<usize>,
+    published: HashSet<usize>,
 }
 
 impl VerifyJob {
@@ -577,22 +624,38 @@ impl VerifyJob {
     }
 
     /// Verifies each part whose index arrives on `rx` (once each), telling the
-    /// layout's `verified` about every one that passes; returns the indexes of those
-    /// that did not. Ends when every part has been seen or the senders are gone.
-    fn run(self, rx: Receiver<usize>) -> Result<Vec<usize>> {
+    /// layout's `verified` about every one that passes; a release's file whose
+    /// parts have all passed is published at once (see [`Layout::early`]). Ends
+    /// when every part has been seen or the senders are gone.
+    fn run(self, rx: Receiver<usize>) -> Result<Verified> {
         let mut conn = None;
         let mut session = None;
         let parts = &self.layout.parts;
+        let source = self.layout.source.clone();
         let mut seen = HashSet::new();
-        let mut bad = Vec::new();
-        if parts.is_empty() {
-            return Ok(bad);
+        let mut found = Verified {
+            bad: Vec::new(),
+            published: HashSet::new(),
+        };
+        // Parts not yet passed, per file; a file with a bad part is never early.
+        // The server's own copies of files (skipped) have none to check.
+        let mut left = vec![0usize; source.files.len()];
+        let mut needed = 0;
+        for p in parts {
+            let k = source.locate(p.offset);
+            if !source.files[k].skip {
+                left[k] += 1;
+                needed += 1;
+            }
+        }
+        if needed == 0 {
+            return Ok(found);
         }
         for index in rx {
             let Some(part) = parts.get(index).copied() else {
                 continue;
             };
-            if !seen.insert(index) {
+            if source.files[source.locate(part.offset)].skip || !seen.insert(index) {
                 continue;
             }
             let ok = match &self.shell {
@@ -602,22 +665,53 @@ impl VerifyJob {
                 _ => self.verify_part(&mut conn, part)?,
             };
             let _ = self.layout.verified.send((index, ok));
+            let k = source.locate(part.offset);
             if !ok {
-                bad.push(index);
+                found.bad.push(index);
+                left[k] = usize::MAX;
+            } else if left[k] != usize::MAX {
+                left[k] -= 1;
+                if left[k] == 0 && self.publish_early(&mut conn, k) {
+                    found.published.insert(k);
+                }
             }
-            if seen.len() == parts.len() {
+            if seen.len() == needed {
                 break;
             }
         }
-        if seen.len() < parts.len() {
+        if seen.len() < needed {
             bail!(
-                "the transfer ended with {} of {} parts in",
+                "the transfer ended with {} of {needed} parts in",
                 seen.len(),
-                parts.len()
             );
         }
-        bad.sort_unstable();
-        Ok(bad)
+        found.bad.sort_unstable();
+        Ok(found)
+    }
+
+    /// Publishes file `k`, all of whose parts have passed, if the release publishes
+    /// files as they are verified and the file has not changed since the send
+    /// started. Anything in the way is left for the publish at the end, which says
+    /// what it is.
+    fn publish_early(&self, conn: &mut Option<Box<dyn Uploader>>, k: usize) -> bool {
+        let Some(early) = self.layout.early else {
+            return false;
+        };
+        let source = &self.layout.source;
+        let f = &source.files[k];
+        if crate::send::source::stamp(&f.path).ok() != Some(f.stamp) {
+            return false;
+        }
+        if conn.is_none() {
+            *conn = transport::open(&self.spec, &self.upload_id, &self.access)
+                .ok()
+                .map(|c| c.0);
+        }
+        let Some(c) = conn.as_mut() else {
+            return false;
+        };
+        let from = format!("{}/{}", self.tmp, source.temp_name(k));
+        rename_into_place(c.as_mut(), &self.spot, &from, &f.dest, early.overwrite).is_ok()
     }
 
     /// Whether `part` is in the file as in the source, by `md5sum` over the shell

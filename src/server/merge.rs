@@ -17,9 +17,11 @@ use crate::remote::ssh::{self, Trust};
 use crate::send::lock::{Ids, Owner};
 use crate::server::names::{merged as merged_name, temp_dir_name as temp_name};
 
+use crate::send::hashes::Hashes;
 use crate::send::source::Source;
 pub use crate::server::assembly::ServerPart;
-use crate::server::assembly::{Assembled, Assembly, Existing};
+use crate::server::assembly::{Assembled, Assembly, Early, Existing};
+use std::sync::Arc;
 
 /// What pre-flight found on the server.
 pub enum Prepared {
@@ -102,7 +104,12 @@ impl Assembly for AppendMerge {
     fn start(&mut self, layout: crate::server::assembly::Layout) -> Result<Sender<usize>> {
         let files = FileParts::of(&layout.source, &layout.parts, &self.place.run);
         self.dests = layout.source.files.iter().map(|f| f.dest.clone()).collect();
-        let (feeder, tx) = Feeder::start(&self.session, &self.place, files, layout.source.size)?;
+        let trailer = Trailer {
+            hashes: layout.hashes.clone(),
+            source: layout.source.clone(),
+            early: layout.early,
+        };
+        let (feeder, tx) = Feeder::start(&self.session, &self.place, files, trailer)?;
         self.feeder = Some(feeder);
         Ok(tx)
     }
@@ -121,12 +128,17 @@ impl Assembly for AppendMerge {
             .iter()
             .map(|p| Ok((p.len, source.md5_range(p.offset, p.len)?)))
             .collect::<Result<Vec<_>>>()?;
-        remove_bad_parts(
+        let bad = remove_bad_parts(
             &self.session,
             &self.place.dir,
             &self.place.upload_id,
             &expected,
-        )
+        )?;
+        // The parts of files the server had already were never sent.
+        Ok(bad
+            .into_iter()
+            .filter(|&i| !source.files[source.locate(plan.parts[i].offset)].skip)
+            .collect())
     }
 
     fn publish(&mut self, files: &[(usize, Assembled)], overwrite: bool, last: bool) -> Result<()> {
@@ -177,6 +189,31 @@ fn dest_type_checks(dest: &str) -> String {
         status::DEST_SYMLINK,
         status::DEST_DIR,
         status::DEST_SPECIAL
+    )
+}
+
+/// A shell function `publish M STAT DEST OVERWRITE`: renames the merged file `M`
+/// to `DEST` if `M` still has the `inode size mtime` STAT it was hashed with and
+/// `DEST` is free or (with OVERWRITE 1) a regular file; returns a [`status`] code
+/// otherwise. The rename never goes into a directory or through a symlink
+/// (`mv -T`), and without OVERWRITE never replaces anything (`ln`, which fails on an
+/// existing name).
+fn publish_fn() -> String {
+    format!(
+        "publish() {{\n\
+           [ \"$(stat -c '%i %s %Y' -- \"$1\")\" = \"$2\" ] || return {changed}\n\
+           if [ -L \"$3\" ]; then return {link}; elif [ -d \"$3\" ]; then return {dir}; \
+           elif [ -e \"$3\" ] && [ ! -f \"$3\" ]; then return {special}; fi\n\
+           if [ \"$4\" = 1 ]; then mv -f -T -- \"$1\" \"$3\" || return 1\n\
+           elif ln -T -- \"$1\" \"$3\" 2>/dev/null; then rm -f -- \"$1\"\n\
+           elif [ -e \"$3\" ] || [ -L \"$3\" ]; then return {exists}\n\
+           else mv -T -- \"$1\" \"$3\" || return 1; fi\n\
+         }}",
+        changed = status::CHANGED,
+        link = status::DEST_SYMLINK,
+        dir = status::DEST_DIR,
+        special = status::DEST_SPECIAL,
+        exists = status::EXISTS,
     )
 }
 
@@ -610,6 +647,7 @@ impl FileParts {
         for p in parts {
             files[source.locate(p.offset)].parts.push(p.index);
         }
+        files.retain(|f| !source.files[f.file].skip);
         for f in &mut files {
             f.merged = if !source.is_release() {
                 Some(merged_name(run))
@@ -630,14 +668,14 @@ impl Feeder {
         session: &Session,
         place: &RunPlace,
         files: Vec<FileParts>,
-        size: u64,
+        trailer: Trailer,
     ) -> Result<(Feeder, Sender<usize>)> {
         let mut ch = start_merge(session, place)?;
         let session = session.clone();
         let (tx, rx): (Sender<usize>, Receiver<usize>) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || -> Result<Vec<Assembled>> {
-            feed(&mut ch, &rx, &files)?;
-            merge_result(&mut ch, &session, size, files.len())
+            feed(&mut ch, &rx, &files, &trailer)?;
+            merge_result(&mut ch, &session, &trailer.source)
         });
         Ok((
             Feeder {
@@ -668,22 +706,30 @@ fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
     // the part itself is hashed and published.
     let script = format!(
         "cd -- {} || exit 1\n\
+         {publish}\n\
          echo ready\n\
          while IFS=' ' read -r k n m; do\n\
            if [ \"$m\" = - ]; then\n\
              IFS= read -r p || exit 1\n\
              s=$(md5sum < \"$p\") || exit 1\n\
-             printf 'md5 %s %s\\n' \"$k\" \"${{s%% *}}\"\n\
              m=$p\n\
            else\n\
              set -C; : > \"$m\" || exit 1; set +C\n\
-             i=0\n\
-             while [ \"$i\" -lt \"$n\" ] && IFS= read -r p; do cat -- \"$p\" || exit 1; i=$((i + 1)); done \
-               | tee -- \"$m\" | md5sum | sed \"s/^/md5 $k /\"\n\
+             s=$(i=0; while [ \"$i\" -lt \"$n\" ] && IFS= read -r p; do cat -- \"$p\" || exit 1; i=$((i + 1)); done \
+               | tee -- \"$m\" | md5sum) || exit 1\n\
            fi\n\
-           printf 'stat %s %s %s\\n' \"$k\" \"$m\" \"$(stat -c '%i %s %Y' -- \"$m\")\"\n\
+           got=${{s%% *}}\n\
+           printf 'md5 %s %s\\n' \"$k\" \"$got\"\n\
+           st=$(stat -c '%i %s %Y' -- \"$m\")\n\
+           printf 'stat %s %s %s\\n' \"$k\" \"$m\" \"$st\"\n\
+           IFS=' ' read -r want ow || exit 1\n\
+           IFS= read -r d || exit 1\n\
+           if [ \"$ow\" != - ] && [ \"$want\" = \"$got\" ]; then\n\
+             if publish \"$m\" \"$st\" \"../$d\" \"$ow\"; then echo \"published $k\"; else echo \"kept $k $?\"; fi\n\
+           fi\n\
          done\n",
-        sh(&tmp)
+        sh(&tmp),
+        publish = publish_fn(),
     );
     let mut ch = ssh::start_script(session, &script, true).context("starting the merge")?;
     let mut first = String::new();
@@ -695,9 +741,47 @@ fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
     Ok(ch)
 }
 
-/// Hands the merge each file's header and part names in order as the parts arrive
-/// (in any order) on `rx`, then ends its input.
-fn feed(ch: &mut ssh2::Channel, rx: &Receiver<usize>, files: &[FileParts]) -> Result<()> {
+/// What the merge is told after a file's parts: the source's MD5 and whether to
+/// publish the file as soon as its merged MD5 is that (`-`: not now).
+pub struct Trailer {
+    pub hashes: Arc<Hashes>,
+    pub source: Arc<Source>,
+    pub early: Option<Early>,
+}
+
+impl Trailer {
+    /// The lines after file `k`'s parts: `<md5> <overwrite 0|1>` (or `- -`), then
+    /// its destination. Waits for the pass over the source to have hashed the file.
+    fn lines(&self, k: usize) -> String {
+        let f = &self.source.files[k];
+        let publish = self.early.and_then(|e| {
+            let md5 = self.hashes.file(k).ok()?;
+            // A file that changed since the send started is not published now.
+            (crate::send::source::stamp(&f.path).ok() == Some(f.stamp))
+                .then(|| format!("{md5} {}", u8::from(e.overwrite)))
+        });
+        format!("{}\n{}\n", publish.as_deref().unwrap_or("- -"), f.dest)
+    }
+}
+
+/// One line of what the merge is fed.
+enum Feed {
+    /// A file's header.
+    Header(String),
+    /// A part's name, fed once the part is in.
+    Part(usize),
+    /// After file k's parts.
+    Trailer(usize),
+}
+
+/// Hands the merge each file's header, part names and trailer in order as the parts
+/// arrive (in any order) on `rx`, then ends its input.
+fn feed(
+    ch: &mut ssh2::Channel,
+    rx: &Receiver<usize>,
+    files: &[FileParts],
+    trailer: &Trailer,
+) -> Result<()> {
     let mut ready = BTreeSet::new();
     let mut order = files
         .iter()
@@ -708,35 +792,45 @@ fn feed(ch: &mut ssh2::Channel, rx: &Receiver<usize>, files: &[FileParts]) -> Re
                 f.parts.len(),
                 f.merged.as_deref().unwrap_or("-")
             );
-            std::iter::once((None, header)).chain(
-                f.parts
-                    .iter()
-                    .map(|&i| (Some(i), format!("{}\n", crate::server::names::part(i)))),
-            )
+            std::iter::once(Feed::Header(header))
+                .chain(f.parts.iter().map(|&i| Feed::Part(i)))
+                .chain(std::iter::once(Feed::Trailer(f.file)))
         })
         .peekable();
-    let (total, mut fed) = (files.iter().map(|f| f.parts.len()).sum::<usize>(), 0);
+    let total = files.iter().map(|f| f.parts.len()).sum::<usize>();
     let mut out = String::new();
     loop {
-        // Everything that can go now: headers, and parts that are in.
-        while let Some((_, line)) = order.next_if(|(i, _)| i.is_none_or(|i| ready.contains(&i))) {
-            out.push_str(&line);
-            fed += 1;
+        // Everything that can go now: headers, parts that are in, trailers.
+        while let Some(line) = order.next_if(|l| !matches!(l, Feed::Part(i) if !ready.contains(i)))
+        {
+            match line {
+                Feed::Header(h) => out.push_str(&h),
+                Feed::Part(i) => {
+                    out.push_str(&crate::server::names::part(i));
+                    out.push('\n');
+                }
+                Feed::Trailer(k) => {
+                    // What waits for the hash goes first.
+                    ch.write_all(out.as_bytes())
+                        .context("feeding the merge on the server")?;
+                    out.clear();
+                    out.push_str(&trailer.lines(k));
+                }
+            }
         }
         if !out.is_empty() {
             ch.write_all(out.as_bytes())
                 .context("feeding the merge on the server")?;
             out.clear();
         }
-        if order.peek().is_none() {
+        let Some(Feed::Part(_)) = order.peek() else {
             break;
-        }
+        };
         // Stop as soon as every part is in: the senders may outlive the transfer.
         let Ok(index) = rx.recv() else { break };
         ready.insert(index);
     }
-    let _ = fed;
-    if let Some((Some(i), _)) = order.peek() {
+    if let Some(Feed::Part(i)) = order.peek() {
         bail!(
             "merge stopped: part {i} never arrived ({} of {total} parts did)",
             ready.len()
@@ -751,9 +845,9 @@ fn feed(ch: &mut ssh2::Channel, rx: &Receiver<usize>, files: &[FileParts]) -> Re
 fn merge_result(
     ch: &mut ssh2::Channel,
     session: &Session,
-    size: u64,
-    files: usize,
+    source: &Source,
 ) -> Result<Vec<Assembled>> {
+    let size = source.size;
     // The server still has to append the parts that came last: allow for a slow disk.
     let secs = (size / (20 << 20)).max(120);
     let before = session.timeout();
@@ -763,10 +857,14 @@ fn merge_result(
     session.set_timeout(before);
     read.context("reading the merge result")?;
     ch.wait_close().ok();
-    parse_merged(&out, files).ok_or_else(|| {
+    parse_merged(&out, source).ok_or_else(|| {
         let other: Vec<&str> = out
             .lines()
-            .filter(|l| !l.starts_with("md5 ") && !l.starts_with("stat "))
+            .filter(|l| {
+                !["md5 ", "stat ", "published ", "kept "]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
             .collect();
         anyhow::Error::new(MergeFailed(other.join(" ")))
     })
@@ -774,9 +872,11 @@ fn merge_result(
 
 /// The merge's `md5 <k> <md5>` and `stat <k> <name> <inode size mtime>` lines, one
 /// pair per file; `None` if any is missing or anything else was printed.
-fn parse_merged(out: &str, files: usize) -> Option<Vec<Assembled>> {
+fn parse_merged(out: &str, source: &Source) -> Option<Vec<Assembled>> {
+    let files = source.files.len();
     let mut md5s = vec![None; files];
     let mut stats = vec![None; files];
+    let mut published = vec![false; files];
     for line in out.lines() {
         let mut f = line.split_whitespace();
         match f.next()? {
@@ -786,6 +886,12 @@ fn parse_merged(out: &str, files: usize) -> Option<Vec<Assembled>> {
                 (m.len() == 32).then_some(())?;
                 *md5s.get_mut(k)? = Some(m.to_string());
             }
+            "published" => {
+                let k: usize = f.next()?.parse().ok()?;
+                *published.get_mut(k)? = true;
+            }
+            // Left for the publish at the end, which says why.
+            "kept" => {}
             "stat" => {
                 let k: usize = f.next()?.parse().ok()?;
                 let name = f.next()?.to_string();
@@ -799,7 +905,20 @@ fn parse_merged(out: &str, files: usize) -> Option<Vec<Assembled>> {
     }
     md5s.into_iter()
         .zip(stats)
-        .map(|(m, s)| {
+        .zip(published)
+        .zip(&source.files)
+        .map(|(((m, s), published), f)| {
+            if f.skip {
+                // On the server already, not merged.
+                return Some(Assembled {
+                    md5: None,
+                    size: f.size(),
+                    stat: String::new(),
+                    name: String::new(),
+                    verification: "server-md5",
+                    published: true,
+                });
+            }
             let (name, stat, size) = s?;
             Some(Assembled {
                 md5: Some(m?),
@@ -807,6 +926,7 @@ fn parse_merged(out: &str, files: usize) -> Option<Vec<Assembled>> {
                 stat,
                 name,
                 verification: "server-md5",
+                published,
             })
         })
         .collect()
@@ -926,22 +1046,15 @@ pub fn commit(
     };
     let script = format!(
         "cd -- {dir} || exit 1\n\
+         {publish}\n\
          while IFS= read -r m && IFS= read -r st && IFS= read -r d; do\n\
            printf 'at %s\\n' \"$d\"\n\
-           m={tmp}/$m\n\
-           [ \"$(stat -c '%i %s %Y' -- \"$m\")\" = \"$st\" ] || exit {changed}\n\
-           {dest_checks}\n\
-           if [ {ow} = 1 ]; then mv -f -T -- \"$m\" \"$d\" || exit 1\n\
-           elif ln -T -- \"$m\" \"$d\" 2>/dev/null; then rm -f -- \"$m\"\n\
-           elif [ -e \"$d\" ] || [ -L \"$d\" ]; then exit {exists}\n\
-           else mv -T -- \"$m\" \"$d\" || exit 1; fi\n\
+           publish {tmp}/\"$m\" \"$st\" \"$d\" {ow} || exit $?\n\
          done {list}\n\
          {cleanup}",
         dir = sh(dir),
+        publish = publish_fn(),
         ow = u8::from(overwrite),
-        changed = status::CHANGED,
-        exists = status::EXISTS,
-        dest_checks = dest_type_checks("\"$d\""),
         tmp = sh(&tmp),
         list = here_doc(list),
     );

@@ -225,9 +225,33 @@ fn many_small_files_by_direct_writes_in_one_queue() {
     many_small_files(&env, &config);
 }
 
-/// A release killed with SIGKILL in the middle: nothing of it is visible on the
-/// server, and the same command again sends only what is missing and publishes
-/// every file.
+/// How many files of `local` (sent as a whole) are on the server; each one that is
+/// must be whole.
+fn published_files(env: &TestEnv, local: &Path) -> usize {
+    let mut count = 0;
+    let mut stack = vec![local.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let there = env
+                .srv
+                .join(p.strip_prefix(local.parent().unwrap()).unwrap());
+            if there.exists() {
+                assert_eq!(md5_file(&there), md5_file(&p), "{}", there.display());
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+/// A release killed with SIGKILL in the middle: the files published so far are
+/// whole, nothing else is visible, and the same command again sends only what is
+/// missing and publishes every file.
 fn kill_9_then_resume(env: &TestEnv, config: &Path) {
     let many = many_files(env, 40);
     let big2 = env.random_file("big2", 8 * PART);
@@ -241,15 +265,23 @@ fn kill_9_then_resume(env: &TestEnv, config: &Path) {
     wait_until("staged parts are removed", Duration::from_secs(10), || {
         env.staged_files().is_empty()
     });
-    assert!(
-        !env.srv.join("many/big.bin").exists() && !env.srv.join("many/d0/big2.bin").exists(),
-        "nothing is published before the end"
-    );
+    // Files are published one by one as they are verified: whatever is there is
+    // whole, and the last file is not there yet.
+    assert!(!env.srv.join("many/empty").exists());
+    let there = published_files(env, &many);
+    assert!(there > 0, "no file published while the release ran");
     let run = env.spawn_send(&send_args(&many, config, &[]));
     let (status, events, stderr) = run.finish(Duration::from_secs(180));
     assert!(status.success(), "resume failed: {stderr}");
     let start = events.iter().find(|e| e["type"] == "start").unwrap();
-    assert!(start["resumed_parts"].as_u64().unwrap() >= 8, "{start}");
+    let total = fs::metadata(many.join("big.bin")).unwrap().len() + 8 * PART;
+    let sent = start["bytes"].as_u64().unwrap() - start["resumed_bytes"].as_u64().unwrap();
+    assert!(
+        sent + 4 * PART <= total,
+        "the resumed send sent {sent} bytes again: {start}"
+    );
+    let end = events.iter().find(|e| e["type"] == "release_done").unwrap();
+    assert_eq!(end["already_there"], there, "{end}");
     assert_eq!(assert_same_tree(env, &many), 43);
     env.assert_clean();
 }
