@@ -71,6 +71,8 @@ pub struct Progress {
     state: Mutex<State>,
     bars: Option<Bars>,
     stop: Arc<AtomicBool>,
+    /// A release's file of each part, shown with the part a host works on.
+    part_files: std::sync::OnceLock<Vec<String>>,
 }
 
 /// The `--json` stream on stdout. Its first line is the command's own (`start`, `plan`
@@ -266,6 +268,7 @@ impl Progress {
             }),
             bars,
             stop: Arc::new(AtomicBool::new(false)),
+            part_files: std::sync::OnceLock::new(),
         });
         *SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&p);
         if mode == Mode::Json {
@@ -376,6 +379,19 @@ impl Progress {
     }
 
     /// A host's state in words (`uploading part 3`, `dropped: …`).
+    /// Names each part's file in what the hosts' lines say (a release).
+    pub fn name_parts(&self, files: Vec<String>) {
+        let _ = self.part_files.set(files);
+    }
+
+    /// `part N`, with its file in a release.
+    pub fn part_label(&self, index: usize) -> String {
+        match self.part_files.get().and_then(|f| f.get(index)) {
+            Some(file) => format!("part {index} ({file})"),
+            None => format!("part {index}"),
+        }
+    }
+
     pub fn host_state(&self, host: usize, msg: &str) {
         if let Some(b) = &self.bars {
             b.hosts[host].set_message(msg.to_string());

@@ -230,8 +230,10 @@ impl Driver<'_, '_> {
         } else {
             "uploading"
         };
-        job.progress
-            .host_state(job.host, &format!("{what} part {}", part.index));
+        job.progress.host_state(
+            job.host,
+            &format!("{what} {}", job.progress.part_label(part.index)),
+        );
         let t = Instant::now();
         self.inflight.push_back(InFlight {
             part,
@@ -343,8 +345,10 @@ impl Driver<'_, '_> {
         job.progress.part_done(job.host, index, bytes, checksum);
         let _ = job.merged.send(index);
         if let Some(next) = self.inflight.front() {
-            job.progress
-                .host_state(job.host, &format!("uploading part {}", next.part.index));
+            job.progress.host_state(
+                job.host,
+                &format!("uploading {}", job.progress.part_label(next.part.index)),
+            );
         }
     }
 

@@ -333,4 +333,41 @@ mod tests {
         assert_eq!(s.changed().map(|f| f.dest.as_str()), Some("b"));
         assert!(s.md5_range(3, 4).is_err());
     }
+
+    #[test]
+    fn direct_writes_put_a_one_part_file_whole_and_the_others_at_offsets() {
+        let d = tempfile::tempdir().unwrap();
+        let mut items = Vec::new();
+        for (name, n) in [("a", 10usize), ("b", 3)] {
+            let p = d.path().join(name);
+            std::fs::write(&p, vec![1u8; n]).unwrap();
+            items.push((p, name.to_string()));
+        }
+        let s = Source::release(&items).unwrap();
+        let plan = crate::send::plan::Plan::for_source(
+            &s,
+            1,
+            crate::send::plan::Strategy::Adaptive,
+            Some(4),
+        );
+        let places = Places::direct(&s, &plan.parts);
+        let got: Vec<_> = (0..plan.parts.len()).map(|i| places.of(i)).collect();
+        assert_eq!(
+            got,
+            [
+                (Some("0.file"), Some(0)),
+                (Some("0.file"), Some(4)),
+                (Some("0.file"), Some(8)),
+                (Some("1.file"), None)
+            ]
+        );
+        assert_eq!(Places::parts().of(0), (None, None));
+        let one = Source::single(&items[0].0, "a").unwrap();
+        let plan =
+            crate::send::plan::Plan::new(10, 1, crate::send::plan::Strategy::Adaptive, Some(4));
+        assert_eq!(
+            Places::direct(&one, &plan.parts).of(1),
+            (Some("file"), Some(4))
+        );
+    }
 }

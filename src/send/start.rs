@@ -76,6 +76,14 @@ pub fn lead(
     let id = ids.upload.as_str();
     let (plan, done, mut journal) = plan_and_resume(t, &source, id, assembly.as_mut(), live.len())?;
     let progress = start_progress(t, &source, id, &plan, &done);
+    if source.is_release() {
+        progress.name_parts(
+            plan.parts
+                .iter()
+                .map(|p| source.files[source.locate(p.offset)].dest.clone())
+                .collect(),
+        );
+    }
     // The parts of files the server has already are not sent either.
     let not_sent: HashSet<usize> = plan
         .parts

@@ -170,9 +170,17 @@ impl Target {
         } else {
             print!("{}", plan.describe(&hosts));
         }
+        let dest = if self.source.is_release() {
+            String::new()
+        } else {
+            self.dest.clone()
+        };
         println!(
-            "destination: {}/{} on {}://{}:{}",
-            server.dir, self.dest, server.scheme, server.host, server.port
+            "destination: {}/{dest} on {}://{}:{}",
+            server.dir.trim_end_matches('/'),
+            server.scheme,
+            server.host,
+            server.port
         );
         println!("upload id: {id} (temp dir {temp_dir})");
     }

@@ -1109,6 +1109,83 @@ mod tests {
         assert!(junk.0.is_none() && junk.1.is_none());
     }
 
+    fn release(sizes: &[usize]) -> (tempfile::TempDir, Source) {
+        let d = tempfile::tempdir().unwrap();
+        let items: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let p = d.path().join(format!("f{k}"));
+                std::fs::write(&p, vec![7u8; n]).unwrap();
+                (p, format!("d/f{k}"))
+            })
+            .collect();
+        let s = Source::release(&items).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn a_release_is_merged_file_by_file_and_a_one_part_file_is_not_copied() {
+        let (_d, s) = release(&[10, 0, 3]);
+        let plan = crate::send::plan::Plan::for_source(
+            &s,
+            2,
+            crate::send::plan::Strategy::Adaptive,
+            Some(4),
+        );
+        let files = FileParts::of(&s, &plan.parts, "r1");
+        assert_eq!(
+            files,
+            [
+                FileParts {
+                    file: 0,
+                    parts: vec![0, 1, 2],
+                    merged: Some("merged.r1.0.tmp".into())
+                },
+                FileParts {
+                    file: 1,
+                    parts: vec![],
+                    merged: Some("merged.r1.1.tmp".into())
+                },
+                FileParts {
+                    file: 2,
+                    parts: vec![3],
+                    merged: None
+                },
+            ]
+        );
+        // A file the server has already is not merged at all.
+        let skipping = s.skipping(&[0]);
+        let files = FileParts::of(&skipping, &plan.parts, "r1");
+        assert_eq!(files.iter().map(|f| f.file).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn reads_what_the_merge_says_of_each_file() {
+        let (_d, s) = release(&[10, 3]);
+        let s = s.skipping(&[]);
+        let m = "0123456789abcdef0123456789abcdef";
+        let out = format!(
+            "md5 0 {m}\nstat 0 merged.r.0.tmp 12 10 99\nkept 0 12\nmd5 1 {m}\nstat 1 3.part 13 3 99\npublished 1\n"
+        );
+        let files = parse_merged(&out, &s).unwrap();
+        assert_eq!(
+            files
+                .iter()
+                .map(|f| (f.name.as_str(), f.size, f.published))
+                .collect::<Vec<_>>(),
+            [("merged.r.0.tmp", 10, false), ("3.part", 3, true)]
+        );
+        assert_eq!(files[0].stat, "12 10 99");
+        // A file without its lines, or anything else said: the merge failed.
+        assert!(parse_merged(&format!("md5 0 {m}\nstat 0 x 1 10 9\n"), &s).is_none());
+        assert!(parse_merged(&format!("{out}cat: 9.part: No such file\n"), &s).is_none());
+        // A skipped file needs no lines.
+        let skipping = s.skipping(&[1]);
+        let files = parse_merged(&format!("md5 0 {m}\nstat 0 x 1 10 9\n"), &skipping).unwrap();
+        assert!(files[1].published && files[1].md5.is_none());
+    }
+
     #[test]
     fn parses_server_part_listing() {
         let out = "part 0.part 10 0123456789abcdef0123456789abcdef\npart x.part 1 0123456789abcdef0123456789abcdef\njunk\npart 7.part 5 short\npart 12.part 0 d41d8cd98f00b204e9800998ecf8427e\n";
