@@ -133,6 +133,13 @@ pub enum StrategyArg {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManifestHash {
+    Auto,
+    Md5,
+    Sha256,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VerifyArg {
     /// The server's hash of each part where it has one, else read-back.
     Auto,
@@ -168,6 +175,14 @@ pub struct SendArgs {
     /// (e.g. MD5SUMS), relative to server.url's directory.
     #[arg(long, value_name = "PATH")]
     pub manifest: Option<std::ffi::OsString>,
+    /// The manifest's checksums: md5 (`md5sum -c`) or sha256 (`sha256sum -c`),
+    /// computed in the same pass over the files. auto = sha256 when the manifest's
+    /// name says so (SHA256SUMS), else md5.
+    #[arg(long, value_enum, default_value_t = ManifestHash::Auto)]
+    pub manifest_hash: ManifestHash,
+    /// The one pass over the files computes their SHA-256 too (for the manifest).
+    #[arg(skip)]
+    pub sha256: bool,
     /// Config file [default: $RELAYUP_CONFIG, then ~/.config/relayup/peers.toml].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,

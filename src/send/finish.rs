@@ -26,6 +26,7 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         sched,
         progress,
         hasher,
+        hashes,
         mut assembly,
         journal,
         source,
@@ -129,7 +130,11 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
             verification,
         );
     }
-    Ok(Outcome::Sent(reports(&source, &sums, &skipped)))
+    let mut reports = reports(&source, &sums, &skipped);
+    for (k, r) in reports.iter_mut().enumerate() {
+        r.sha256 = hashes.sha256(k);
+    }
+    Ok(Outcome::Sent(reports))
 }
 
 /// Every file of the target, in order, as sent in this run or found on the server.
@@ -150,6 +155,7 @@ fn reports(
                 source: f.path.clone(),
                 bytes: f.size(),
                 already_there: there.is_some(),
+                sha256: None,
                 md5: there.unwrap_or_else(|| sum.clone()),
             }
         })

@@ -24,6 +24,8 @@ struct State {
     parts: Vec<Option<String>>,
     /// Every file's MD5 the pass has finished, in order.
     files: Vec<String>,
+    /// And its SHA-256, when asked for (a `sha256sum` manifest).
+    sha256: Vec<String>,
     failed: Option<String>,
 }
 
@@ -42,10 +44,21 @@ impl Hashes {
         source: Arc<Source>,
         parts: Vec<Part>,
     ) -> (Arc<Hashes>, JoinHandle<Result<Vec<String>>>) {
+        Hashes::spawn_with(source, parts, false)
+    }
+
+    /// [`Hashes::spawn`], computing every file's SHA-256 in the same pass too
+    /// (`sha256`; see [`Hashes::sha256`]).
+    pub fn spawn_with(
+        source: Arc<Source>,
+        parts: Vec<Part>,
+        sha256: bool,
+    ) -> (Arc<Hashes>, JoinHandle<Result<Vec<String>>>) {
         let hashes = Arc::new(Hashes {
             state: Mutex::new(State {
                 parts: vec![None; parts.len()],
                 files: Vec::new(),
+                sha256: Vec::new(),
                 failed: None,
             }),
             file_done: std::sync::Condvar::new(),
@@ -54,7 +67,7 @@ impl Hashes {
         });
         let shared = hashes.clone();
         let handle = std::thread::spawn(move || {
-            let result = shared.run(&source, &parts);
+            let result = shared.run(&source, &parts, sha256);
             if let Err(e) = &result {
                 shared.lock().failed = Some(format!("{e:#}"));
                 shared.file_done.notify_all();
@@ -68,7 +81,7 @@ impl Hashes {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn run(&self, source: &Source, parts: &[Part]) -> Result<Vec<String>> {
+    fn run(&self, source: &Source, parts: &[Part], sha256: bool) -> Result<Vec<String>> {
         let mut buf = vec![0u8; 1 << 20];
         let mut next = parts.iter().peekable();
         let mut sums = Vec::with_capacity(source.files.len());
@@ -76,6 +89,7 @@ impl Hashes {
             let path = &file.path;
             let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let mut whole = Md5::new();
+            let mut sha = sha256.then(<sha2::Sha256 as sha2::Digest>::new);
             let end = file.start + file.size();
             while let Some(part) = next.next_if(|p| p.offset < end) {
                 let mut sum = Xxh3::new();
@@ -92,6 +106,9 @@ impl Hashes {
                         ));
                     }
                     whole.update(&buf[..n]);
+                    if let Some(h) = &mut sha {
+                        sha2::Digest::update(h, &buf[..n]);
+                    }
                     sum.update(&buf[..n]);
                     left -= n as u64;
                 }
@@ -105,13 +122,27 @@ impl Hashes {
                     break;
                 }
                 whole.update(&buf[..n]);
+                if let Some(h) = &mut sha {
+                    sha2::Digest::update(h, &buf[..n]);
+                }
             }
             let sum = whole.hex();
             sums.push(sum.clone());
-            self.lock().files.push(sum);
+            let mut state = self.lock();
+            state.files.push(sum);
+            if let Some(h) = sha {
+                state
+                    .sha256
+                    .push(format!("{:x}", sha2::Digest::finalize(h)));
+            }
             self.file_done.notify_all();
         }
         Ok(sums)
+    }
+
+    /// File `k`'s SHA-256, if the pass computed it and is past the file.
+    pub fn sha256(&self, k: usize) -> Option<String> {
+        self.lock().sha256.get(k).cloned()
     }
 
     /// File `k`'s MD5, once the pass has read all of it (waits for it).
@@ -277,6 +308,15 @@ mod tests {
         assert_eq!(
             h.part(3).unwrap(),
             format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b"d!"))
+        );
+        assert_eq!(h.file(2).unwrap(), md5(b"world!"));
+        assert_eq!(h.sha256(0), None, "not asked for");
+        let source = Arc::new(Source::release(&items).unwrap());
+        let (h, t) = Hashes::spawn_with(source, plan.parts.clone(), true);
+        t.join().unwrap().unwrap();
+        assert_eq!(
+            h.sha256(2).unwrap(),
+            format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(b"world!"))
         );
     }
 }

@@ -78,6 +78,8 @@ pub struct FileReport {
     pub md5: String,
     /// The destination already held this very file: it was not sent.
     pub already_there: bool,
+    /// Its SHA-256, when asked for.
+    pub sha256: Option<String>,
 }
 
 pub fn run(args: SendArgs) -> Result<ExitCode> {
@@ -119,6 +121,7 @@ pub fn send_files(args: &SendArgs) -> Result<Vec<FileReport>> {
             bytes: std::fs::metadata(&args.file).map_or(0, |m| m.len()),
             md5,
             already_there: true,
+            sha256: None,
         }]),
         Ok(Outcome::Resend(c)) => Err(with_code(
             anyhow!("{c} twice; nothing was renamed into place"),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::target::validate_dest;
-use crate::cli::SendArgs;
+use crate::cli::{ManifestHash, SendArgs};
 use crate::error::{with_code, Code};
 use crate::events::Event;
 use crate::progress;
@@ -132,8 +132,9 @@ fn walk(dir: &Path, dest: &str, r: &mut Release) -> Result<()> {
     Ok(())
 }
 
-/// The manifest's text in `md5sum -c` format: one `<md5>  <path>` line per file, the
-/// path relative to the manifest's own directory (`manifest` is its server path).
+/// The manifest's text in `md5sum -c` (or `sha256sum -c`) format: one `<sum>  <path>`
+/// line per file, the path relative to the manifest's own directory (`manifest` is
+/// its server path).
 /// Names with a backslash are escaped as `md5sum` does (a leading `\`, `\\`).
 pub fn manifest(manifest: &str, files: &[(String, String)]) -> String {
     let base = manifest.rsplit_once('/').map_or("", |(d, _)| d);
@@ -153,6 +154,18 @@ pub fn manifest(manifest: &str, files: &[(String, String)]) -> String {
         }
     }
     out
+}
+
+/// Whether the manifest `m` lists SHA-256 sums (`--manifest-hash`, or by its name).
+fn sha256_manifest(args: &SendArgs, m: &str) -> bool {
+    match args.manifest_hash {
+        ManifestHash::Md5 => false,
+        ManifestHash::Sha256 => true,
+        ManifestHash::Auto => m
+            .rsplit('/')
+            .next()
+            .is_some_and(|name| name.to_ascii_lowercase().contains("sha256")),
+    }
 }
 
 /// The manifest's server path: plain components, as any destination.
@@ -210,6 +223,9 @@ pub fn run(args: &SendArgs) -> Result<ExitCode> {
         .map(|i| (i.source.clone(), i.dest.clone()))
         .collect();
     all.manifest = None;
+    all.sha256 = manifest
+        .as_deref()
+        .is_some_and(|m| sha256_manifest(args, m));
     let reports = if all.items.is_empty() {
         Vec::new()
     } else {
@@ -237,10 +253,19 @@ pub fn run(args: &SendArgs) -> Result<ExitCode> {
         }
     }
     if let Some(m) = &manifest {
+        let sha = all.sha256;
         let sums: Vec<(String, String)> = reports
             .iter()
-            .map(|r| (r.dest.clone(), r.md5.clone()))
-            .collect();
+            .map(|r| {
+                let sum = if sha {
+                    r.sha256.clone()
+                } else {
+                    Some(r.md5.clone())
+                };
+                sum.map(|s| (r.dest.clone(), s))
+                    .ok_or_else(|| anyhow!("{}: no SHA-256 was computed", r.dest))
+            })
+            .collect::<Result<_>>()?;
         let mut tmp = tempfile::NamedTempFile::new().context("writing the manifest")?;
         std::io::Write::write_all(&mut tmp, self::manifest(m, &sums).as_bytes())
             .context("writing the manifest")?;

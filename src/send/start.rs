@@ -41,6 +41,8 @@ pub struct Run {
     pub sched: Arc<Scheduler>,
     pub progress: Arc<Progress>,
     pub hasher: std::thread::JoinHandle<Result<Vec<String>>>,
+    /// The pass over the source, for what it computed besides the MD5s.
+    pub hashes: Arc<Hashes>,
     /// What this run sends: the target's files without those already on the server.
     pub source: Arc<Source>,
     /// The target's files the server already has (by index), with their MD5 and how
@@ -100,7 +102,7 @@ pub fn lead(
     ));
     sched.limit(t.settings.server.bwlimit, t.settings.bwlimit_total);
     let (verified_tx, verified_rx) = mpsc::channel();
-    let (hashes, hasher) = Hashes::spawn(source.clone(), plan.parts.clone());
+    let (hashes, hasher) = Hashes::spawn_with(source.clone(), plan.parts.clone(), t.sha256);
     let layout = Layout {
         parts: plan.parts.clone(),
         source: source.clone(),
@@ -146,7 +148,7 @@ pub fn lead(
     signals.go.set(Some(shared.clone()));
     let mut local = local;
     local.pace_with(sched.pace(0));
-    let mut me = LocalHost::start(local, source.clone(), hashes, shared.places.clone());
+    let mut me = LocalHost::start(local, source.clone(), hashes.clone(), shared.places.clone());
     let job = shared.job(0);
     let result = hosts::ended(&job, "local", hosts::drive(&mut me, &job));
     Ok(Lead::Run(Box::new(Run {
@@ -159,6 +161,7 @@ pub fn lead(
         sched,
         progress,
         hasher,
+        hashes,
         assembly,
         journal,
         source,

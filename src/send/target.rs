@@ -33,6 +33,8 @@ pub struct Target {
     pub dest: String,
     /// `--atomic-release`: publish a release's files only all together.
     pub atomic: bool,
+    /// Every file's SHA-256 is computed too (a `sha256sum` manifest).
+    pub sha256: bool,
     pub strategy: Strategy,
     /// `--part-size` for `adaptive`.
     pub part_size: Option<u64>,
@@ -79,6 +81,7 @@ impl Target {
             dest: source.label(),
             source: Arc::new(source),
             atomic: args.atomic_release,
+            sha256: args.sha256,
             strategy,
             part_size,
             overwrite: args.overwrite,

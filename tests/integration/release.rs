@@ -29,14 +29,16 @@ fn release_tree(env: &TestEnv) -> (PathBuf, Vec<&'static str>) {
     (rel, files)
 }
 
-fn send_release(env: &TestEnv, config: &Path, rel: &Path, files: &[&str]) {
+/// Sends `rel` with a manifest (`MD5SUMS` or `SHA256SUMS`, whose sums follow its
+/// name) and checks it all on the server.
+fn send_release(env: &TestEnv, config: &Path, rel: &Path, files: &[&str], manifest: &str) {
     let mut args = vec![
         "send",
         rel.to_str().unwrap(),
         "--config",
         config.to_str().unwrap(),
     ];
-    args.extend(["--manifest", "MD5SUMS", "--json", "--part-size", "1MiB"]);
+    args.extend(["--manifest", manifest, "--json", "--part-size", "1MiB"]);
     let out = env.relayup(&args);
     assert!(out.status.success(), "{}", text(&out));
     let events = json_lines(&out);
@@ -62,9 +64,14 @@ fn send_release(env: &TestEnv, config: &Path, rel: &Path, files: &[&str]) {
     }
     assert!(env.srv.join("rel/empty dir").is_dir());
     assert!(!env.srv.join("rel/dirlink").exists());
-    // The manifest checks out with md5sum -c where the files are.
-    let check = Command::new("md5sum")
-        .args(["-c", "MD5SUMS"])
+    // The manifest checks out with md5sum -c (sha256sum -c) where the files are.
+    let tool = if manifest == "SHA256SUMS" {
+        "sha256sum"
+    } else {
+        "md5sum"
+    };
+    let check = Command::new(tool)
+        .args(["-c", manifest])
         .current_dir(&env.srv)
         .output()
         .unwrap();
@@ -97,7 +104,7 @@ fn a_release_through_the_merge() {
     let env = TestEnv::new(2);
     let config = env.write_config("c.toml", "sftp", &[]);
     let (rel, files) = release_tree(&env);
-    send_release(&env, &config, &rel, &files);
+    send_release(&env, &config, &rel, &files, "SHA256SUMS");
 }
 
 #[test]
@@ -106,7 +113,7 @@ fn a_release_by_direct_writes_over_ftp() {
     env.set_vsftpd_option("lock_upload_files=NO");
     let config = direct_config(&env, "d.toml", "ftp");
     let (rel, files) = release_tree(&env);
-    send_release(&env, &config, &rel, &files);
+    send_release(&env, &config, &rel, &files, "MD5SUMS");
 }
 
 #[test]
