@@ -19,6 +19,7 @@ RUNS=3
 RATE=80
 PEERS=3
 MANY=0
+METHOD_LIST=release,release-direct,loop,tar
 BUILD=1
 OUT=$ROOT/bench
 LAB_DIR=/tmp/relayup-lab
@@ -47,6 +48,7 @@ sends ("start" events) it took.
 Options:
   --runs N       runs per method (default $RUNS; median reported)
   --rate MBIT    cap of every host (default $RATE)
+  --methods LIST comma-separated subset of release,release-direct,loop,tar
   --many N       N small files instead of the release above
   --no-build     use target/release/relayup as it is
   --out DIR      where the results go (default bench/)
@@ -65,6 +67,7 @@ while (($#)); do
 	--runs) RUNS=${2:?--runs needs a value}; shift 2 ;;
 	--rate) RATE=${2:?--rate needs a value}; shift 2 ;;
 	--many) MANY=${2:?--many needs a value}; shift 2 ;;
+	--methods) METHOD_LIST=${2:?--methods needs a value}; shift 2 ;;
 	--no-build) BUILD=0; shift ;;
 	--out) OUT=${2:?--out needs a value}; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
@@ -210,7 +213,8 @@ log "making the tar for curl"
 t0=$(now)
 tar -C "$WORK" -cf "$WORK/dist.tar" dist
 TAR_SECS=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
-METHODS=(release release-direct loop tar)
+IFS=, read -r -a METHODS <<<"$METHOD_LIST"
+for m in "${METHODS[@]}"; do [[ $m == @(release|release-direct|loop|tar) ]] || die "--methods: unknown method '$m'"; done
 for ((r = 1; r <= RUNS; r++)); do
 	for m in "${METHODS[@]}"; do run_method "$m" || TIMES[$m]+="FAILED "; done
 done
@@ -225,7 +229,7 @@ RESULT=$OUT/results-release.md
 	echo "| method | runs (s) | median (s) | efficiency | time / relayup dist/ |"
 	echo "|---|---|---|---|---|"
 } >"$RESULT"
-base=$(tr ' ' '\n' <<<"${TIMES[release]}" | grep -E '^[0-9.]+$' | median || echo 0)
+base=$(tr ' ' '\n' <<<"${TIMES[release]:-}" | grep -E '^[0-9.]+$' | median || echo 0)
 for m in "${METHODS[@]}"; do
 	label=$m
 	case $m in

@@ -52,21 +52,62 @@ fn unreachable(kind: &str, e: &anyhow::Error) -> ServerState {
     }
 }
 
-/// Verified parts within the file's size, and the lock's owner.
+/// A release journal's files: where each starts in the stream, and its size.
+fn starts(j: &Journal) -> Vec<(u64, u64)> {
+    let mut at = 0;
+    j.files
+        .iter()
+        .map(|(_, size)| {
+            at += size;
+            (at - size, *size)
+        })
+        .collect()
+}
+
+/// The release file (by index) holding the part at `offset`.
+fn file_of(starts: &[(u64, u64)], offset: u64) -> usize {
+    starts
+        .partition_point(|&(start, size)| start + size <= offset)
+        .min(starts.len().saturating_sub(1))
+}
+
+/// Verified parts within their file's size (a release's files published already:
+/// all their parts), and the lock's owner.
 fn direct(settings: &Settings, j: &Journal) -> Result<(BTreeSet<usize>, Option<String>)> {
     let access = transport::Access::of(settings);
     let (mut conn, _) = transport::open(&settings.server, &j.id, &access)?;
-    let file = names::direct_file(&settings.server.dir, &j.id);
-    let size = match conn.kind(&file)? {
-        Kind::File(size) => size,
-        _ => 0,
+    let tmp = names::temp_dir(&settings.server.dir, &j.id);
+    let present = if j.files.is_empty() {
+        let size = match conn.kind(&names::direct_file(&settings.server.dir, &j.id))? {
+            Kind::File(size) => size,
+            _ => 0,
+        };
+        j.verified
+            .iter()
+            .copied()
+            .filter(|&i| j.parts.get(i).is_some_and(|&(off, len)| off + len <= size))
+            .collect()
+    } else {
+        let starts = starts(j);
+        let mut sizes = Vec::with_capacity(j.files.len());
+        let mut published = Vec::with_capacity(j.files.len());
+        for (k, (dest, size)) in j.files.iter().enumerate() {
+            let temp = format!("{tmp}/{}", names::release_file(k));
+            sizes.push(match conn.kind(&temp)? {
+                Kind::File(n) => n,
+                _ => 0,
+            });
+            let dest = format!("{}/{dest}", settings.server.dir.trim_end_matches('/'));
+            published.push(conn.kind(&dest)? == Kind::File(*size));
+        }
+        (0..j.parts.len())
+            .filter(|&i| {
+                let (off, len) = j.parts[i];
+                let k = file_of(&starts, off);
+                published[k] || (j.verified.contains(&i) && off - starts[k].0 + len <= sizes[k])
+            })
+            .collect()
     };
-    let present = j
-        .verified
-        .iter()
-        .copied()
-        .filter(|&i| j.parts.get(i).is_some_and(|&(off, len)| off + len <= size))
-        .collect();
     let owner = format!(
         "{}/{}/{}",
         names::temp_dir(&settings.server.dir, &j.id),
@@ -87,8 +128,16 @@ fn merge(settings: &Settings, j: &Journal) -> Result<(BTreeSet<usize>, Option<St
     let m = settings.merge_login()?;
     let session = crate::server::merge::login(settings)?;
     let tmp = names::temp_dir(&m.dir, &j.id);
+    // A release's files published already: their parts count as there.
+    let mut dests = String::new();
+    for (k, (dest, size)) in j.files.iter().enumerate() {
+        dests.push_str(&format!(
+            "[ -f {d} ] && [ \"$(wc -c < {d})\" -eq {size} ] && echo \"published {k}\"\n",
+            d = crate::remote::quote::sh(&format!("{}/{dest}", m.dir.trim_end_matches('/')))
+        ));
+    }
     let script = format!(
-        "cd -- {} 2>/dev/null || exit 0\n\
+        "{dests}cd -- {} 2>/dev/null || exit 0\n\
          for f in *.part; do [ -f \"$f\" ] && printf '%s %s\\n' \"$f\" \"$(wc -c < \"$f\")\"; done\n\
          exit 0",
         crate::remote::quote::sh(&tmp)
@@ -97,7 +146,7 @@ fn merge(settings: &Settings, j: &Journal) -> Result<(BTreeSet<usize>, Option<St
     if out.status != 0 {
         return Err(anyhow!("listing {tmp} failed: {}", out.stderr.trim()));
     }
-    let present = out
+    let mut present: BTreeSet<usize> = out
         .stdout
         .lines()
         .filter_map(|l| {
@@ -107,6 +156,17 @@ fn merge(settings: &Settings, j: &Journal) -> Result<(BTreeSet<usize>, Option<St
             (j.parts.get(index)?.1 == size).then_some(index)
         })
         .collect();
+    let published: BTreeSet<usize> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("published ")?.trim().parse().ok())
+        .collect();
+    if !published.is_empty() {
+        let starts = starts(j);
+        present.extend(
+            (0..j.parts.len()).filter(|&i| published.contains(&file_of(&starts, j.parts[i].0))),
+        );
+    }
     Ok((present, None))
 }
 

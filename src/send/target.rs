@@ -76,6 +76,19 @@ impl Target {
             StrategyArg::Equal => Strategy::Equal,
         };
         let part_size = part_size(args.part_size.as_deref(), strategy)?;
+        let mut settings = settings;
+        let hosts = settings.peers.len() + 1;
+        if strategy == Strategy::Adaptive
+            && hosts > 1
+            && Plan::for_source(&source, hosts, strategy, part_size)
+                .parts
+                .len()
+                <= 1
+        {
+            // One part: a peer could only take it from this machine, after logging
+            // in and starting its relay. This machine sends it at once.
+            settings.peers.clear();
+        }
         Ok(Target {
             settings,
             dest: source.label(),

@@ -607,11 +607,37 @@ struct VerifyJob {
     layout: Layout,
 }
 
-/// What the verifying thread found: the parts that differ from the source, and
-/// the files it published as soon as all their parts had passed.
+/// What the verifying threads found: the parts that differ from the source, and
+/// the files they published as soon as all their parts had passed.
+#[derive(Default)]
 struct Verified {
     bad: Vec<usize>,
     published: HashSet<usize>,
+}
+
+/// How many parts are checked at once, each on a login of its own.
+const VERIFIERS: usize = 3;
+
+fn lock_tally(t: &std::sync::Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The verifying threads' shared count.
+#[derive(Default)]
+struct Tally {
+    /// Parts taken for checking.
+    seen: HashSet<usize>,
+    /// Per file, its parts not yet passed (`usize::MAX`: one failed).
+    left: Vec<usize>,
+    /// Parts to check in all.
+    needed: usize,
+    found: Verified,
+}
+
+impl Tally {
+    fn finished(&self) -> bool {
+        self.seen.len() >= self.needed
+    }
 }
 
 impl VerifyJob {
@@ -628,34 +654,91 @@ impl VerifyJob {
     /// parts have all passed is published at once (see [`Layout::early`]). Ends
     /// when every part has been seen or the senders are gone.
     fn run(self, rx: Receiver<usize>) -> Result<Verified> {
-        let mut conn = None;
-        let mut session = None;
-        let parts = &self.layout.parts;
         let source = self.layout.source.clone();
-        let mut seen = HashSet::new();
-        let mut found = Verified {
-            bad: Vec::new(),
-            published: HashSet::new(),
-        };
         // Parts not yet passed, per file; a file with a bad part is never early.
         // The server's own copies of files (skipped) have none to check.
-        let mut left = vec![0usize; source.files.len()];
-        let mut needed = 0;
-        for p in parts {
+        let mut tally = Tally {
+            seen: HashSet::new(),
+            left: vec![0usize; source.files.len()],
+            needed: 0,
+            found: Verified {
+                bad: Vec::new(),
+                published: HashSet::new(),
+            },
+        };
+        for p in &self.layout.parts {
             let k = source.locate(p.offset);
             if !source.files[k].skip {
-                left[k] += 1;
-                needed += 1;
+                tally.left[k] += 1;
+                tally.needed += 1;
             }
         }
-        if needed == 0 {
-            return Ok(found);
+        if tally.needed == 0 {
+            return Ok(tally.found);
         }
-        for index in rx {
-            let Some(part) = parts.get(index).copied() else {
+        // Checks run side by side, each on a login of its own: one read-back or
+        // server hash at a time left the last parts' checks behind the transfer.
+        let job = std::sync::Arc::new(self);
+        let tally = std::sync::Arc::new(std::sync::Mutex::new(tally));
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let workers: Vec<_> = (0..VERIFIERS)
+            .map(|_| {
+                let (job, tally, rx) = (job.clone(), tally.clone(), rx.clone());
+                std::thread::spawn(move || job.work(&rx, &tally))
+            })
+            .collect();
+        let mut first_error = None;
+        for w in workers {
+            let result = w
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("a verifying thread panicked")));
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let mut tally = std::mem::take(&mut *lock_tally(&tally));
+        if tally.seen.len() < tally.needed {
+            bail!(
+                "the transfer ended with {} of {} parts in",
+                tally.seen.len(),
+                tally.needed
+            );
+        }
+        tally.found.bad.sort_unstable();
+        Ok(tally.found)
+    }
+
+    /// One verifying thread: takes the next part that landed until every part has
+    /// been seen (or the transfer is over), checks it, and publishes its file early
+    /// when it was the file's last.
+    fn work(
+        &self,
+        rx: &std::sync::Mutex<Receiver<usize>>,
+        tally: &std::sync::Mutex<Tally>,
+    ) -> Result<()> {
+        let source = &self.layout.source;
+        let (mut conn, mut session) = (None, None);
+        loop {
+            if lock_tally(tally).finished() {
+                return Ok(());
+            }
+            let next = rx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .recv_timeout(Duration::from_millis(100));
+            let index = match next {
+                Ok(index) => index,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            let Some(part) = self.layout.parts.get(index).copied() else {
                 continue;
             };
-            if source.files[source.locate(part.offset)].skip || !seen.insert(index) {
+            let k = source.locate(part.offset);
+            if source.files[k].skip || !lock_tally(tally).seen.insert(index) {
                 continue;
             }
             let ok = match &self.shell {
@@ -665,28 +748,23 @@ impl VerifyJob {
                 _ => self.verify_part(&mut conn, part)?,
             };
             let _ = self.layout.verified.send((index, ok));
-            let k = source.locate(part.offset);
-            if !ok {
-                found.bad.push(index);
-                left[k] = usize::MAX;
-            } else if left[k] != usize::MAX {
-                left[k] -= 1;
-                if left[k] == 0 && self.publish_early(&mut conn, k) {
-                    found.published.insert(k);
+            let last = {
+                let mut t = lock_tally(tally);
+                if !ok {
+                    t.found.bad.push(index);
+                    t.left[k] = usize::MAX;
+                    false
+                } else if t.left[k] != usize::MAX {
+                    t.left[k] -= 1;
+                    t.left[k] == 0
+                } else {
+                    false
                 }
-            }
-            if seen.len() == needed {
-                break;
+            };
+            if last && self.publish_early(&mut conn, k) {
+                lock_tally(tally).found.published.insert(k);
             }
         }
-        if seen.len() < needed {
-            bail!(
-                "the transfer ended with {} of {needed} parts in",
-                seen.len(),
-            );
-        }
-        found.bad.sort_unstable();
-        Ok(found)
     }
 
     /// Publishes file `k`, all of whose parts have passed, if the release publishes

@@ -277,6 +277,17 @@ fn kill_9_then_resume(env: &TestEnv, config: &Path) {
     assert!(!env.srv.join("many/empty").exists());
     let there = published_files(env, &many);
     assert!(there > 0, "no file published while the release ran");
+    // status asks the server: the parts of the published files and those waiting in
+    // the temp dir are there.
+    let status = env.relayup(&["status", "--json"]);
+    let rows = json_lines(&status);
+    assert_eq!(rows.len(), 1, "{}", text(&status));
+    let server = &rows[0]["server"];
+    assert_eq!(server["reachable"], true, "{server}");
+    assert!(
+        server["parts_there"].as_u64().unwrap() >= there as u64,
+        "{server}"
+    );
     let run = env.spawn_send(&send_args(&many, config, &[]));
     let (status, events, stderr) = run.finish(Duration::from_secs(180));
     assert!(status.success(), "resume failed: {stderr}");
