@@ -464,3 +464,26 @@ fn ssh_agent_every_identity_is_tried() {
     );
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
 }
+
+/// A file of one part goes from this machine at once: a peer could only take that
+/// part from it, after its login and relay start.
+#[test]
+fn a_file_of_one_part_is_sent_without_the_peers() {
+    let env = TestEnv::new(2);
+    let config = env.write_config("c.toml", "ftp", &[]);
+    let file = env.random_file("small", PART);
+    let out = env.send(&file, &config, &["--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let events = json_lines(&out);
+    let start = events.iter().find(|e| e["type"] == "start").unwrap();
+    assert_eq!(start["hosts"], serde_json::json!(["local"]), "{start}");
+    assert_eq!(hosts_of_done(&out), ["local"]);
+    assert_eq!(md5_file(&env.srv.join("small")), md5_file(&file));
+    // Two parts: the peers take part again.
+    let file = env.random_file("two", 3 * PART);
+    let out = env.send(&file, &config, &["--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let events = json_lines(&out);
+    let start = events.iter().find(|e| e["type"] == "start").unwrap();
+    assert_eq!(start["hosts"].as_array().unwrap().len(), 3, "{start}");
+}

@@ -345,7 +345,8 @@ fn a_remote_command_killed_by_a_signal_is_a_failure_naming_it() {
     );
 
     // A send starts the relay directly: the peer is left out, with the signal named.
-    let file = env.random_file("f", PART);
+    // (Two parts at least: a file of one part is sent from this machine alone.)
+    let file = env.random_file("f", 3 * PART);
     let out = env.send(&file, &config, &["--no-progress"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(

@@ -214,7 +214,7 @@ fn host_key_alias_names_the_key_in_known_hosts() {
         ),
     )
     .unwrap();
-    let file = env.random_file("g", 2 * PART);
+    let file = env.random_file("g", 3 * PART);
     let out = env.send(&file, &config, &["--peers", "alias"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let line = error_line(&out);
