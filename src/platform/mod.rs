@@ -42,6 +42,19 @@ pub fn state_base() -> anyhow::Result<PathBuf> {
     imp::state_base()
 }
 
+/// A relay's staging dir when its peer's config names none: `~/.cache/relayup`; on
+/// Windows `%LOCALAPPDATA%\relayup\staging`.
+pub fn default_staging() -> anyhow::Result<PathBuf> {
+    imp::default_staging()
+}
+
+/// `path` as the peer's SFTP server names it, for the client to stage into: as it is
+/// on Unix; on Windows `/C:/Users/…` (Windows' OpenSSH SFTP form), from `C:\Users\…`
+/// (or `\\?\C:\…`).
+pub fn sftp_path(path: &Path) -> String {
+    imp::sftp_path(path)
+}
+
 /// The local user's name, as ssh uses it by default: `$USER`, else the password
 /// database; on Windows, `%USERNAME%`.
 pub fn current_user() -> Option<String> {
@@ -154,4 +167,34 @@ pub const SIGINT: i32 = imp::SIGINT;
 #[cfg(test)]
 pub fn not_unicode(text: &str) -> OsString {
     imp::not_unicode(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(windows)]
+    #[test]
+    fn windows_paths_in_the_form_its_sftp_server_takes() {
+        assert_eq!(
+            sftp_path(Path::new(r"C:\Users\bob\AppData\Local\relayup\staging")),
+            "/C:/Users/bob/AppData/Local/relayup/staging"
+        );
+        assert_eq!(sftp_path(Path::new(r"\\?\D:\stage")), "/D:/stage");
+        let staging = default_staging().unwrap();
+        assert!(
+            staging.ends_with(r"relayup\staging"),
+            "{}",
+            staging.display()
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn unix_paths_are_as_they_are() {
+        assert_eq!(
+            sftp_path(Path::new("/home/bob/.cache/relayup")),
+            "/home/bob/.cache/relayup"
+        );
+    }
 }

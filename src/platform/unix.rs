@@ -183,3 +183,11 @@ mod tests {
         assert!(problem.ends_with("with mode 777"), "{problem}");
     }
 }
+
+pub fn default_staging() -> anyhow::Result<PathBuf> {
+    crate::config::expand(crate::server::names::DEFAULT_STAGING)
+}
+
+pub fn sftp_path(path: &Path) -> String {
+    path.display().to_string()
+}

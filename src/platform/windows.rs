@@ -57,6 +57,24 @@ pub fn state_base() -> anyhow::Result<PathBuf> {
     }
 }
 
+pub fn default_staging() -> anyhow::Result<PathBuf> {
+    Ok(state_base()?.join("relayup").join("staging"))
+}
+
+pub fn sftp_path(path: &Path) -> String {
+    let text = path.display().to_string();
+    let text = text
+        .strip_prefix(r"\\?\")
+        .unwrap_or(&text)
+        .replace('\\', "/");
+    // A drive path: OpenSSH for Windows names it /C:/…
+    if text.as_bytes().get(1) == Some(&b':') {
+        format!("/{text}")
+    } else {
+        text
+    }
+}
+
 pub fn current_user() -> Option<String> {
     std::env::var("USERNAME").ok().filter(|u| !u.is_empty())
 }

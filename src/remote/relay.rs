@@ -166,7 +166,7 @@ fn set_up(hello: &Hello, out: &Out) -> Result<(PathBuf, Server)> {
     out.send(&Event::Ready {
         version: env!("CARGO_PKG_VERSION").into(),
         protocol: PROTOCOL,
-        staging: staging.display().to_string(),
+        staging: crate::platform::sftp_path(&staging),
         staging_free: crate::platform::free_space(&staging),
     });
     Ok((staging, uploader))
@@ -449,7 +449,7 @@ fn valid_file_name(name: &str) -> bool {
 fn staging_dir(requested: Option<&str>) -> Result<PathBuf> {
     let dir = match requested {
         Some(s) => crate::config::expand(s)?,
-        None => crate::config::expand(crate::server::names::DEFAULT_STAGING)?,
+        None => crate::platform::default_staging()?,
     };
     match std::fs::metadata(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -17,3 +17,4 @@ mod security;
 mod send;
 mod sftponly;
 mod status;
+mod windows;
