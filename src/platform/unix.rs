@@ -158,6 +158,14 @@ pub fn not_unicode(text: &str) -> OsString {
     OsString::from_vec(bytes)
 }
 
+pub fn default_staging() -> anyhow::Result<PathBuf> {
+    crate::config::expand(crate::server::names::DEFAULT_STAGING)
+}
+
+pub fn sftp_path(path: &Path) -> String {
+    path.display().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,12 +190,4 @@ mod tests {
         let problem = private_dir_problem(&meta).unwrap();
         assert!(problem.ends_with("with mode 777"), "{problem}");
     }
-}
-
-pub fn default_staging() -> anyhow::Result<PathBuf> {
-    crate::config::expand(crate::server::names::DEFAULT_STAGING)
-}
-
-pub fn sftp_path(path: &Path) -> String {
-    path.display().to_string()
 }
