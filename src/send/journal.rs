@@ -121,15 +121,7 @@ impl Journal {
             parts: plan.parts.iter().map(|p| (p.offset, p.len)).collect(),
             owners: plan.owners.clone(),
             verified: Default::default(),
-            files: if source.is_release() {
-                source
-                    .files
-                    .iter()
-                    .map(|f| (f.dest.clone(), f.size()))
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            files: source.layout(),
         }
     }
 
@@ -137,16 +129,7 @@ impl Journal {
     /// size and, for a release, its files.
     pub fn plan(&self, source: &Source) -> Option<Plan> {
         let size = source.size;
-        let files: Vec<(String, u64)> = if source.is_release() {
-            source
-                .files
-                .iter()
-                .map(|f| (f.dest.clone(), f.size()))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if files != self.files {
+        if source.layout() != self.files {
             return None;
         }
         let mut next = 0;

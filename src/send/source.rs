@@ -192,6 +192,23 @@ impl Source {
             .find(|f| stamp(&f.path).ok() != Some(f.stamp))
     }
 
+    /// A release's files as the journal records them (name on the server, size);
+    /// nothing for one file's send.
+    pub fn layout(&self) -> Vec<(String, u64)> {
+        if !self.release {
+            return Vec::new();
+        }
+        self.files
+            .iter()
+            .map(|f| (f.dest.clone(), f.size()))
+            .collect()
+    }
+
+    /// Bytes of the files the server has already (not sent).
+    pub fn skipped_bytes(&self) -> u64 {
+        self.files.iter().filter(|f| f.skip).map(|f| f.size()).sum()
+    }
+
     /// How the send is named in messages: the file, or the number of files.
     pub fn label(&self) -> String {
         match (self.release, self.files.first()) {

@@ -246,13 +246,7 @@ fn plan_and_resume(
         .filter(|p| done.contains(&p.index))
         .map(|p| p.len)
         .sum();
-    let skipped: u64 = source
-        .files
-        .iter()
-        .filter(|f| f.skip)
-        .map(|f| f.size())
-        .sum();
-    preflight::check_server_space(t, assembly, source.size - skipped, there)?;
+    preflight::check_server_space(t, assembly, source.size - source.skipped_bytes(), there)?;
     let mut journal = Journal::new(id, source, &t.settings.path, &plan);
     journal.verified = verified.into_iter().filter(|i| done.contains(i)).collect();
     journal.save().map_err(|e| with_code(e, Code::Transfer))?;
@@ -267,12 +261,7 @@ fn start_progress(
     plan: &Plan,
     done: &HashSet<usize>,
 ) -> Arc<Progress> {
-    let skipped: u64 = source
-        .files
-        .iter()
-        .filter(|f| f.skip)
-        .map(|f| f.size())
-        .sum();
+    let skipped = source.skipped_bytes();
     let resumed_bytes: u64 = plan
         .parts
         .iter()

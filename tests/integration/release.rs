@@ -8,6 +8,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// A lab of `peers` peers whose config sends through the append-merge (over
+/// `sftp://`).
+fn merge_env(peers: usize) -> (TestEnv, PathBuf) {
+    let env = TestEnv::new(peers);
+    let config = env.write_config("c.toml", "sftp", &[]);
+    (env, config)
+}
+
+/// A lab of `peers` peers whose config sends by direct writes over FTP alone (no
+/// `[merge]`), to a vsftpd that lets writers into one file at once.
+fn direct_env(peers: usize) -> (TestEnv, PathBuf) {
+    let mut env = TestEnv::new(peers);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    let config = direct_config(&env, "d.toml", "ftp");
+    (env, config)
+}
+
 /// `rel/`: nested directories, an empty file, an empty directory, names with spaces,
 /// quotes and UTF-8, a link to a file (sent) and a link to a directory (skipped).
 fn release_tree(env: &TestEnv) -> (PathBuf, Vec<&'static str>) {
@@ -101,17 +118,14 @@ fn send_release(env: &TestEnv, config: &Path, rel: &Path, files: &[&str], manife
 
 #[test]
 fn a_release_through_the_merge() {
-    let env = TestEnv::new(2);
-    let config = env.write_config("c.toml", "sftp", &[]);
+    let (env, config) = merge_env(2);
     let (rel, files) = release_tree(&env);
     send_release(&env, &config, &rel, &files, "SHA256SUMS");
 }
 
 #[test]
 fn a_release_by_direct_writes_over_ftp() {
-    let mut env = TestEnv::new(2);
-    env.set_vsftpd_option("lock_upload_files=NO");
-    let config = direct_config(&env, "d.toml", "ftp");
+    let (env, config) = direct_env(2);
     let (rel, files) = release_tree(&env);
     send_release(&env, &config, &rel, &files, "MD5SUMS");
 }
@@ -219,16 +233,13 @@ fn many_small_files(env: &TestEnv, config: &Path) {
 
 #[test]
 fn many_small_files_through_the_merge_in_one_queue() {
-    let env = TestEnv::new(3);
-    let config = env.write_config("c.toml", "sftp", &[]);
+    let (env, config) = merge_env(3);
     many_small_files(&env, &config);
 }
 
 #[test]
 fn many_small_files_by_direct_writes_in_one_queue() {
-    let mut env = TestEnv::new(3);
-    env.set_vsftpd_option("lock_upload_files=NO");
-    let config = direct_config(&env, "d.toml", "ftp");
+    let (env, config) = direct_env(3);
     many_small_files(&env, &config);
 }
 
@@ -306,16 +317,13 @@ fn kill_9_then_resume(env: &TestEnv, config: &Path) {
 
 #[test]
 fn a_release_killed_midway_resumes_through_the_merge() {
-    let env = TestEnv::new(2);
-    let config = env.write_config("c.toml", "sftp", &[]);
+    let (env, config) = merge_env(2);
     kill_9_then_resume(&env, &config);
 }
 
 #[test]
 fn a_release_killed_midway_resumes_by_direct_writes() {
-    let mut env = TestEnv::new(2);
-    env.set_vsftpd_option("lock_upload_files=NO");
-    let config = direct_config(&env, "d.toml", "ftp");
+    let (env, config) = direct_env(2);
     kill_9_then_resume(&env, &config);
 }
 
@@ -375,23 +383,19 @@ fn one_file_changes(env: &TestEnv, config: &Path, atomic: bool) {
 
 #[test]
 fn a_changed_file_holds_back_only_itself() {
-    let env = TestEnv::new(1);
-    let config = env.write_config("c.toml", "sftp", &[]);
+    let (env, config) = merge_env(1);
     one_file_changes(&env, &config, false);
 }
 
 #[test]
 fn atomic_release_publishes_nothing_when_one_file_fails() {
-    let env = TestEnv::new(1);
-    let config = env.write_config("c.toml", "sftp", &[]);
+    let (env, config) = merge_env(1);
     one_file_changes(&env, &config, true);
 }
 
 #[test]
 fn atomic_release_by_direct_writes_publishes_nothing_when_one_file_fails() {
-    let mut env = TestEnv::new(1);
-    env.set_vsftpd_option("lock_upload_files=NO");
-    let config = direct_config(&env, "d.toml", "ftp");
+    let (env, config) = direct_env(1);
     one_file_changes(&env, &config, true);
 }
 
@@ -401,8 +405,7 @@ fn atomic_release_by_direct_writes_publishes_nothing_when_one_file_fails() {
 /// replaced.
 #[test]
 fn existing_files_are_compared_one_by_one() {
-    let env = TestEnv::new(1);
-    let config = env.write_config("c.toml", "sftp", &[]);
+    let (env, config) = merge_env(1);
     let rel = env.private.join("rel");
     fs::create_dir_all(&rel).unwrap();
     for (name, size) in [("a.bin", 2 * PART), ("b.bin", PART + 1), ("c.txt", 10)] {
