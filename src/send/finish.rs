@@ -9,7 +9,7 @@ use super::journal::Journal;
 use super::lock::Ids;
 use super::peers::HostEnd;
 use super::schedule::Scheduler;
-use super::source::Source;
+use super::source::{Source, SourceFile};
 use super::start::Run;
 use super::target::{stamp, Target};
 use super::{CorruptParts, Outcome};
@@ -63,20 +63,11 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         .context("hashing the source")
         .map_err(|e| with_code(e, Code::Transfer))?;
     let (summary, seconds) = progress.stop();
-    let (mut good, mut changed, mut differ) = (Vec::new(), Vec::new(), None);
-    for (k, (f, file)) in source.files.iter().zip(&files).enumerate() {
-        if file.published {
-            // Verified and published during the transfer.
-            continue;
-        }
-        if stamp(&f.path).ok() != Some(f.stamp) {
-            changed.push(f);
-        } else if file.md5.as_ref().is_some_and(|m| *m != sums[k]) || file.size != f.size() {
-            differ.get_or_insert((k, file));
-        } else {
-            good.push((k, file.clone()));
-        }
-    }
+    let Verdict {
+        good,
+        changed,
+        differ,
+    } = judge(&source, &files, &sums);
     if let Some((k, file)) = differ {
         // Every part was size-checked when it landed, so a part changed on the server
         // afterwards. Find the bad ones by their own MD5s; the re-run sends only those.
@@ -88,24 +79,7 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         return Err(mismatch(file, &f.dest, &sums[k], f.size()));
     }
     if let Some(f) = changed.first() {
-        let published = if source.is_release() && !t.atomic {
-            assembly
-                .publish(&good, t.overwrite, false)
-                .map_err(|e| with_code(e, Code::Transfer))?;
-            format!(
-                "the other {} file(s) are published",
-                files.iter().filter(|f| f.published).count() + good.len()
-            )
-        } else {
-            "nothing was renamed into place".to_string()
-        };
-        return Err(with_code(
-            anyhow!(
-                "{} changed during the send; {published}. Send it again once it is stable",
-                f.path.display()
-            ),
-            Code::Verify,
-        ));
+        return Err(held_back(f, &good, &files, assembly.as_mut(), t));
     }
     assembly
         .publish(&good, t.overwrite, true)
@@ -135,6 +109,69 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         r.sha256 = hashes.sha256(k);
     }
     Ok(Outcome::Sent(reports))
+}
+
+/// How the files of a finished transfer compare with the source.
+struct Verdict<'a> {
+    /// Verified and not yet published (by index).
+    good: Vec<(usize, Assembled)>,
+    /// Changed here since the send started: not published.
+    changed: Vec<&'a SourceFile>,
+    /// The first whose MD5 or size on the server is not the source's.
+    differ: Option<(usize, &'a Assembled)>,
+}
+
+/// Compares every file on the server (`files`, by index) with the source (`sums`:
+/// each file's MD5 from the pass over it); files published during the transfer were
+/// verified then.
+fn judge<'a>(source: &'a Source, files: &'a [Assembled], sums: &[String]) -> Verdict<'a> {
+    let mut v = Verdict {
+        good: Vec::new(),
+        changed: Vec::new(),
+        differ: None,
+    };
+    for (k, (f, file)) in source.files.iter().zip(files).enumerate() {
+        if file.published {
+            continue;
+        }
+        if stamp(&f.path).ok() != Some(f.stamp) {
+            v.changed.push(f);
+        } else if file.md5.as_ref().is_some_and(|m| *m != sums[k]) || file.size != f.size() {
+            v.differ.get_or_insert((k, file));
+        } else {
+            v.good.push((k, file.clone()));
+        }
+    }
+    v
+}
+
+/// `f` changed during the send: the error that says so. A release publishes its
+/// verified files first (not with `--atomic-release`).
+fn held_back(
+    f: &SourceFile,
+    good: &[(usize, Assembled)],
+    files: &[Assembled],
+    assembly: &mut dyn crate::server::assembly::Assembly,
+    t: &Target,
+) -> anyhow::Error {
+    let published = if t.source.is_release() && !t.atomic {
+        if let Err(e) = assembly.publish(good, t.overwrite, false) {
+            return with_code(e, Code::Transfer);
+        }
+        format!(
+            "the other {} file(s) are published",
+            files.iter().filter(|f| f.published).count() + good.len()
+        )
+    } else {
+        "nothing was renamed into place".to_string()
+    };
+    with_code(
+        anyhow!(
+            "{} changed during the send; {published}. Send it again once it is stable",
+            f.path.display()
+        ),
+        Code::Verify,
+    )
 }
 
 /// Every file of the target, in order, as sent in this run or found on the server.

@@ -234,50 +234,9 @@ pub fn run(args: &SendArgs) -> Result<ExitCode> {
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
-    let (mut sent, mut there, mut bytes) = (0, 0, 0);
-    for r in &reports {
-        if r.already_there {
-            there += 1;
-        } else {
-            sent += 1;
-            bytes += r.bytes;
-        }
-        if json {
-            progress::emit(&Event::FileDone {
-                path: r.dest.clone(),
-                source: r.source.display().to_string(),
-                bytes: r.bytes,
-                md5: r.md5.clone(),
-                already_there: r.already_there,
-            });
-        }
-    }
+    let (sent, there, bytes) = tally(&reports, json);
     if let Some(m) = &manifest {
-        let sha = all.sha256;
-        let sums: Vec<(String, String)> = reports
-            .iter()
-            .map(|r| {
-                let sum = if sha {
-                    r.sha256.clone()
-                } else {
-                    Some(r.md5.clone())
-                };
-                sum.map(|s| (r.dest.clone(), s))
-                    .ok_or_else(|| anyhow!("{}: no SHA-256 was computed", r.dest))
-            })
-            .collect::<Result<_>>()?;
-        let mut tmp = tempfile::NamedTempFile::new().context("writing the manifest")?;
-        std::io::Write::write_all(&mut tmp, self::manifest(m, &sums).as_bytes())
-            .context("writing the manifest")?;
-        if !json {
-            eprintln!("relayup: manifest {m}");
-        }
-        let mut one = args.clone();
-        one.file = tmp.path().to_path_buf();
-        one.dest_path = Some(m.clone());
-        one.manifest = None;
-        one.items = Vec::new();
-        super::send_files(&one).with_context(|| format!("uploading the manifest {m}"))?;
+        upload_manifest(args, m, &reports, all.sha256, json)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     if json {
@@ -296,6 +255,66 @@ pub fn run(args: &SendArgs) -> Result<ExitCode> {
         manifest.map(|m| format!(", checksums in {m}")).unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Files sent, files already there, bytes sent; a `file_done` event for each file
+/// with `json`.
+fn tally(reports: &[super::FileReport], json: bool) -> (usize, usize, u64) {
+    let (mut sent, mut there, mut bytes) = (0, 0, 0);
+    for r in reports {
+        if r.already_there {
+            there += 1;
+        } else {
+            sent += 1;
+            bytes += r.bytes;
+        }
+        if json {
+            progress::emit(&Event::FileDone {
+                path: r.dest.clone(),
+                source: r.source.display().to_string(),
+                bytes: r.bytes,
+                md5: r.md5.clone(),
+                already_there: r.already_there,
+            });
+        }
+    }
+    (sent, there, bytes)
+}
+
+/// Writes the manifest `m` of `reports` (SHA-256 sums with `sha256`, else MD5) and
+/// sends it as one more file, published last.
+fn upload_manifest(
+    args: &SendArgs,
+    m: &str,
+    reports: &[super::FileReport],
+    sha256: bool,
+    json: bool,
+) -> Result<()> {
+    let sums: Vec<(String, String)> = reports
+        .iter()
+        .map(|r| {
+            let sum = if sha256 {
+                r.sha256.clone()
+            } else {
+                Some(r.md5.clone())
+            };
+            sum.map(|s| (r.dest.clone(), s))
+                .ok_or_else(|| anyhow!("{}: no SHA-256 was computed", r.dest))
+        })
+        .collect::<Result<_>>()?;
+    let mut tmp = tempfile::NamedTempFile::new().context("writing the manifest")?;
+    std::io::Write::write_all(&mut tmp, manifest(m, &sums).as_bytes())
+        .context("writing the manifest")?;
+    if !json {
+        eprintln!("relayup: manifest {m}");
+    }
+    let mut one = args.clone();
+    one.file = tmp.path().to_path_buf();
+    one.dest_path = Some(m.to_string());
+    one.manifest = None;
+    one.items = Vec::new();
+    super::send_files(&one).with_context(|| format!("uploading the manifest {m}"))?;
+    Ok(())
 }
 
 fn parent_dirs(path: &str) -> Vec<String> {

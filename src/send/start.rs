@@ -78,27 +78,11 @@ pub fn lead(
     let id = ids.upload.as_str();
     let (plan, done, journal) = plan_and_resume(t, &source, id, assembly.as_mut(), live.len())?;
     let progress = start_progress(t, &source, id, &plan, &done);
-    if source.is_release() {
-        progress.name_parts(
-            plan.parts
-                .iter()
-                .map(|p| source.files[source.locate(p.offset)].dest.clone())
-                .collect(),
-        );
-    }
-    // The parts of files the server has already are not sent either.
-    let not_sent: HashSet<usize> = plan
-        .parts
-        .iter()
-        .filter(|p| source.files[source.locate(p.offset)].skip)
-        .map(|p| p.index)
-        .chain(done.iter().copied())
-        .collect();
     let sched = Arc::new(Scheduler::new(
         &plan,
         t.settings.peers.len() + 1,
         &live,
-        &not_sent,
+        &not_sent(&source, &plan, &done),
     ));
     sched.limit(t.settings.server.bwlimit, t.settings.bwlimit_total);
     let (verified_tx, verified_rx) = mpsc::channel();
@@ -158,6 +142,17 @@ pub fn lead(
         source,
         skipped,
     })))
+}
+
+/// The parts not to send: those on the server from an earlier run (`done`) and
+/// those of the files the server has already.
+fn not_sent(source: &Source, plan: &Plan, done: &HashSet<usize>) -> HashSet<usize> {
+    plan.parts
+        .iter()
+        .filter(|p| source.files[source.locate(p.offset)].skip)
+        .map(|p| p.index)
+        .chain(done.iter().copied())
+        .collect()
 }
 
 /// Keeps the journal's list of parts verified on the server (`verified`: each
@@ -253,7 +248,8 @@ fn plan_and_resume(
     Ok((plan, done, journal))
 }
 
-/// The progress display, with its `start` event; says when parts are resumed.
+/// The progress display, with its `start` event (and, for a release, each part's
+/// file); says when parts are resumed.
 fn start_progress(
     t: &Target,
     source: &Source,
@@ -292,5 +288,14 @@ fn start_progress(
         resumed_bytes,
         strategy: plan.strategy,
     };
-    Progress::start(t.mode, source.size - resumed_bytes - skipped, &names, start)
+    let progress = Progress::start(t.mode, source.size - resumed_bytes - skipped, &names, start);
+    if source.is_release() {
+        progress.name_parts(
+            plan.parts
+                .iter()
+                .map(|p| source.files[source.locate(p.offset)].dest.clone())
+                .collect(),
+        );
+    }
+    progress
 }
