@@ -269,7 +269,8 @@ fn rename_into_place(
     if there == Kind::Missing || !spot.sftp {
         return conn.move_to(file, &target);
     }
-    let aside = format!("{}/{}", spot.tmp, names::replaced(&spot.run));
+    let name = file.rsplit('/').next().unwrap_or(file);
+    let aside = format!("{}/{}", spot.tmp, names::replaced(&spot.run, name));
     conn.move_to(&target, &aside)?;
     match conn.move_to(file, &target) {
         Ok(()) => {

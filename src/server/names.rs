@@ -12,8 +12,9 @@
 //!   - `file`: with direct writes, the one file every host writes its parts into;
 //!   - `<k>.file`: with direct writes of a release, file k's bytes (with the
 //!     append-merge, `merged.<run>.<k>.tmp`: file k's merged parts);
-//!   - `replaced.<run>`: with direct writes and `--overwrite` where the server cannot
-//!     rename over a file, the old destination while the new one takes its place.
+//!   - `replaced.<run>.<file>`: with direct writes and `--overwrite` where the server
+//!     cannot rename over a file, the old destination while the new one takes its
+//!     place.
 //! - `.relayup-<upload id>.done.<pid>`: a finished temp dir being removed.
 //!
 //! On a peer, in its staging dir (default [`DEFAULT_STAGING`]):
@@ -43,9 +44,11 @@ pub fn release_file(k: usize) -> String {
     format!("{k}.file")
 }
 
-/// With direct writes, where the destination waits while it is replaced.
-pub fn replaced(run: &str) -> String {
-    format!("replaced.{run}")
+/// With direct writes, where the destination of the temp file `file` (a name in the
+/// temp dir) waits while it is replaced: one name per file, as a release's files may
+/// be published at once.
+pub fn replaced(run: &str, file: &str) -> String {
+    format!("replaced.{run}.{file}")
 }
 
 /// The temp dir's name inside the upload directory.
