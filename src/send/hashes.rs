@@ -39,7 +39,8 @@ pub struct Hashes {
 
 impl Hashes {
     /// Starts hashing `source`, whose parts are `parts` (contiguous, in order, none
-    /// spanning two files). The thread returns every file's MD5, in order.
+    /// spanning two files). The thread returns every file's MD5, in order (empty for
+    /// a file the server has already, which is not read).
     pub fn spawn(
         source: Arc<Source>,
         parts: Vec<Part>,
@@ -86,11 +87,19 @@ impl Hashes {
         let mut next = parts.iter().peekable();
         let mut sums = Vec::with_capacity(source.files.len());
         for file in &source.files {
+            let end = file.start + file.size();
+            if file.skip && !sha256 {
+                // The server has it: its MD5 is known from the pre-flight, and its
+                // parts are not sent. Not read a second time.
+                while next.next_if(|p| p.offset < end).is_some() {}
+                sums.push(String::new());
+                self.lock().files.push(String::new());
+                continue;
+            }
             let path = &file.path;
             let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let mut whole = Md5::new();
             let mut sha = sha256.then(<sha2::Sha256 as sha2::Digest>::new);
-            let end = file.start + file.size();
             while let Some(part) = next.next_if(|p| p.offset < end) {
                 let mut sum = Xxh3::new();
                 let mut left = part.len;
@@ -310,6 +319,14 @@ mod tests {
             format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b"d!"))
         );
         assert_eq!(h.file(2).unwrap(), md5(b"world!"));
+        // A file the server has already is not read (its MD5 came from there).
+        let skipping = Arc::new(Source::release(&items).unwrap().skipping(&[0]));
+        let (h, t) = Hashes::spawn(skipping, plan.parts.clone());
+        assert_eq!(t.join().unwrap().unwrap(), ["", &md5(b""), &md5(b"world!")]);
+        assert_eq!(
+            h.part(3).unwrap(),
+            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b"d!"))
+        );
         assert_eq!(h.sha256(0), None, "not asked for");
         let source = Arc::new(Source::release(&items).unwrap());
         let (h, t) = Hashes::spawn_with(source, plan.parts.clone(), true);

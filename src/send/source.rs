@@ -146,6 +146,15 @@ impl Source {
             .min(self.files.len().saturating_sub(1))
     }
 
+    /// How many of `parts` fall in each file.
+    pub fn parts_per_file(&self, parts: &[crate::send::plan::Part]) -> Vec<usize> {
+        let mut count = vec![0usize; self.files.len()];
+        for p in parts {
+            count[self.locate(p.offset)] += 1;
+        }
+        count
+    }
+
     /// File `k`'s name inside the upload's temp dir on the server, with direct
     /// writes: `file` for the one file of a send, `<key>.file` in a release.
     pub fn temp_name(&self, k: usize) -> String {
@@ -239,10 +248,7 @@ impl Places {
     /// with its first byte, see [`crate::transport::Uploader::write_at`]). One
     /// file's send writes every part at its offset, as it always has.
     pub fn direct(source: &Source, parts: &[crate::send::plan::Part]) -> Places {
-        let mut count = vec![0usize; source.files.len()];
-        for p in parts {
-            count[source.locate(p.offset)] += 1;
-        }
+        let count = source.parts_per_file(parts);
         let by_part = parts
             .iter()
             .map(|p| {

@@ -308,33 +308,39 @@ fn choose_check(r: &Request<'_>, offers: &crate::transport::Offers, what: &str) 
 /// something relayup never replaces (an error).
 fn existing_dest(conn: &mut dyn Uploader, r: &Request<'_>, dest: &str) -> Result<Option<Prepared>> {
     let what = conn.what().to_string();
-    match conn.kind(dest)? {
-        Kind::Missing => Ok(None),
-        Kind::File(_) if r.overwrite => Ok(None),
-        Kind::File(size) => {
-            // Its MD5, to tell whether it is this very file: from the server where it
-            // can hash, else read back (the download is rarely the capped way).
-            let md5 = if size != r.size || r.verify == Verify::None {
-                None
-            } else {
-                match conn.md5_at(dest, 0, size).ok().flatten() {
-                    Some(md5) => Some((md5, "server-md5")),
-                    None => md5_back(conn, dest, size).ok().map(|m| (m, "read-back")),
-                }
-            };
-            Ok(Some(Prepared::Exists(md5)))
-        }
-        Kind::Dir => Err(anyhow!(
-            "{what}: {dest} is a directory; relayup only ever replaces a regular file (--overwrite too): \
+    let hash = !r.overwrite && r.verify != Verify::None;
+    match examine(conn, dest, r.size, hash)? {
+        Existing::Missing => Ok(None),
+        Existing::File(..) if r.overwrite => Ok(None),
+        Existing::File(_, md5) => Ok(Some(Prepared::Exists(md5))),
+        Existing::NotAFile(kind) => Err(anyhow!(
+            "{what}: {dest} is {kind}; relayup only ever replaces a regular file (--overwrite too): \
              remove it there or choose another --dest"
         ))
         .context(Code::Usage),
-        Kind::Other => Err(anyhow!(
-            "{what}: {dest} is not a regular file (a symbolic link?); relayup only ever replaces a regular file \
-             (--overwrite too): remove it there or choose another --dest"
-        ))
-        .context(Code::Usage),
     }
+}
+
+/// What is at `path` on the server; for a regular file of `size` bytes, with `hash`,
+/// its MD5, to tell whether it is this very file: from the server where it can hash,
+/// else read back (the download is rarely the capped way).
+fn examine(conn: &mut dyn Uploader, path: &str, size: u64, hash: bool) -> Result<Existing> {
+    Ok(match conn.kind(path)? {
+        Kind::Missing => Existing::Missing,
+        Kind::Dir => Existing::NotAFile("a directory"),
+        Kind::Other => Existing::NotAFile("not a regular file (a symbolic link?)"),
+        Kind::File(theirs) => {
+            let md5 = if theirs != size || !hash {
+                None
+            } else {
+                match conn.md5_at(path, 0, theirs).ok().flatten() {
+                    Some(md5) => Some((md5, "server-md5")),
+                    None => md5_back(conn, path, theirs).ok().map(|m| (m, "read-back")),
+                }
+            };
+            Existing::File(theirs, md5)
+        }
+    })
 }
 
 /// Takes the lock directory `lock`, or takes over one left by a dead run of this
@@ -389,10 +395,7 @@ impl DirectWrite {
     /// a file of several parts made with its first byte (its parts are written at
     /// their offsets).
     fn make_temp_files(&mut self, source: &Source, parts: &[Part]) -> Result<()> {
-        let mut count = vec![0usize; source.files.len()];
-        for p in parts {
-            count[source.locate(p.offset)] += 1;
-        }
+        let count = source.parts_per_file(parts);
         for (k, f) in source.files.iter().enumerate() {
             if f.skip || (f.size() > 0 && count[k] < 2) {
                 continue;
@@ -426,29 +429,14 @@ impl DirectWrite {
 
 impl Assembly for DirectWrite {
     fn existing(&mut self, files: &[(&str, u64)], hash: bool) -> Result<Vec<Existing>> {
-        let mut out = Vec::with_capacity(files.len());
-        for (dest, size) in files {
-            let path = format!("{}/{dest}", self.dir.trim_end_matches('/'));
-            out.push(match self.conn.kind(&path)? {
-                Kind::Missing => Existing::Missing,
-                Kind::Dir => Existing::NotAFile("a directory"),
-                Kind::Other => Existing::NotAFile("not a regular file (a symbolic link?)"),
-                Kind::File(theirs) => {
-                    let md5 = if theirs != *size || !hash || self.check == Check::Unchecked {
-                        None
-                    } else {
-                        match self.conn.md5_at(&path, 0, theirs).ok().flatten() {
-                            Some(md5) => Some((md5, "server-md5")),
-                            None => md5_back(self.conn.as_mut(), &path, theirs)
-                                .ok()
-                                .map(|m| (m, "read-back")),
-                        }
-                    };
-                    Existing::File(theirs, md5)
-                }
-            });
-        }
-        Ok(out)
+        let hash = hash && self.check != Check::Unchecked;
+        files
+            .iter()
+            .map(|(dest, size)| {
+                let path = format!("{}/{dest}", self.dir.trim_end_matches('/'));
+                examine(self.conn.as_mut(), &path, *size, hash)
+            })
+            .collect()
     }
 
     /// Parts that an earlier run verified (by the journal) and that their file is
@@ -658,22 +646,18 @@ impl VerifyJob {
         let source = self.layout.source.clone();
         // Parts not yet passed, per file; a file with a bad part is never early.
         // The server's own copies of files (skipped) have none to check.
-        let mut tally = Tally {
-            seen: HashSet::new(),
-            left: vec![0usize; source.files.len()],
-            needed: 0,
-            found: Verified {
-                bad: Vec::new(),
-                published: HashSet::new(),
-            },
-        };
-        for p in &self.layout.parts {
-            let k = source.locate(p.offset);
-            if !source.files[k].skip {
-                tally.left[k] += 1;
-                tally.needed += 1;
+        let mut left = source.parts_per_file(&self.layout.parts);
+        for (n, f) in left.iter_mut().zip(&source.files) {
+            if f.skip {
+                *n = 0;
             }
         }
+        let tally = Tally {
+            seen: HashSet::new(),
+            needed: left.iter().sum(),
+            left,
+            found: Verified::default(),
+        };
         if tally.needed == 0 {
             return Ok(tally.found);
         }

@@ -192,22 +192,30 @@ fn dest_type_checks(dest: &str) -> String {
     )
 }
 
-/// A shell function `publish M STAT DEST OVERWRITE`: renames the merged file `M`
-/// to `DEST` if `M` still has the `inode size mtime` STAT it was hashed with and
-/// `DEST` is free or (with OVERWRITE 1) a regular file; returns a [`status`] code
-/// otherwise. The rename never goes into a directory or through a symlink
-/// (`mv -T`), and without OVERWRITE never replaces anything (`ln`, which fails on an
-/// existing name).
+/// Shell functions that put a hashed file in place:
+/// - `place M DEST OVERWRITE` renames `M` to `DEST` if `DEST` is free or (with
+///   OVERWRITE 1) a regular file, and returns a [`status`] code otherwise. The rename
+///   never goes into a directory or through a symlink (`mv -T`), and without
+///   OVERWRITE never replaces anything (`ln`, which fails on an existing name); after
+///   an `ln`, `linked` names `M`, which the caller removes (a batch removes all of
+///   them with one `rm`).
+/// - `publish M STAT DEST OVERWRITE` does it if `M` still has the `inode size mtime`
+///   STAT it was hashed with, and removes what `place` linked.
 fn publish_fn() -> String {
     format!(
-        "publish() {{\n\
+        "place() {{\n\
+           linked=\n\
+           if [ -L \"$2\" ]; then return {link}; elif [ -d \"$2\" ]; then return {dir}; \
+           elif [ -e \"$2\" ] && [ ! -f \"$2\" ]; then return {special}; fi\n\
+           if [ \"$3\" = 1 ]; then mv -f -T -- \"$1\" \"$2\" || return 1\n\
+           elif ln -T -- \"$1\" \"$2\" 2>/dev/null; then linked=$1\n\
+           elif [ -e \"$2\" ] || [ -L \"$2\" ]; then return {exists}\n\
+           else mv -T -- \"$1\" \"$2\" || return 1; fi\n\
+         }}\n\
+         publish() {{\n\
            [ \"$(stat -c '%i %s %Y' -- \"$1\")\" = \"$2\" ] || return {changed}\n\
-           if [ -L \"$3\" ]; then return {link}; elif [ -d \"$3\" ]; then return {dir}; \
-           elif [ -e \"$3\" ] && [ ! -f \"$3\" ]; then return {special}; fi\n\
-           if [ \"$4\" = 1 ]; then mv -f -T -- \"$1\" \"$3\" || return 1\n\
-           elif ln -T -- \"$1\" \"$3\" 2>/dev/null; then rm -f -- \"$1\"\n\
-           elif [ -e \"$3\" ] || [ -L \"$3\" ]; then return {exists}\n\
-           else mv -T -- \"$1\" \"$3\" || return 1; fi\n\
+           place \"$1\" \"$3\" \"$4\" || return $?\n\
+           [ -z \"$linked\" ] || rm -f -- \"$linked\"\n\
          }}",
         changed = status::CHANGED,
         link = status::DEST_SYMLINK,
@@ -698,9 +706,9 @@ impl Feeder {
 
 /// The merge script's part for a batch of `$n` files of one part each (see
 /// [`batch_lines`]): one `md5sum` and one `stat` for them all, then each file whose
-/// MD5 is the source's published as [`publish_fn`] does, with the processes of a file
-/// down to its `ln` (a few processes per file made 10,000 small files take a minute
-/// on the server).
+/// MD5 is the source's put in place by `place` (see [`publish_fn`]) and the linked
+/// names removed by one `rm`: a file costs its `ln` only (a few processes per file
+/// made 10,000 small files take a minute on the server).
 fn batch_script() -> String {
     format!(
         "keys=; names=; i=0\n\
@@ -723,38 +731,27 @@ fn batch_script() -> String {
            {{ for k2 in $pub; do\n\
                IFS= read -r now <&4\n\
                eval \"p=\\$p_$k2 o=\\$o_$k2 d=../\\$d_$k2 st=\\$st_$k2\"\n\
-               r=0\n\
                if [ \"$now\" != \"$st\" ]; then r={changed}\n\
-               elif [ -L \"$d\" ]; then r={link}\n\
-               elif [ -d \"$d\" ]; then r={dir}\n\
-               elif [ -e \"$d\" ] && [ ! -f \"$d\" ]; then r={special}\n\
-               elif [ \"$o\" = 1 ]; then mv -f -T -- \"$p\" \"$d\" || r=1\n\
-               elif ln -T -- \"$p\" \"$d\" 2>/dev/null; then gone=\"$gone $p\"\n\
-               elif [ -e \"$d\" ] || [ -L \"$d\" ]; then r={exists}\n\
-               else mv -T -- \"$p\" \"$d\" || r=1; fi\n\
+               else place \"$p\" \"$d\" \"$o\"; r=$?; gone=\"$gone $linked\"; fi\n\
                if [ \"$r\" = 0 ]; then echo \"published $k2\"; else echo \"kept $k2 $r\"; fi\n\
              done; }} 4< .batch.stat\n\
-           [ -z \"$gone\" ] || rm -f -- $gone\n\
+           [ -z \"${{gone# }}\" ] || rm -f -- $gone\n\
          fi",
         changed = status::CHANGED,
-        link = status::DEST_SYMLINK,
-        dir = status::DEST_DIR,
-        special = status::DEST_SPECIAL,
-        exists = status::EXISTS,
     )
 }
 
 /// Starts the merge script and waits for its `ready`. It reads a header per file,
-/// `<k> <parts> <merged name or ->`, then that many part names as they arrive and
-/// the trailer (see [`Trailer`]), or a batch of files of one part (`b <count> -`,
-/// see [`batch_lines`]); it prints `md5 <k> <md5>` and `stat <k> <name> <inode size
+/// `<k> <parts> <merged name>`, then that many part names as they arrive and the
+/// trailer (see [`Trailer`]), or a batch of files of one part (`b <count> -`, see
+/// [`batch_lines`]); it prints `md5 <k> <md5>` and `stat <k> <name> <inode size
 /// mtime>` for each file, then `published <k>` or `kept <k> <status>` for a file it
 /// was told to publish.
 fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
     let tmp = crate::server::names::temp_dir(&place.dir, &place.upload_id);
     // Names come from us (`<n>.part`, `merged.<run>…`). `set -C` creates a merged
     // file only if no other writer has that name. A file of one part is not copied:
-    // the part itself is hashed and published.
+    // its part is hashed and published where it lies (in a batch).
     let script = format!(
         "cd -- {} || exit 1\n\
          {publish}\n\
@@ -764,15 +761,9 @@ fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
              {batch}\n\
              continue\n\
            fi\n\
-           if [ \"$m\" = - ]; then\n\
-             IFS= read -r p || exit 1\n\
-             s=$(md5sum < \"$p\") || exit 1\n\
-             m=$p\n\
-           else\n\
-             set -C; : > \"$m\" || exit 1; set +C\n\
-             s=$(i=0; while [ \"$i\" -lt \"$n\" ] && IFS= read -r p; do cat -- \"$p\" || exit 1; i=$((i + 1)); done \
-               | tee -- \"$m\" | md5sum) || exit 1\n\
-           fi\n\
+           set -C; : > \"$m\" || exit 1; set +C\n\
+           s=$(i=0; while [ \"$i\" -lt \"$n\" ] && IFS= read -r p; do cat -- \"$p\" || exit 1; i=$((i + 1)); done \
+             | tee -- \"$m\" | md5sum) || exit 1\n\
            got=${{s%% *}}\n\
            printf 'md5 %s %s\\n' \"$k\" \"$got\"\n\
            st=$(stat -c '%i %s %Y' -- \"$m\")\n\
@@ -852,15 +843,11 @@ fn feed(
     let mut order = files
         .iter()
         .flat_map(|f| {
-            if let (None, [part]) = (&f.merged, f.parts.as_slice()) {
-                return vec![Feed::Single(f.file, *part)];
-            }
-            let header = format!(
-                "{} {} {}\n",
-                f.file,
-                f.parts.len(),
-                f.merged.as_deref().unwrap_or("-")
-            );
+            let Some(merged) = &f.merged else {
+                // Its one part, hashed where it lies.
+                return vec![Feed::Single(f.file, f.parts[0])];
+            };
+            let header = format!("{} {} {merged}\n", f.file, f.parts.len());
             std::iter::once(Feed::Header(header))
                 .chain(f.parts.iter().map(|&i| Feed::Part(i)))
                 .chain(std::iter::once(Feed::Trailer(f.file)))

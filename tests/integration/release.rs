@@ -178,10 +178,10 @@ fn many_files(env: &TestEnv, n: usize) -> PathBuf {
     many
 }
 
-/// Every file under `local` (a directory sent as a whole) is the same under the
-/// server's copy of it.
-fn assert_same_tree(env: &TestEnv, local: &Path) -> usize {
-    let mut count = 0;
+/// How many files of `local` (a directory sent as a whole) are on the server, and how
+/// many there are; each one that is there must be whole.
+fn on_server(env: &TestEnv, local: &Path) -> (usize, usize) {
+    let (mut there, mut all) = (0, 0);
     let mut stack = vec![local.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).unwrap() {
@@ -190,13 +190,24 @@ fn assert_same_tree(env: &TestEnv, local: &Path) -> usize {
                 stack.push(p);
                 continue;
             }
-            let rel = p.strip_prefix(local.parent().unwrap()).unwrap();
-            let there = env.srv.join(rel);
-            assert_eq!(md5_file(&there), md5_file(&p), "{}", rel.display());
-            count += 1;
+            all += 1;
+            let theirs = env
+                .srv
+                .join(p.strip_prefix(local.parent().unwrap()).unwrap());
+            if theirs.exists() {
+                assert_eq!(md5_file(&theirs), md5_file(&p), "{}", theirs.display());
+                there += 1;
+            }
         }
     }
-    count
+    (there, all)
+}
+
+/// Every file under `local` is the same on the server; how many there are.
+fn assert_same_tree(env: &TestEnv, local: &Path) -> usize {
+    let (there, all) = on_server(env, local);
+    assert_eq!(there, all, "files missing on the server");
+    all
 }
 
 /// 300 small files and a big one through 3 peers: one pre-flight and one plan, a
@@ -243,30 +254,6 @@ fn many_small_files_by_direct_writes_in_one_queue() {
     many_small_files(&env, &config);
 }
 
-/// How many files of `local` (sent as a whole) are on the server; each one that is
-/// must be whole.
-fn published_files(env: &TestEnv, local: &Path) -> usize {
-    let mut count = 0;
-    let mut stack = vec![local.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let there = env
-                .srv
-                .join(p.strip_prefix(local.parent().unwrap()).unwrap());
-            if there.exists() {
-                assert_eq!(md5_file(&there), md5_file(&p), "{}", there.display());
-                count += 1;
-            }
-        }
-    }
-    count
-}
-
 /// A release killed with SIGKILL in the middle: the files published so far are
 /// whole, nothing else is visible, and the same command again sends only what is
 /// missing and publishes every file.
@@ -286,7 +273,7 @@ fn kill_9_then_resume(env: &TestEnv, config: &Path) {
     // Files are published one by one as they are verified: whatever is there is
     // whole, and the last file is not there yet.
     assert!(!env.srv.join("many/empty").exists());
-    let there = published_files(env, &many);
+    let (there, _) = on_server(env, &many);
     assert!(there > 0, "no file published while the release ran");
     // status asks the server: the parts of the published files and those waiting in
     // the temp dir are there.
