@@ -85,10 +85,14 @@ impl Hashes {
     fn run(&self, source: &Source, parts: &[Part], sha256: bool) -> Result<Vec<String>> {
         let mut buf = vec![0u8; 1 << 20];
         let mut next = parts.iter().peekable();
+        // The part being hashed and its bytes still to come: a part of several small
+        // files goes on from one file into the next.
+        let mut current: Option<(usize, Xxh3, u64)> = None;
         let mut sums = Vec::with_capacity(source.files.len());
         for file in &source.files {
             let end = file.start + file.size();
-            if file.skip && !sha256 {
+            let shares = next.peek().is_some_and(|p| p.offset + p.len > end);
+            if file.skip && !sha256 && !shares && current.is_none() {
                 // The server has it: its MD5 is known from the pre-flight, and its
                 // parts are not sent. Not read a second time.
                 while next.next_if(|p| p.offset < end).is_some() {}
@@ -100,28 +104,36 @@ impl Hashes {
             let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let mut whole = Md5::new();
             let mut sha = sha256.then(<sha2::Sha256 as sha2::Digest>::new);
-            while let Some(part) = next.next_if(|p| p.offset < end) {
-                let mut sum = Xxh3::new();
-                let mut left = part.len;
-                while left > 0 {
-                    let want = buf.len().min(left as usize);
-                    let n = f
-                        .read(&mut buf[..want])
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    if n == 0 {
-                        return Err(anyhow!(
-                            "{} became shorter while being read",
-                            path.display()
-                        ));
-                    }
-                    whole.update(&buf[..n]);
-                    if let Some(h) = &mut sha {
-                        sha2::Digest::update(h, &buf[..n]);
-                    }
-                    sum.update(&buf[..n]);
-                    left -= n as u64;
+            let mut in_file = file.size();
+            while in_file > 0 {
+                if current.is_none() {
+                    let Some(part) = next.next_if(|p| p.offset < end) else {
+                        break;
+                    };
+                    current = Some((part.index, Xxh3::new(), part.len));
                 }
-                self.lock().parts[part.index] = Some(hex128(sum.digest128()));
+                let (index, sum, left) = current.as_mut().expect("a part is being hashed");
+                let want = (buf.len() as u64).min(*left).min(in_file) as usize;
+                let n = f
+                    .read(&mut buf[..want])
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if n == 0 {
+                    return Err(anyhow!(
+                        "{} became shorter while being read",
+                        path.display()
+                    ));
+                }
+                whole.update(&buf[..n]);
+                if let Some(h) = &mut sha {
+                    sha2::Digest::update(h, &buf[..n]);
+                }
+                sum.update(&buf[..n]);
+                *left -= n as u64;
+                in_file -= n as u64;
+                if *left == 0 {
+                    self.lock().parts[*index] = Some(hex128(sum.digest128()));
+                    current = None;
+                }
             }
             // Anything after the last part (the file grew) still counts: the caller
             // compares against the server's MD5 and the size check catches the rest.
@@ -286,6 +298,37 @@ mod tests {
     }
 
     #[test]
+    fn a_part_of_several_small_files_is_hashed_across_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut items = Vec::new();
+        for (name, body) in [("a", &b"0123456789"[..]), ("b", b"ab"), ("c", b"cde")] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            items.push((p, name.to_string()));
+        }
+        let source = Source::release(&items).unwrap();
+        let plan = crate::send::plan::Plan::for_source(
+            &source,
+            1,
+            crate::send::plan::Strategy::Adaptive,
+            Some(8),
+            crate::send::plan::SmallFiles::Together,
+        );
+        assert_eq!(plan.parts.len(), 3);
+        let xxh = |b: &[u8]| format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b));
+        // The server has "b": it is read all the same, as its part is sent for "c".
+        let skipping = Arc::new(source.skipping(&[1]));
+        let (h, t) = Hashes::spawn(skipping, plan.parts.clone());
+        let md5 = |b: &[u8]| format!("{:x}", <md5::Md5 as md5::Digest>::digest(b));
+        assert_eq!(
+            t.join().unwrap().unwrap(),
+            [md5(b"0123456789"), md5(b"ab"), md5(b"cde")]
+        );
+        assert_eq!(h.part(2).unwrap(), xxh(b"abcde"));
+        assert_eq!(h.part(1).unwrap(), xxh(b"89"));
+    }
+
+    #[test]
     fn a_release_gives_each_file_its_md5() {
         let dir = tempfile::tempdir().unwrap();
         let mut items = Vec::new();
@@ -300,6 +343,7 @@ mod tests {
             2,
             crate::send::plan::Strategy::Adaptive,
             Some(4),
+            crate::send::plan::SmallFiles::Apart,
         );
         assert_eq!(
             plan.parts

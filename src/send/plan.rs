@@ -153,6 +153,46 @@ pub fn equal_pieces(size: u64, hosts: usize) -> (Vec<Part>, Vec<usize>) {
     (parts, owners)
 }
 
+/// Whether a release's small files may share a part. They may where the server cuts
+/// a part into its files (the append-merge); with direct writes every file is its
+/// own upload anyway, so each small file stays a part of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmallFiles {
+    Apart,
+    Together,
+}
+
+/// Most files packed into one part: the merge cuts a part's files out of it one
+/// after another, and takes them in batches of this many.
+pub const PACK_FILES: usize = 256;
+
+/// Smallest limit for a packed part's bytes.
+const MIN_PACK: u64 = MIB;
+
+/// How big a part of packed small files may be: about four per host of the small
+/// files' bytes (so every host gets some), at least 1 MiB, at most `max`.
+fn pack_limit(sizes: &[u64], hosts: usize, max: u64) -> u64 {
+    let small: u64 = sizes.iter().filter(|&&s| s > 0 && s < max).sum();
+    (small / (4 * hosts.max(1) as u64)).clamp(MIN_PACK.min(max), max)
+}
+
+/// How many of the files `sizes` (from the next one on) go into one part: a run of
+/// non-empty files that together fit in `limit` bytes, at most [`PACK_FILES`]; 1
+/// when the next file does not share (it is big, or empty, or the next one is).
+/// Empty files are never packed: they have no bytes to cut out.
+pub fn pack(sizes: &[u64], limit: u64) -> usize {
+    let mut total = 0;
+    let mut n = 0;
+    for &s in sizes.iter().take(PACK_FILES) {
+        if s == 0 || total + s > limit {
+            break;
+        }
+        total += s;
+        n += 1;
+    }
+    n.max(1)
+}
+
 /// A whole plan: what `--dry-run` prints and what the scheduler hands out.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -184,28 +224,48 @@ impl Plan {
     }
 
     /// The plan for `source`: one file as [`Plan::new`] cuts it; a release file by
-    /// file, so no part spans two files: a file smaller than a part is one part (it
-    /// is never split), a bigger one is cut into parts of the part size. Empty files
-    /// have no parts.
+    /// file: a file smaller than a part is never split, a bigger one is cut into
+    /// parts of the part size, and no part holds bytes of a big file and of another
+    /// file. With [`SmallFiles::Together`], runs of small files are packed into
+    /// shared parts (see [`pack`]), so a thousand small files do not cost a thousand
+    /// uploads. Empty files have no parts.
     pub fn for_source(
         source: &crate::send::source::Source,
         hosts: usize,
         strategy: Strategy,
         part_size: Option<u64>,
+        small: SmallFiles,
     ) -> Plan {
         if !source.is_release() {
             return Plan::new(source.size, hosts, strategy, part_size);
         }
         let max = part_size.unwrap_or_else(|| default_part_size(source.size, hosts));
+        let sizes: Vec<u64> = source.files.iter().map(|f| f.size()).collect();
+        let pack_max = match small {
+            SmallFiles::Apart => 0,
+            SmallFiles::Together => pack_limit(&sizes, hosts, max),
+        };
         let mut parts = Vec::new();
-        for f in &source.files {
-            for p in fixed(f.size(), max) {
-                parts.push(Part {
-                    index: parts.len(),
-                    offset: f.start + p.offset,
-                    len: p.len,
-                });
+        let mut push = |offset, len| {
+            parts.push(Part {
+                index: parts.len(),
+                offset,
+                len,
+            })
+        };
+        let mut k = 0;
+        while k < source.files.len() {
+            let f = &source.files[k];
+            let n = pack(&sizes[k..], pack_max);
+            if n > 1 {
+                push(f.start, sizes[k..k + n].iter().sum());
+                k += n;
+                continue;
             }
+            for p in fixed(f.size(), max) {
+                push(f.start + p.offset, p.len);
+            }
+            k += 1;
         }
         Plan {
             size: source.size,
@@ -254,6 +314,26 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_files_are_packed_up_to_the_limit_and_never_with_empty_ones() {
+        assert_eq!(pack(&[3, 4, 5], 8), 2);
+        assert_eq!(pack(&[3, 4, 1], 8), 3);
+        // A big file goes alone, as does one followed by a big one.
+        assert_eq!(pack(&[9, 1], 8), 1);
+        assert_eq!(pack(&[1, 9], 8), 1);
+        // Empty files have no bytes to cut out: they end a run.
+        assert_eq!(pack(&[1, 0, 1], 8), 1);
+        assert_eq!(pack(&[0, 1], 8), 1);
+        // At most PACK_FILES files.
+        assert_eq!(pack(&[1; 1000], 1 << 20), PACK_FILES);
+        // Four packed parts per host of the small files' bytes, 1 MiB to the part size.
+        assert_eq!(pack_limit(&[MIB; 200], 4, 13 * MIB), 12 * MIB + MIB / 2);
+        assert_eq!(pack_limit(&[1000; 10], 4, 13 * MIB), MIB);
+        assert_eq!(pack_limit(&[100 * MIB, MIB], 2, 8 * MIB), MIB);
+        assert_eq!(pack_limit(&[5 * MIB; 1000], 2, 8 * MIB), 8 * MIB);
+    }
+
 
     fn assert_covers(parts: &[Part], size: u64) {
         let mut next = 0;

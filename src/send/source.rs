@@ -1,8 +1,8 @@
 //! What a send reads: one file, or a release's files laid end to end as one stream
 //! of bytes. Parts are byte ranges of that stream, so the plan, the scheduler, the
 //! hosts and the journal work the same for one file and for a thousand. A part of a
-//! release never spans two files (see [`crate::send::plan::Plan::for_source`]): each
-//! part lands in exactly one file on the server.
+//! release is either a piece of one file or several small files whole (see
+//! [`crate::send::plan::Plan::for_source`]).
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
@@ -146,11 +146,30 @@ impl Source {
             .min(self.files.len().saturating_sub(1))
     }
 
-    /// How many of `parts` fall in each file.
+    /// The files with bytes in `part`: one, or several small files packed whole.
+    /// Empty files are in no part.
+    pub fn files_in(&self, part: &crate::send::plan::Part) -> std::ops::Range<usize> {
+        let first = self.locate(part.offset);
+        let end = self
+            .files
+            .partition_point(|f| f.start < part.offset + part.len);
+        first..end.max(first + 1)
+    }
+
+    /// Whether every file in `part` is on the server already, so it is not sent.
+    pub fn part_skipped(&self, part: &crate::send::plan::Part) -> bool {
+        self.files[self.files_in(part)]
+            .iter()
+            .all(|f| f.skip || f.size() == 0)
+    }
+
+    /// How many of `parts` hold bytes of each file.
     pub fn parts_per_file(&self, parts: &[crate::send::plan::Part]) -> Vec<usize> {
         let mut count = vec![0usize; self.files.len()];
         for p in parts {
-            count[self.locate(p.offset)] += 1;
+            for k in self.files_in(p) {
+                count[k] += 1;
+            }
         }
         count
     }
@@ -213,9 +232,14 @@ impl Source {
             .collect()
     }
 
-    /// Bytes of the files the server has already (not sent).
-    pub fn skipped_bytes(&self) -> u64 {
-        self.files.iter().filter(|f| f.skip).map(|f| f.size()).sum()
+    /// Bytes of `parts` not sent, as the server has every file in them already (a
+    /// file it has that shares its part with one it lacks is sent all the same).
+    pub fn skipped_bytes(&self, parts: &[crate::send::plan::Part]) -> u64 {
+        parts
+            .iter()
+            .filter(|p| self.part_skipped(p))
+            .map(|p| p.len)
+            .sum()
     }
 
     /// How the send is named in messages: the file, or the number of files.
@@ -372,6 +396,7 @@ mod tests {
             1,
             crate::send::plan::Strategy::Adaptive,
             Some(4),
+            crate::send::plan::SmallFiles::Apart,
         );
         let places = Places::direct(&s, &plan.parts);
         let got: Vec<_> = (0..plan.parts.len()).map(|i| places.of(i)).collect();

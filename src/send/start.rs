@@ -15,7 +15,7 @@ use super::journal::Journal;
 use super::local::LocalHost;
 use super::lock::Ids;
 use super::peers::{Go, HostEnd, Signals};
-use super::plan::{Plan, Strategy};
+use super::plan::{Plan, SmallFiles, Strategy};
 use super::preflight;
 use super::schedule::Scheduler;
 use super::source::{Places, Source};
@@ -149,7 +149,7 @@ pub fn lead(
 fn not_sent(source: &Source, plan: &Plan, done: &HashSet<usize>) -> HashSet<usize> {
     plan.parts
         .iter()
-        .filter(|p| source.files[source.locate(p.offset)].skip)
+        .filter(|p| source.part_skipped(p))
         .map(|p| p.index)
         .chain(done.iter().copied())
         .collect()
@@ -227,21 +227,24 @@ fn plan_and_resume(
 ) -> Result<(Plan, HashSet<usize>, Journal)> {
     let (plan, verified) = Journal::load(id)
         .and_then(|j| Some((j.plan(source)?, j.verified)))
-        .unwrap_or_else(|| {
-            let plan = Plan::for_source(source, hosts, t.strategy, t.part_size);
-            (plan, Default::default())
-        });
+        // Parts of small files packed together are cut apart by the append-merge
+        // only: an earlier run's plan with them does not do for direct writes.
+        .filter(|(plan, _)| {
+            t.small_files() == SmallFiles::Together
+                || plan.parts.iter().all(|p| source.files_in(p).len() == 1)
+        })
+        .unwrap_or_else(|| (t.plan(hosts), Default::default()));
     let mut done = assembly
         .resumable(&plan, source, &verified)
         .map_err(|e| with_code(e, Code::Transfer))?;
-    done.retain(|&i| !source.files[source.locate(plan.parts[i].offset)].skip);
+    done.retain(|&i| !source.part_skipped(&plan.parts[i]));
     let there = plan
         .parts
         .iter()
         .filter(|p| done.contains(&p.index))
         .map(|p| p.len)
         .sum();
-    preflight::check_server_space(t, assembly, source.size - source.skipped_bytes(), there)?;
+    preflight::check_server_space(t, assembly, source.size - source.skipped_bytes(&plan.parts), there)?;
     let mut journal = Journal::new(id, source, &t.settings.path, &plan);
     journal.verified = verified.into_iter().filter(|i| done.contains(i)).collect();
     journal.save().map_err(|e| with_code(e, Code::Transfer))?;
@@ -257,7 +260,7 @@ fn start_progress(
     plan: &Plan,
     done: &HashSet<usize>,
 ) -> Arc<Progress> {
-    let skipped = source.skipped_bytes();
+    let skipped = source.skipped_bytes(&plan.parts);
     let resumed_bytes: u64 = plan
         .parts
         .iter()
@@ -293,7 +296,14 @@ fn start_progress(
         progress.name_parts(
             plan.parts
                 .iter()
-                .map(|p| source.files[source.locate(p.offset)].dest.clone())
+                .map(|p| match source.files_in(p) {
+                    r if r.len() > 1 => format!(
+                        "{} and {} more",
+                        source.files[r.start].dest,
+                        r.len() - 1
+                    ),
+                    r => source.files[r.start].dest.clone(),
+                })
                 .collect(),
         );
     }

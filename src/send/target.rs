@@ -9,11 +9,11 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::plan::{Plan, Strategy};
+use super::plan::{Plan, SmallFiles, Strategy};
 pub use super::source::stamp;
 use super::source::Source;
 use crate::cli::{SendArgs, StrategyArg, VerifyArg};
-use crate::config::{self, Settings};
+use crate::config::{self, AssemblyKind, Settings};
 use crate::events::{self, Event};
 use crate::progress::{self, Mode};
 use crate::server::direct::Verify;
@@ -80,7 +80,13 @@ impl Target {
         let hosts = settings.peers.len() + 1;
         if strategy == Strategy::Adaptive
             && hosts > 1
-            && Plan::for_source(&source, hosts, strategy, part_size)
+            && Plan::for_source(
+                &source,
+                hosts,
+                strategy,
+                part_size,
+                small_files(settings.assembly),
+            )
                 .parts
                 .len()
                 <= 1
@@ -158,7 +164,7 @@ impl Target {
     /// `--dry-run`: the plan, as text or as one `plan` event.
     pub fn print_plan(&self, id: &str) {
         let hosts = self.host_names();
-        let plan = Plan::for_source(&self.source, hosts.len(), self.strategy, self.part_size);
+        let plan = self.plan(hosts.len());
         let server = &self.settings.server;
         let temp_dir = crate::transport::temp_dir(&server.dir, id);
         if self.mode == Mode::Json {
@@ -202,18 +208,47 @@ impl Target {
     }
 }
 
+/// Whether a release's small files share parts: where the server cuts them apart.
+fn small_files(assembly: AssemblyKind) -> SmallFiles {
+    match assembly {
+        AssemblyKind::Merge => SmallFiles::Together,
+        AssemblyKind::Direct => SmallFiles::Apart,
+    }
+}
+
 impl Target {
+    /// A new plan for the send, among `hosts` hosts.
+    pub fn plan(&self, hosts: usize) -> Plan {
+        Plan::for_source(
+            &self.source,
+            hosts,
+            self.strategy,
+            self.part_size,
+            self.small_files(),
+        )
+    }
+
+    pub fn small_files(&self) -> SmallFiles {
+        small_files(self.settings.assembly)
+    }
+
     /// A release's plan, one line per file: its size, its parts and its name.
     fn describe_release(&self, plan: &Plan, hosts: &[String]) -> String {
         let mut parts = vec![Vec::new(); self.source.files.len()];
         for p in &plan.parts {
-            parts[self.source.locate(p.offset)].push(p.index);
+            for k in self.source.files_in(p) {
+                parts[k].push(p.index);
+            }
         }
         let mut out = format!(
-            "plan: {} file(s), {} in {} part(s) in one shared queue (a file smaller than a part is one part)\nhosts ({}): {}\n",
+            "plan: {} file(s), {} in {} part(s) in one shared queue (a file smaller than a part is one part; {})\nhosts ({}): {}\n",
             self.source.files.len(),
             crate::size::human(self.source.size),
             plan.parts.len(),
+            match self.small_files() {
+                SmallFiles::Together => "small files share parts",
+                SmallFiles::Apart => "each small file is a part of its own, as direct writes upload every file apart",
+            },
             hosts.len(),
             hosts.join(", ")
         );

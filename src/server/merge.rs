@@ -5,7 +5,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use ssh2::Session;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
@@ -15,7 +15,7 @@ use crate::error::Code;
 use crate::remote::quote::sh;
 use crate::remote::ssh::{self, Trust};
 use crate::send::lock::{Ids, Owner};
-use crate::server::names::{merged as merged_name, temp_dir_name as temp_name};
+use crate::server::names::{self, merged as merged_name, temp_dir_name as temp_name};
 
 use crate::send::hashes::Hashes;
 use crate::send::source::Source;
@@ -102,7 +102,7 @@ impl Assembly for AppendMerge {
     }
 
     fn start(&mut self, layout: crate::server::assembly::Layout) -> Result<Sender<usize>> {
-        let files = FileParts::of(&layout.source, &layout.parts, &self.place.run);
+        let files = MergeList::of(&layout.source, &layout.parts, &self.place.run);
         self.dests = layout.source.files.iter().map(|f| f.dest.clone()).collect();
         let trailer = Trailer {
             hashes: layout.hashes.clone(),
@@ -137,7 +137,7 @@ impl Assembly for AppendMerge {
         // The parts of files the server had already were never sent.
         Ok(bad
             .into_iter()
-            .filter(|&i| !source.files[source.locate(plan.parts[i].offset)].skip)
+            .filter(|&i| !source.part_skipped(&plan.parts[i]))
             .collect())
     }
 
@@ -630,42 +630,75 @@ pub struct Feeder {
     handle: JoinHandle<Result<Vec<Assembled>>>,
 }
 
-/// One file's parts as the merge takes them: its index, its parts in order, and the
-/// file it is merged into (`None`: its only part is hashed and published as it is,
-/// no copy).
+/// How the merge makes one file of the send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Making {
+    /// Its parts are appended, in order, into this file.
+    Append(String),
+    /// Its only part is hashed and published where it lies, not copied.
+    InPlace,
+    /// It shares its part with other small files: it is cut out of it into this file.
+    Cut(String),
+}
+
+/// One file's parts as the merge takes them: its index, its parts in order, and how
+/// the merge makes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileParts {
     pub file: usize,
     pub parts: Vec<usize>,
-    pub merged: Option<String>,
+    pub making: Making,
 }
 
-impl FileParts {
+/// What the merge makes of a send: its files, and the parts that hold several small
+/// files, each with the lengths and the names the merge cuts them into (every file
+/// of the part, also those the server has already, in order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MergeList {
+    pub files: Vec<FileParts>,
+    pub cuts: BTreeMap<usize, Vec<(u64, String)>>,
+}
+
+impl MergeList {
     /// The files of `source` and the parts (of `parts`) in each. One file's send is
     /// merged into `merged.<run>.tmp`; a release's file of several parts (or none)
-    /// into `merged.<run>.<k>.tmp`.
-    pub fn of(source: &Source, parts: &[crate::send::plan::Part], run: &str) -> Vec<FileParts> {
+    /// into `merged.<run>.<k>.tmp`, a file that shares its part with others is cut
+    /// out of it into `cut.<run>.<k>.tmp`.
+    pub fn of(source: &Source, parts: &[crate::send::plan::Part], run: &str) -> MergeList {
         let mut files: Vec<FileParts> = (0..source.files.len())
             .map(|k| FileParts {
                 file: k,
                 parts: Vec::new(),
-                merged: None,
+                making: Making::InPlace,
             })
             .collect();
+        let mut cuts = BTreeMap::new();
         for p in parts {
-            files[source.locate(p.offset)].parts.push(p.index);
+            let within = source.files_in(p);
+            if within.len() > 1 {
+                let pieces = within
+                    .clone()
+                    .map(|k| (source.files[k].size(), names::cut_file(run, k)))
+                    .collect();
+                cuts.insert(p.index, pieces);
+            }
+            for k in within {
+                files[k].parts.push(p.index);
+            }
         }
         files.retain(|f| !source.files[f.file].skip);
         for f in &mut files {
-            f.merged = if !source.is_release() {
-                Some(merged_name(run))
+            f.making = if !source.is_release() {
+                Making::Append(merged_name(run))
             } else if f.parts.len() != 1 {
-                Some(crate::server::names::merged_file(run, f.file))
+                Making::Append(names::merged_file(run, f.file))
+            } else if cuts.contains_key(&f.parts[0]) {
+                Making::Cut(names::cut_file(run, f.file))
             } else {
-                None
+                Making::InPlace
             };
         }
-        files
+        MergeList { files, cuts }
     }
 }
 
@@ -675,7 +708,7 @@ impl Feeder {
     pub fn start(
         session: &Session,
         place: &RunPlace,
-        files: Vec<FileParts>,
+        files: MergeList,
         trailer: Trailer,
     ) -> Result<(Feeder, Sender<usize>)> {
         let mut ch = start_merge(session, place)?;
@@ -741,10 +774,24 @@ fn batch_script() -> String {
     )
 }
 
+/// The merge script's part for a part of several small files, `c <count> <part
+/// name>` and a line `<length> <name>` for each file in it, in order: each file is
+/// cut out of the part into its name (made here, `set -C`), one `head -c` after
+/// another on one open file (a utility that stops before the end of a seekable
+/// input leaves its offset just past what it used, as POSIX asks). The part stays:
+/// if a file turns out wrong, the part is what is checked and sent again.
+const CUT_SCRIPT: &str = "exec 3< \"$m\" || exit 1\n\
+    i=0\n\
+    while [ \"$i\" -lt \"$n\" ] && IFS=' ' read -r len cn; do\n\
+      set -C; head -c \"$len\" <&3 > \"$cn\" || exit 1; set +C\n\
+      i=$((i + 1))\n\
+    done\n\
+    exec 3<&-";
+
 /// Starts the merge script and waits for its `ready`. It reads a header per file,
 /// `<k> <parts> <merged name>`, then that many part names as they arrive and the
 /// trailer (see [`Trailer`]), or a batch of files of one part (`b <count> -`, see
-/// [`batch_lines`]); it prints `md5 <k> <md5>` and `stat <k> <name> <inode size
+/// [`batch_lines`]), or a part to cut into small files (see [`CUT_SCRIPT`]); it prints `md5 <k> <md5>` and `stat <k> <name> <inode size
 /// mtime>` for each file, then `published <k>` or `kept <k> <status>` for a file it
 /// was told to publish.
 fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
@@ -759,6 +806,10 @@ fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
          while IFS=' ' read -r k n m; do\n\
            if [ \"$k\" = b ]; then\n\
              {batch}\n\
+             continue\n\
+           fi\n\
+           if [ \"$k\" = c ]; then\n\
+             {cut}\n\
              continue\n\
            fi\n\
            set -C; : > \"$m\" || exit 1; set +C\n\
@@ -777,6 +828,7 @@ fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
         sh(&tmp),
         publish = publish_fn(),
         batch = batch_script(),
+        cut = CUT_SCRIPT,
     );
     let mut ch = ssh::start_script(session, &script, true).context("starting the merge")?;
     let mut first = String::new();
@@ -821,8 +873,11 @@ const BATCH: usize = 256;
 
 /// One line of what the merge is fed.
 enum Feed {
-    /// A file of one part, not copied (file, part): fed in batches.
-    Single(usize, usize),
+    /// A file of one part, not copied (file, part, its name in the temp dir): fed in
+    /// batches.
+    Single(usize, usize, String),
+    /// A part of several small files, to cut into them.
+    Cut(usize),
     /// A file's header.
     Header(String),
     /// A part's name, fed once the part is in.
@@ -836,45 +891,34 @@ enum Feed {
 fn feed(
     ch: &mut ssh2::Channel,
     rx: &Receiver<usize>,
-    files: &[FileParts],
+    list: &MergeList,
     trailer: &Trailer,
 ) -> Result<()> {
     let mut ready = BTreeSet::new();
-    let mut order = files
-        .iter()
-        .flat_map(|f| {
-            let Some(merged) = &f.merged else {
-                // Its one part, hashed where it lies.
-                return vec![Feed::Single(f.file, f.parts[0])];
-            };
-            let header = format!("{} {} {merged}\n", f.file, f.parts.len());
-            std::iter::once(Feed::Header(header))
-                .chain(f.parts.iter().map(|&i| Feed::Part(i)))
-                .chain(std::iter::once(Feed::Trailer(f.file)))
-                .collect()
-        })
-        .peekable();
-    let total = files.iter().map(|f| f.parts.len()).sum::<usize>();
+    let mut order = feed_order(list).into_iter().peekable();
+    let total = list.files.iter().map(|f| f.parts.len()).sum::<usize>();
     let mut out = String::new();
     loop {
         // Everything that can go now: headers, parts that are in, trailers, and the
         // files of one part that are in, together.
         let mut batch = Vec::new();
         while let Some(line) = order.next_if(|l| match l {
-            Feed::Part(i) | Feed::Single(_, i) => ready.contains(i),
+            Feed::Part(i) | Feed::Single(_, i, _) | Feed::Cut(i) => ready.contains(i),
             _ => batch.is_empty(),
         }) {
             match line {
-                Feed::Single(k, i) => {
-                    batch.push((k, i));
+                Feed::Single(k, _, name) => {
+                    batch.push((k, name));
                     if batch.len() == BATCH {
                         out.push_str(&batch_lines(&batch, trailer));
                         batch.clear();
                     }
                 }
+                // Before the batch its files are in.
+                Feed::Cut(i) => out.push_str(&cut_lines(i, &list.cuts[&i])),
                 Feed::Header(h) => out.push_str(&h),
                 Feed::Part(i) => {
-                    out.push_str(&crate::server::names::part(i));
+                    out.push_str(&names::part(i));
                     out.push('\n');
                 }
                 Feed::Trailer(k) => {
@@ -904,7 +948,7 @@ fn feed(
         let Ok(index) = rx.recv() else { break };
         ready.insert(index);
     }
-    if let Some(Feed::Part(i) | Feed::Single(_, i)) = order.peek() {
+    if let Some(Feed::Part(i) | Feed::Single(_, i, _) | Feed::Cut(i)) = order.peek() {
         bail!(
             "merge stopped: part {i} never arrived ({} of {total} parts did)",
             ready.len()
@@ -914,14 +958,56 @@ fn feed(
     Ok(())
 }
 
+/// The merge's input for `list`, in order: per file its header, parts and trailer,
+/// or its one part (after the cut of that part, for small files that share it).
+fn feed_order(list: &MergeList) -> Vec<Feed> {
+    let mut cut = BTreeSet::new();
+    let mut order = Vec::new();
+    for f in &list.files {
+        match &f.making {
+            Making::InPlace => {
+                order.push(Feed::Single(f.file, f.parts[0], names::part(f.parts[0])))
+            }
+            Making::Cut(name) => {
+                let i = f.parts[0];
+                if cut.insert(i) {
+                    order.push(Feed::Cut(i));
+                }
+                order.push(Feed::Single(f.file, i, name.clone()));
+            }
+            Making::Append(merged) => {
+                order.push(Feed::Header(format!(
+                    "{} {} {merged}\n",
+                    f.file,
+                    f.parts.len()
+                )));
+                order.extend(f.parts.iter().map(|&i| Feed::Part(i)));
+                order.push(Feed::Trailer(f.file));
+            }
+        }
+    }
+    order
+}
+
+/// A part of several small files for the merge to cut: `c <count> <part name>`, then
+/// `<length> <name>` for each of its files.
+fn cut_lines(index: usize, pieces: &[(u64, String)]) -> String {
+    let mut out = format!("c {} {}\n", pieces.len(), names::part(index));
+    for (len, name) in pieces {
+        out.push_str(&format!("{len} {name}\n"));
+    }
+    out
+}
+
 /// A batch of files of one part each for the merge: `b <count> -`, then per file
-/// `<k> <part name> <md5|-> <overwrite|->` and its destination.
-fn batch_lines(batch: &[(usize, usize)], trailer: &Trailer) -> String {
+/// `<k> <name> <md5|-> <overwrite|->` and its destination; the name is its part, or
+/// what a part of several files was cut into.
+fn batch_lines(batch: &[(usize, String)], trailer: &Trailer) -> String {
     let mut out = format!("b {} -\n", batch.len());
-    for &(k, i) in batch {
+    for (k, name) in batch {
+        let k = *k;
         out.push_str(&format!(
-            "{k} {} {}\n{}\n",
-            crate::server::names::part(i),
+            "{k} {name} {}\n{}\n",
             trailer.want(k),
             trailer.source.files[k].dest
         ));
@@ -1221,32 +1307,105 @@ mod tests {
             2,
             crate::send::plan::Strategy::Adaptive,
             Some(4),
+            crate::send::plan::SmallFiles::Apart,
         );
-        let files = FileParts::of(&s, &plan.parts, "r1");
+        let list = MergeList::of(&s, &plan.parts, "r1");
         assert_eq!(
-            files,
+            list.files,
             [
                 FileParts {
                     file: 0,
                     parts: vec![0, 1, 2],
-                    merged: Some("merged.r1.0.tmp".into())
+                    making: Making::Append("merged.r1.0.tmp".into())
                 },
                 FileParts {
                     file: 1,
                     parts: vec![],
-                    merged: Some("merged.r1.1.tmp".into())
+                    making: Making::Append("merged.r1.1.tmp".into())
                 },
                 FileParts {
                     file: 2,
                     parts: vec![3],
-                    merged: None
+                    making: Making::InPlace
                 },
             ]
         );
+        assert!(list.cuts.is_empty());
         // A file the server has already is not merged at all.
         let skipping = s.skipping(&[0]);
-        let files = FileParts::of(&skipping, &plan.parts, "r1");
-        assert_eq!(files.iter().map(|f| f.file).collect::<Vec<_>>(), [1, 2]);
+        let list = MergeList::of(&skipping, &plan.parts, "r1");
+        assert_eq!(list.files.iter().map(|f| f.file).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn small_files_that_share_a_part_are_cut_out_of_it_before_their_batch() {
+        // A big file, then three small ones that share a part, then an empty one.
+        let (_d, s) = release(&[10, 2, 1, 3, 0]);
+        let plan = crate::send::plan::Plan::for_source(
+            &s,
+            1,
+            crate::send::plan::Strategy::Adaptive,
+            Some(8),
+            crate::send::plan::SmallFiles::Together,
+        );
+        assert_eq!(
+            plan.parts.iter().map(|p| (p.offset, p.len)).collect::<Vec<_>>(),
+            [(0, 8), (8, 2), (10, 6)]
+        );
+        // The server has the second small file: it is cut out all the same (the
+        // part holds it), but not merged.
+        let s = s.skipping(&[2]);
+        let list = MergeList::of(&s, &plan.parts, "r1");
+        assert_eq!(
+            list.cuts,
+            BTreeMap::from([(
+                2,
+                vec![
+                    (2, "cut.r1.1.tmp".to_string()),
+                    (1, "cut.r1.2.tmp".to_string()),
+                    (3, "cut.r1.3.tmp".to_string())
+                ]
+            )])
+        );
+        let making: Vec<_> = list.files.iter().map(|f| (f.file, f.making.clone())).collect();
+        assert_eq!(
+            making,
+            [
+                (0, Making::Append("merged.r1.0.tmp".into())),
+                (1, Making::Cut("cut.r1.1.tmp".into())),
+                (3, Making::Cut("cut.r1.3.tmp".into())),
+                (4, Making::Append("merged.r1.4.tmp".into())),
+            ]
+        );
+        assert_eq!(
+            cut_lines(2, &list.cuts[&2]),
+            "c 3 2.part\n2 cut.r1.1.tmp\n1 cut.r1.2.tmp\n3 cut.r1.3.tmp\n"
+        );
+        // The cut goes once, before the files it makes.
+        let order: Vec<String> = feed_order(&list)
+            .iter()
+            .map(|f| match f {
+                Feed::Single(k, i, name) => format!("single {k} {i} {name}"),
+                Feed::Cut(i) => format!("cut {i}"),
+                Feed::Header(h) => format!("header {}", h.trim()),
+                Feed::Part(i) => format!("part {i}"),
+                Feed::Trailer(k) => format!("trailer {k}"),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "header 0 2 merged.r1.0.tmp",
+                "part 0",
+                "part 1",
+                "trailer 0",
+                "cut 2",
+                "single 1 2 cut.r1.1.tmp",
+                "single 3 2 cut.r1.3.tmp",
+                "header 4 0 merged.r1.4.tmp",
+                "trailer 4",
+            ]
+        );
     }
 
     #[test]
@@ -1258,6 +1417,7 @@ mod tests {
             1,
             crate::send::plan::Strategy::Adaptive,
             Some(4),
+            crate::send::plan::SmallFiles::Apart,
         );
         let (hashes, t) = Hashes::spawn(s.clone(), plan.parts.clone());
         t.join().unwrap().unwrap();
@@ -1268,7 +1428,7 @@ mod tests {
         };
         let md5 = |n: usize| format!("{:x}", <md5::Md5 as md5::Digest>::digest(vec![7u8; n]));
         assert_eq!(
-            batch_lines(&[(0, 0), (1, 1)], &trailer),
+            batch_lines(&[(0, "0.part".into()), (1, "1.part".into())], &trailer),
             format!(
                 "b 2 -\n0 0.part {} 0\nd/f0\n1 1.part {} 0\nd/f1\n",
                 md5(3),
@@ -1280,7 +1440,7 @@ mod tests {
             ..trailer
         };
         assert_eq!(
-            batch_lines(&[(1, 1)], &atomic),
+            batch_lines(&[(1, "1.part".into())], &atomic),
             "b 1 -\n1 1.part - -\nd/f1\n"
         );
     }

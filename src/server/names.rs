@@ -88,6 +88,12 @@ pub fn merged_file(run: &str, k: usize) -> String {
     format!("merged.{run}.{k}.tmp")
 }
 
+/// A release's file `k` in run `run`, cut out of a part it shares with other small
+/// files.
+pub fn cut_file(run: &str, k: usize) -> String {
+    format!("cut.{run}.{k}.tmp")
+}
+
 /// What the staged parts of one run start with on a peer.
 pub fn staged_prefix(upload_id: &str, run: &str) -> String {
     format!("{upload_id}-{run}-")
