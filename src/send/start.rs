@@ -244,7 +244,12 @@ fn plan_and_resume(
         .filter(|p| done.contains(&p.index))
         .map(|p| p.len)
         .sum();
-    preflight::check_server_space(t, assembly, source.size - source.skipped_bytes(&plan.parts), there)?;
+    preflight::check_server_space(
+        t,
+        assembly,
+        source.size - source.skipped_bytes(&plan.parts),
+        there,
+    )?;
     let mut journal = Journal::new(id, source, &t.settings.path, &plan);
     journal.verified = verified.into_iter().filter(|i| done.contains(i)).collect();
     journal.save().map_err(|e| with_code(e, Code::Transfer))?;
@@ -297,11 +302,9 @@ fn start_progress(
             plan.parts
                 .iter()
                 .map(|p| match source.files_in(p) {
-                    r if r.len() > 1 => format!(
-                        "{} and {} more",
-                        source.files[r.start].dest,
-                        r.len() - 1
-                    ),
+                    r if r.len() > 1 => {
+                        format!("{} and {} more", source.files[r.start].dest, r.len() - 1)
+                    }
                     r => source.files[r.start].dest.clone(),
                 })
                 .collect(),

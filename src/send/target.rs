@@ -87,8 +87,8 @@ impl Target {
                 part_size,
                 small_files(settings.assembly),
             )
-                .parts
-                .len()
+            .parts
+            .len()
                 <= 1
         {
             // One part: a peer could only take it from this machine, after logging

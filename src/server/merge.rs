@@ -1334,7 +1334,10 @@ mod tests {
         // A file the server has already is not merged at all.
         let skipping = s.skipping(&[0]);
         let list = MergeList::of(&skipping, &plan.parts, "r1");
-        assert_eq!(list.files.iter().map(|f| f.file).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            list.files.iter().map(|f| f.file).collect::<Vec<_>>(),
+            [1, 2]
+        );
     }
 
     #[test]
@@ -1349,7 +1352,10 @@ mod tests {
             crate::send::plan::SmallFiles::Together,
         );
         assert_eq!(
-            plan.parts.iter().map(|p| (p.offset, p.len)).collect::<Vec<_>>(),
+            plan.parts
+                .iter()
+                .map(|p| (p.offset, p.len))
+                .collect::<Vec<_>>(),
             [(0, 8), (8, 2), (10, 6)]
         );
         // The server has the second small file: it is cut out all the same (the
@@ -1367,7 +1373,11 @@ mod tests {
                 ]
             )])
         );
-        let making: Vec<_> = list.files.iter().map(|f| (f.file, f.making.clone())).collect();
+        let making: Vec<_> = list
+            .files
+            .iter()
+            .map(|f| (f.file, f.making.clone()))
+            .collect();
         assert_eq!(
             making,
             [
