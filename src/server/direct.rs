@@ -614,18 +614,55 @@ fn lock_tally(t: &std::sync::Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
 /// The verifying threads' shared count.
 #[derive(Default)]
 struct Tally {
-    /// Parts taken for checking.
-    seen: HashSet<usize>,
     /// Per file, its parts not yet passed (`usize::MAX`: one failed).
     left: Vec<usize>,
-    /// Parts to check in all.
-    needed: usize,
     found: Verified,
 }
 
-impl Tally {
-    fn finished(&self) -> bool {
-        self.seen.len() >= self.needed
+/// The parts that landed and wait for a verifying thread, and whether more can come.
+#[derive(Default)]
+struct Queue {
+    parts: std::collections::VecDeque<Part>,
+    closed: bool,
+}
+
+/// Hands landed parts to the verifying threads: one receiver, many takers. A thread
+/// waits on the condition until a part comes or the queue is closed, so the last
+/// check's end is the threads' end (a thread polling the receiver kept the publish
+/// waiting up to 100 ms per thread).
+#[derive(Default)]
+struct Handout {
+    queue: std::sync::Mutex<Queue>,
+    ready: std::sync::Condvar,
+}
+
+impl Handout {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn give(&self, part: Part) {
+        self.lock().parts.push_back(part);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// The next part to check; `None` once the queue is closed and empty.
+    fn take(&self) -> Option<Part> {
+        let mut q = self.lock();
+        loop {
+            if let Some(p) = q.parts.pop_front() {
+                return Some(p);
+            }
+            if q.closed {
+                return None;
+            }
+            q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -652,26 +689,44 @@ impl VerifyJob {
                 *n = 0;
             }
         }
+        let needed: usize = left.iter().sum();
         let tally = Tally {
-            seen: HashSet::new(),
-            needed: left.iter().sum(),
             left,
             found: Verified::default(),
         };
-        if tally.needed == 0 {
+        if needed == 0 {
             return Ok(tally.found);
         }
         // Checks run side by side, each on a login of its own: one read-back or
         // server hash at a time left the last parts' checks behind the transfer.
         let job = std::sync::Arc::new(self);
         let tally = std::sync::Arc::new(std::sync::Mutex::new(tally));
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let handout = std::sync::Arc::new(Handout::default());
         let workers: Vec<_> = (0..VERIFIERS)
             .map(|_| {
-                let (job, tally, rx) = (job.clone(), tally.clone(), rx.clone());
-                std::thread::spawn(move || job.work(&rx, &tally))
+                let (job, tally, handout) = (job.clone(), tally.clone(), handout.clone());
+                std::thread::spawn(move || {
+                    let result = job.work(&handout, &tally);
+                    if result.is_err() {
+                        // The others finish what is queued; no more is taken.
+                        handout.close();
+                    }
+                    result
+                })
             })
             .collect();
+        // Each part once; the parts of files the server has already are not checked.
+        let mut seen = HashSet::new();
+        while seen.len() < needed {
+            let Ok(index) = rx.recv() else { break };
+            let Some(part) = job.layout.parts.get(index).copied() else {
+                continue;
+            };
+            if !source.files[source.locate(part.offset)].skip && seen.insert(index) {
+                handout.give(part);
+            }
+        }
+        handout.close();
         let mut first_error = None;
         for w in workers {
             let result = w
@@ -684,48 +739,24 @@ impl VerifyJob {
         if let Some(e) = first_error {
             return Err(e);
         }
-        let mut tally = std::mem::take(&mut *lock_tally(&tally));
-        if tally.seen.len() < tally.needed {
+        if seen.len() < needed {
             bail!(
-                "the transfer ended with {} of {} parts in",
-                tally.seen.len(),
-                tally.needed
+                "the transfer ended with {} of {needed} parts in",
+                seen.len()
             );
         }
+        let mut tally = std::mem::take(&mut *lock_tally(&tally));
         tally.found.bad.sort_unstable();
         Ok(tally.found)
     }
 
-    /// One verifying thread: takes the next part that landed until every part has
-    /// been seen (or the transfer is over), checks it, and publishes its file early
-    /// when it was the file's last.
-    fn work(
-        &self,
-        rx: &std::sync::Mutex<Receiver<usize>>,
-        tally: &std::sync::Mutex<Tally>,
-    ) -> Result<()> {
+    /// One verifying thread: checks the parts handed out until there are no more,
+    /// and publishes a file early when its part was the file's last.
+    fn work(&self, handout: &Handout, tally: &std::sync::Mutex<Tally>) -> Result<()> {
         let source = &self.layout.source;
         let (mut conn, mut session) = (None, None);
-        loop {
-            if lock_tally(tally).finished() {
-                return Ok(());
-            }
-            let next = rx
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .recv_timeout(Duration::from_millis(100));
-            let index = match next {
-                Ok(index) => index,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
-            };
-            let Some(part) = self.layout.parts.get(index).copied() else {
-                continue;
-            };
-            let k = source.locate(part.offset);
-            if source.files[k].skip || !lock_tally(tally).seen.insert(index) {
-                continue;
-            }
+        while let Some(part) = handout.take() {
+            let (index, k) = (part.index, source.locate(part.offset));
             let ok = match &self.shell {
                 Some(settings) if self.check == Check::ShellMd5 => {
                     self.md5sum_part(settings, &mut session, part)?
@@ -750,6 +781,7 @@ impl VerifyJob {
                 lock_tally(tally).found.published.insert(k);
             }
         }
+        Ok(())
     }
 
     /// Publishes file `k`, all of whose parts have passed, if the release publishes
