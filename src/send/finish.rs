@@ -31,6 +31,7 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         journal,
         source,
         skipped,
+        published,
         ..
     } = run;
     if !sched.all_done() {
@@ -104,9 +105,11 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
             verification,
         );
     }
+    let announced = published.close();
     let mut reports = reports(&source, &sums, &skipped);
     for (k, r) in reports.iter_mut().enumerate() {
         r.sha256 = hashes.sha256(k);
+        r.announced = announced.contains(&k);
     }
     Ok(Outcome::Sent(reports))
 }
@@ -193,6 +196,7 @@ fn reports(
                 bytes: f.size(),
                 already_there: there.is_some(),
                 sha256: None,
+                announced: false,
                 md5: there.unwrap_or_else(|| sum.clone()),
             }
         })

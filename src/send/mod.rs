@@ -80,6 +80,8 @@ pub struct FileReport {
     pub already_there: bool,
     /// Its SHA-256, when asked for.
     pub sha256: Option<String>,
+    /// Its `file_done` event went out when it was published, before the end.
+    pub announced: bool,
 }
 
 pub fn run(args: SendArgs) -> Result<ExitCode> {
@@ -122,6 +124,7 @@ pub fn send_files(args: &SendArgs) -> Result<Vec<FileReport>> {
             md5,
             already_there: true,
             sha256: None,
+            announced: false,
         }]),
         Ok(Outcome::Resend(c)) => Err(with_code(
             anyhow!("{c} twice; nothing was renamed into place"),

@@ -258,7 +258,7 @@ pub fn run(args: &SendArgs) -> Result<ExitCode> {
 }
 
 /// Files sent, files already there, bytes sent; a `file_done` event for each file
-/// with `json`.
+/// with `json` that did not have one when it was published.
 fn tally(reports: &[super::FileReport], json: bool) -> (usize, usize, u64) {
     let (mut sent, mut there, mut bytes) = (0, 0, 0);
     for r in reports {
@@ -268,7 +268,7 @@ fn tally(reports: &[super::FileReport], json: bool) -> (usize, usize, u64) {
             sent += 1;
             bytes += r.bytes;
         }
-        if json {
+        if json && !r.announced {
             progress::emit(&Event::FileDone {
                 path: r.dest.clone(),
                 source: r.source.display().to_string(),

@@ -6,7 +6,7 @@
 use anyhow::Result;
 use std::collections::HashSet;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::hashes::Hashes;
 use super::health::Health;
@@ -54,6 +54,8 @@ pub struct Run {
     /// Keeps the journal's list of parts verified on the server; ends after the
     /// assembly's last word.
     pub journal: std::thread::JoinHandle<()>,
+    /// The files already announced as published.
+    pub published: Arc<Published>,
 }
 
 /// Pre-flight of the merge and this machine's login, the plan, and this machine's
@@ -86,6 +88,7 @@ pub fn lead(
     ));
     sched.limit(t.settings.server.bwlimit, t.settings.bwlimit_total);
     let (verified_tx, verified_rx) = mpsc::channel();
+    let (published_tx, published_rx) = mpsc::channel();
     let (hashes, hasher) = Hashes::spawn_with(source.clone(), plan.parts.clone(), t.sha256);
     let layout = Layout {
         parts: plan.parts.clone(),
@@ -95,7 +98,18 @@ pub fn lead(
         early: (source.is_release() && !t.atomic).then_some(Early {
             overwrite: t.overwrite,
         }),
+        published: published_tx,
     };
+    let published = Arc::new(Published::new(t.mode == Mode::Json));
+    {
+        let (published, source, hashes) = (published.clone(), source.clone(), hashes.clone());
+        // Ends when the assembly, which holds the sender, is gone.
+        std::thread::spawn(move || {
+            for k in published_rx {
+                published.announce(k, &source, &hashes);
+            }
+        });
+    }
     let merged = assembly
         .start(layout)
         .map_err(|e| with_code(e, Code::Transfer))?;
@@ -141,7 +155,52 @@ pub fn lead(
         journal,
         source,
         skipped,
+        published,
     })))
+}
+
+/// The files of a release published before the end of the send (see
+/// [`Layout::published`]), each announced with its `file_done` event (`--json`) as
+/// soon as it is in place, so a script that follows the events can take it at once.
+pub struct Published {
+    json: bool,
+    /// The files announced, and whether the end has come (then the rest are
+    /// announced with the send's report).
+    state: Mutex<(HashSet<usize>, bool)>,
+}
+
+impl Published {
+    fn new(json: bool) -> Published {
+        Published {
+            json,
+            state: Mutex::new((HashSet::new(), false)),
+        }
+    }
+
+    fn announce(&self, k: usize, source: &Source, hashes: &Hashes) {
+        let Ok(md5) = hashes.file(k) else { return };
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.1 || !s.0.insert(k) {
+            return;
+        }
+        if self.json {
+            let f = &source.files[k];
+            progress::emit(&events::Event::FileDone {
+                path: f.dest.clone(),
+                source: f.path.display().to_string(),
+                bytes: f.size(),
+                md5,
+                already_there: false,
+            });
+        }
+    }
+
+    /// Stops announcing; the files announced so far.
+    pub fn close(&self) -> HashSet<usize> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.1 = true;
+        s.0.clone()
+    }
 }
 
 /// The parts not to send: those on the server from an earlier run (`done`) and

@@ -58,6 +58,8 @@ pub struct Layout {
     /// replacing a regular file only with `overwrite` (`None`: all at the end, by
     /// [`Assembly::publish`]: `--atomic-release`, or the send of one file).
     pub early: Option<Early>,
+    /// Told the index of each file published early, as soon as it is in place.
+    pub published: Sender<usize>,
 }
 
 /// How files are published as soon as they are verified.

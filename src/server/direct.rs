@@ -806,7 +806,12 @@ impl VerifyJob {
             return false;
         };
         let from = format!("{}/{}", self.tmp, source.temp_name(k));
-        rename_into_place(c.as_mut(), &self.spot, &from, &f.dest, early.overwrite).is_ok()
+        let done =
+            rename_into_place(c.as_mut(), &self.spot, &from, &f.dest, early.overwrite).is_ok();
+        if done {
+            let _ = self.layout.published.send(k);
+        }
+        done
     }
 
     /// Whether `part` is in the file as in the source, by `md5sum` over the shell

@@ -108,6 +108,7 @@ impl Assembly for AppendMerge {
             hashes: layout.hashes.clone(),
             source: layout.source.clone(),
             early: layout.early,
+            published: layout.published.clone(),
         };
         let (feeder, tx) = Feeder::start(&self.session, &self.place, files, trailer)?;
         self.feeder = Some(feeder);
@@ -715,8 +716,14 @@ impl Feeder {
         let session = session.clone();
         let (tx, rx): (Sender<usize>, Receiver<usize>) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || -> Result<Vec<Assembled>> {
-            feed(&mut ch, &rx, &files, &trailer)?;
-            merge_result(&mut ch, &session, &trailer.source)
+            let mut heard = Heard::default();
+            let mut listen = |ch: &mut ssh2::Channel| {
+                if trailer.early.is_some() {
+                    heard.listen(ch, &session, &trailer.published);
+                }
+            };
+            feed(&mut ch, &rx, &files, &trailer, &mut listen)?;
+            merge_result(&mut ch, &session, &trailer.source, heard)
         });
         Ok((
             Feeder {
@@ -846,6 +853,8 @@ pub struct Trailer {
     pub hashes: Arc<Hashes>,
     pub source: Arc<Source>,
     pub early: Option<Early>,
+    /// Told each file the merge says it published.
+    pub published: Sender<usize>,
 }
 
 impl Trailer {
@@ -871,6 +880,9 @@ impl Trailer {
 /// Files of one part each that the merge takes in one go (see [`start_merge`]).
 const BATCH: usize = 256;
 
+/// How often the feed looks for what the merge published while no part comes.
+const LISTEN_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// One line of what the merge is fed.
 enum Feed {
     /// A file of one part, not copied (file, part, its name in the temp dir): fed in
@@ -886,13 +898,43 @@ enum Feed {
     Trailer(usize),
 }
 
+/// What the merge has said while it was being fed.
+#[derive(Default)]
+struct Heard {
+    bytes: Vec<u8>,
+    /// How much of it has been read for `published` lines.
+    seen: usize,
+}
+
+impl Heard {
+    /// Takes what the merge has printed so far, without waiting, and tells
+    /// `published` of every file it says it published.
+    fn listen(&mut self, ch: &mut ssh2::Channel, session: &Session, published: &Sender<usize>) {
+        session.set_blocking(false);
+        let mut buf = [0u8; 8192];
+        while let Ok(n @ 1..) = ch.read(&mut buf) {
+            self.bytes.extend_from_slice(&buf[..n]);
+        }
+        session.set_blocking(true);
+        while let Some(end) = self.bytes[self.seen..].iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&self.bytes[self.seen..self.seen + end]);
+            if let Some(k) = line.strip_prefix("published ").and_then(|k| k.parse().ok()) {
+                let _ = published.send(k);
+            }
+            self.seen += end + 1;
+        }
+    }
+}
+
 /// Hands the merge each file's header, part names and trailer in order as the parts
 /// arrive (in any order) on `rx`, files of one part in batches, then ends its input.
+/// While it waits for parts, `listen` hears what the merge says.
 fn feed(
     ch: &mut ssh2::Channel,
     rx: &Receiver<usize>,
     list: &MergeList,
     trailer: &Trailer,
+    listen: &mut dyn FnMut(&mut ssh2::Channel),
 ) -> Result<()> {
     let mut ready = BTreeSet::new();
     let mut order = feed_order(list).into_iter().peekable();
@@ -945,7 +987,15 @@ fn feed(
             Some(_) => {}
         }
         // Stop as soon as every part is in: the senders may outlive the transfer.
-        let Ok(index) = rx.recv() else { break };
+        listen(ch);
+        let index = loop {
+            match rx.recv_timeout(LISTEN_EVERY) {
+                Ok(index) => break Some(index),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => listen(ch),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+            }
+        };
+        let Some(index) = index else { break };
         ready.insert(index);
     }
     if let Some(Feed::Part(i) | Feed::Single(_, i, _) | Feed::Cut(i)) = order.peek() {
@@ -1021,17 +1071,19 @@ fn merge_result(
     ch: &mut ssh2::Channel,
     session: &Session,
     source: &Source,
+    heard: Heard,
 ) -> Result<Vec<Assembled>> {
     let size = source.size;
     // The server still has to append the parts that came last: allow for a slow disk.
     let secs = (size / (20 << 20)).max(120);
     let before = session.timeout();
     session.set_timeout((secs * 1000).min(u32::MAX as u64) as u32);
-    let mut out = String::new();
-    let read = ch.read_to_string(&mut out);
+    let mut all = heard.bytes;
+    let read = ch.read_to_end(&mut all);
     session.set_timeout(before);
     read.context("reading the merge result")?;
     ch.wait_close().ok();
+    let out = String::from_utf8_lossy(&all);
     parse_merged(&out, source).ok_or_else(|| {
         let other: Vec<&str> = out
             .lines()
@@ -1435,6 +1487,7 @@ mod tests {
             hashes,
             source: s.clone(),
             early: Some(Early { overwrite: false }),
+            published: std::sync::mpsc::channel().0,
         };
         let md5 = |n: usize| format!("{:x}", <md5::Md5 as md5::Digest>::digest(vec![7u8; n]));
         assert_eq!(

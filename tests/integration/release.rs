@@ -62,12 +62,16 @@ fn send_release(env: &TestEnv, config: &Path, rel: &Path, files: &[&str], manife
     // One send for the files (one pre-flight, one plan), one for the manifest.
     let starts = events.iter().filter(|e| e["type"] == "start").count();
     assert_eq!(starts, 2, "{}", text(&out));
-    let file_done: Vec<&str> = events
+    // One `file_done` per file, in the order they were published.
+    let mut file_done: Vec<&str> = events
         .iter()
         .filter(|e| e["type"] == "file_done")
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    assert_eq!(file_done, files);
+    file_done.sort_unstable();
+    let mut want = files.to_vec();
+    want.sort_unstable();
+    assert_eq!(file_done, want);
     let end = events.iter().find(|e| e["type"] == "release_done").unwrap();
     assert_eq!(end["files"], files.len(), "{end}");
     assert!(
@@ -448,4 +452,53 @@ fn existing_files_are_compared_one_by_one() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("is a directory"), "{}", text(&out));
     env.assert_clean();
+}
+
+/// Each file's `file_done` event goes out as soon as the file is published, while
+/// the rest of the release is still on its way, and every file has exactly one.
+fn announced_as_published(env: &TestEnv, config: &Path) {
+    let rel = env.private.join("ann");
+    fs::create_dir_all(&rel).unwrap();
+    for (name, size) in [("a.txt", 1000), ("big.bin", 8 * PART), ("z.txt", 2000)] {
+        let f = env.random_file(name, size);
+        fs::rename(&f, rel.join(name)).unwrap();
+    }
+    let run = env.spawn_send(&send_args(&rel, config, &["--bwlimit", "2MiB"]));
+    let (status, events, stderr) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    let done = |path: &str| {
+        events
+            .iter()
+            .position(|e| e["type"] == "file_done" && e["path"] == path)
+            .unwrap_or_else(|| panic!("no file_done for {path}"))
+    };
+    let last_part = events
+        .iter()
+        .rposition(|e| e["type"] == "part_done")
+        .unwrap();
+    assert!(
+        done("ann/a.txt") < last_part,
+        "a.txt was announced only at the end"
+    );
+    let mut paths: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "file_done")
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["ann/a.txt", "ann/big.bin", "ann/z.txt"]);
+    assert_eq!(assert_same_tree(env, &rel), 3);
+    env.assert_clean();
+}
+
+#[test]
+fn files_are_announced_as_they_are_published_through_the_merge() {
+    let (env, config) = merge_env(1);
+    announced_as_published(&env, &config);
+}
+
+#[test]
+fn files_are_announced_as_they_are_published_by_direct_writes() {
+    let (env, config) = direct_env(1);
+    announced_as_published(&env, &config);
 }
