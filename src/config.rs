@@ -95,6 +95,21 @@ pub struct Peer {
 pub const DEPLOY_PATH: &str = ".local/bin/relayup";
 
 impl Peer {
+    /// The commands that may start the relay on the peer, in the order tried until
+    /// one greets (see [`crate::remote::peer::PeerLink::connect`]): the configured
+    /// path, else the deployed one, else `relayup` on the PATH. Plain words where the
+    /// path allows, which every login shell runs alike (sh, csh, fish, `cmd.exe`,
+    /// PowerShell); the deployed path is relative to the home directory, where an SSH
+    /// session starts. A configured path with other characters is quoted for a
+    /// POSIX shell.
+    pub fn relay_commands(&self) -> Vec<String> {
+        match &self.relayup {
+            Some(path) if plain_word(path) => vec![format!("{path} relay")],
+            Some(path) => vec![format!("{} relay", crate::remote::quote::sh_home(path))],
+            None => vec![format!("{DEPLOY_PATH} relay"), "relayup relay".to_string()],
+        }
+    }
+
     /// relayup on the peer as one word for its shell: the configured path, or
     /// `~/.local/bin/relayup` when it is there, else `relayup` on the PATH
     /// (non-interactive SSH sessions rarely have `~/.local/bin` on their PATH).
@@ -106,6 +121,18 @@ impl Peer {
             ),
         }
     }
+}
+
+/// Whether `s` is one word that sh, csh, fish, `cmd.exe` and PowerShell all take as
+/// it is (a leading `~/` is the home directory in the Unix shells).
+fn plain_word(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '/' | '\\' | '.' | '_' | '-' | ':' | '+')
+        })
+        || s.strip_prefix("~/")
+            .is_some_and(|rest| !rest.starts_with('~') && plain_word(rest))
 }
 
 /// The server-side login that merges parts and checks the MD5.
@@ -845,6 +872,21 @@ pub fn parse_url(url: &str) -> Result<(String, String, u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_relay_command_is_plain_words_every_shell_runs_alike() {
+        for word in [
+            "/opt/relayup/bin/relayup",
+            "~/bin/relayup",
+            "C:\\Tools\\relayup.exe",
+            "bin/relayup-0.1",
+        ] {
+            assert!(plain_word(word), "{word}");
+        }
+        for word in ["", "-x", "/a b/relayup", "$(id)", "a;b", "~user/x", "a\"b"] {
+            assert!(!plain_word(word), "{word}");
+        }
+    }
 
     const MIN: &str = r#"
 [server]

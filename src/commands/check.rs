@@ -127,13 +127,14 @@ fn check_upload(settings: &Settings, target: &mut Target) -> (Row, Option<Uplink
 
 /// One peer's row: its login, then its relay's server login. The relay stays up
 /// after its checks, for the rate probe.
+/// Nothing but the relay runs there: its greeting gives the version.
 fn check_peer(p: &Peer, known_hosts: &KnownHosts, target: &Target) -> (Row, Option<Relay>) {
-    let cmd = format!("{} --version", p.invocation());
-    let mut row = check_login(&p.login, known_hosts, Some(&cmd));
+    let mut row = check_login(&p.login, known_hosts, None);
     let mut relay = None;
     if row.problem.is_none() {
         match target.relay(p, known_hosts) {
             Ok(r) => {
+                row.version = Some(format!("relayup {}", r.link.version));
                 row.server_login = Some(true);
                 row.free = Some(r.free);
                 relay = Some(r);

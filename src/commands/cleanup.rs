@@ -8,8 +8,6 @@ use crate::config;
 use crate::config::AssemblyKind;
 use crate::error::{with_code, Code};
 use crate::progress;
-use crate::remote::quote;
-use crate::remote::ssh::{self, Trust};
 use crate::send::lock::LocalLock;
 use crate::server::names;
 use crate::server::{direct, merge};
@@ -46,23 +44,16 @@ pub fn clean_one(id: &str, config_file: &Path) -> Result<()> {
         }
     }
     // Relays remove what they staged when they exit; this catches a peer that crashed.
+    // The relay itself removes the files: nothing else runs on a peer.
     for peer in &settings.peers {
-        let staging = peer
-            .staging
-            .clone()
-            .unwrap_or_else(|| names::DEFAULT_STAGING.into());
-        // Every run's staged parts of this upload (names::staged).
-        let script = format!("rm -f -- {}/{}-*.part", quote::sh_home(&staging), id);
-        match ssh::connect(
-            &peer.login,
-            Trust::KnownHosts(&settings.known_hosts),
-            None,
+        let cleaned = crate::remote::peer::PeerLink::connect(
+            peer,
+            &settings.known_hosts,
             settings.io_timeout,
-        ) {
-            Ok(s) => {
-                let _ = ssh::run(&s, &script);
-            }
-            Err(e) => progress::warn(&format!("peer {} not cleaned: {e:#}", peer.login.name)),
+        )
+        .and_then(|link| link.clean(id));
+        if let Err(e) = cleaned {
+            progress::warn(&format!("peer {} not cleaned: {e:#}", peer.login.name));
         }
     }
     Ok(())

@@ -40,7 +40,7 @@ impl Uplink {
 
 /// A peer's relay, logged into the server as for a send; kept up for the rate probe.
 pub struct Relay {
-    link: PeerLink,
+    pub(super) link: PeerLink,
     /// Free space in the peer's staging directory, bytes.
     pub free: u64,
 }
@@ -300,7 +300,7 @@ fn peer_rate(mut link: PeerLink, id: &str) -> Result<f64> {
                     return meter.rate(true);
                 }
                 Event::Error { message, .. } => bail!("{message}"),
-                Event::Ready { .. } => {}
+                Event::Ready { .. } | Event::Relay { .. } | Event::Cleaned { .. } => {}
             }
         }
     })();

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use crate::config::Peer;
 use crate::remote::protocol::{self, Event, Hello, Request, ServerSpec, PROTOCOL};
-use crate::remote::quote;
 use crate::remote::ssh::{self, Trust};
 use crate::send::hashes::Hashes;
 use crate::send::hosts::{Host, Report};
@@ -37,6 +36,8 @@ pub struct PeerLink {
     pub staging: String,
     /// relayup version the peer runs.
     pub version: String,
+    /// The platform that relayup was built for, as `uname -sm` spells it.
+    pub platform: String,
     /// Free bytes in the staging directory, as the relay saw them at its start.
     pub staging_free: Option<u64>,
     /// The relay's last lines of stderr, for error messages.
@@ -54,6 +55,9 @@ pub struct PeerLink {
 
 impl PeerLink {
     /// Logs in and starts the relay; [`PeerLink::hello`] then hands it the server.
+    /// Nothing but the relay is run on the peer: each of
+    /// [`Peer::relay_commands`](crate::config::Peer::relay_commands) in turn until
+    /// one greets, whatever the login shell.
     pub fn connect(
         peer: &Peer,
         known_hosts: &crate::config::KnownHosts,
@@ -65,34 +69,86 @@ impl PeerLink {
             None,
             io_timeout,
         )?;
-        let mut channel = session
-            .channel_session()
-            .context("opening an SSH channel")?;
-        // One stream for stdout and stderr: a relay's stderr can never fill its window.
-        channel
-            .handle_extended_data(ExtendedData::Merge)
-            .context("merging the relay's stderr")?;
-        let script = format!("exec {} relay", peer.invocation());
-        channel
-            .exec(&format!("sh -c {}", quote::sh(&script)))
-            .context("starting relayup on the peer")?;
-        let events = BufReader::new(channel.stream(0));
-        let sftp = session.sftp().context("starting SFTP on the peer")?;
-        Ok(PeerLink {
-            peer: peer.clone(),
-            session,
-            channel,
-            events,
-            sftp,
-            staging: String::new(),
-            version: String::new(),
-            staging_free: None,
-            io_timeout,
-            last_sent: Instant::now(),
-            diag: VecDeque::new(),
-            staged: Vec::new(),
-            limit: None,
-        })
+        let mut sftp = Some(session.sftp().context("starting SFTP on the peer")?);
+        let mut failed = None;
+        for command in peer.relay_commands() {
+            let mut channel = session
+                .channel_session()
+                .context("opening an SSH channel")?;
+            // One stream for stdout and stderr: a relay's stderr can never fill its window.
+            channel
+                .handle_extended_data(ExtendedData::Merge)
+                .context("merging the relay's stderr")?;
+            channel
+                .exec(&command)
+                .context("starting relayup on the peer")?;
+            let events = BufReader::new(channel.stream(0));
+            let mut link = PeerLink {
+                peer: peer.clone(),
+                session: session.clone(),
+                channel,
+                events,
+                sftp: sftp.take().expect("given back by every failed start"),
+                staging: String::new(),
+                version: String::new(),
+                platform: String::new(),
+                staging_free: None,
+                io_timeout,
+                last_sent: Instant::now(),
+                diag: VecDeque::new(),
+                staged: Vec::new(),
+                limit: None,
+            };
+            match link.greet() {
+                Ok(()) => return Ok(link),
+                Err(e) => {
+                    sftp = Some(link.sftp);
+                    failed = Some(e);
+                }
+            }
+        }
+        let e = failed.expect("there is always a command to try");
+        let hint = if format!("{e:#}").contains("first request must be hello") {
+            "; it is an older relayup: run `relayup peers deploy` to install this one there"
+        } else {
+            ""
+        };
+        Err(anyhow!("{e:#}{hint}")).with_context(|| link_name(peer))
+    }
+
+    /// Has the relay remove every part staged for upload `upload_id` (by any run),
+    /// then end; how many it removed. The relay does it, so this needs no shell.
+    pub fn clean(mut self, upload_id: &str) -> Result<usize> {
+        self.send(&Request::Clean {
+            upload_id: upload_id.to_string(),
+            staging: self.peer.staging.clone(),
+        })?;
+        let result = match self.next_event()? {
+            Event::Cleaned { removed } => Ok(removed),
+            Event::Error { message, .. } => Err(anyhow!("{message}")),
+            other => Err(anyhow!("relay sent {other:?} instead of cleaned")),
+        };
+        let _ = self.channel.send_eof();
+        let _ = self.channel.wait_close();
+        result.with_context(|| link_name(&self.peer))
+    }
+
+    /// Waits for the relay's first line ([`Event::Relay`]). A ping goes first, which
+    /// the relay lets pass and an older one refuses (its first request had to be
+    /// `hello`); the server's password goes only to a relay that has greeted.
+    fn greet(&mut self) -> Result<()> {
+        self.send(&Request::Ping)?;
+        match self.next_event()? {
+            Event::Relay {
+                version, platform, ..
+            } => {
+                self.version = version;
+                self.platform = platform;
+                Ok(())
+            }
+            Event::Error { message, .. } => Err(anyhow!("{message}")),
+            other => bail!("relay sent {other:?} before its greeting"),
+        }
     }
 
     /// Hands the relay the server and waits until it has logged in there.
@@ -367,7 +423,9 @@ impl Host for PeerHost<'_> {
                 message,
                 ..
             } => Err(anyhow!("{message}")),
-            Event::Ready { .. } => Err(anyhow!("relay sent ready twice")),
+            Event::Ready { .. } | Event::Relay { .. } | Event::Cleaned { .. } => {
+                Err(anyhow!("relay sent an event out of turn"))
+            }
         }
     }
 

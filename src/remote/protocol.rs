@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use crate::secret::Secret;
 
 /// Bumped whenever a message changes shape; client and relay must agree.
-pub const PROTOCOL: u32 = 7;
+pub const PROTOCOL: u32 = 8;
 
 fn default_stall() -> u64 {
     30
@@ -123,11 +123,30 @@ pub enum Request {
     /// The client is done with this relay (nothing in flight); end of input follows.
     /// End of input *without* it means the client went away, perhaps mid-staging.
     Bye,
+    /// Instead of `hello`: remove every part this peer staged for upload `upload_id`
+    /// (any run's), in `staging` (`None`: the default), answer `cleaned` and exit.
+    Clean {
+        upload_id: String,
+        staging: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Event {
+    /// The relay's first line, before it reads anything: the client knows then that
+    /// it is talking to relayup (and not to a shell that could not find it) before
+    /// it sends the server's password.
+    Relay {
+        version: String,
+        protocol: u32,
+        /// The platform it was built for, as `uname -sm` spells it.
+        platform: String,
+    },
+    /// The answer to `clean`: how many staged files were removed.
+    Cleaned {
+        removed: usize,
+    },
     Ready {
         version: String,
         protocol: u32,

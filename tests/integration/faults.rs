@@ -474,7 +474,7 @@ fn a_peer_cut_off_the_network_mid_send_hands_its_parts_to_others() {
 }
 
 /// A relay command that speaks the protocol but lies: `script` handles each request
-/// line in `$line` after a correct `ready`.
+/// line in `$line` after a correct greeting and `ready`.
 fn lying_relay(env: &TestEnv, name: &str, on_request: &str) -> std::path::PathBuf {
     let path = env.root.join("pub").join(name);
     // Its staging dir is the test's own (removed with it), made by whichever peer runs it.
@@ -483,6 +483,8 @@ fn lying_relay(env: &TestEnv, name: &str, on_request: &str) -> std::path::PathBu
         &path,
         format!(
             "#!/bin/sh\n\
+             printf '{{\"type\":\"relay\",\"version\":\"0\",\"protocol\":0,\"platform\":\"x\"}}\n'\n\
+             read -r ping\n\
              read -r hello\n\
              p=$(printf %s \"$hello\" | sed 's/.*\"protocol\":\\([0-9]*\\).*/\\1/')\n\
              mkdir -p -m 0700 {stage} 2>/dev/null\n\

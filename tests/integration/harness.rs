@@ -314,6 +314,14 @@ impl TestEnv {
         port
     }
 
+    /// Like [`TestEnv::add_sshd`] (key logins only), with `extra` lines of sshd
+    /// config.
+    pub fn add_sshd_with(&mut self, name: &str, user: &str, extra: &str) -> u16 {
+        let (port, public) = self.start_sshd(name, user, false, &["ed25519"], extra);
+        self.add_known_host(port, &public[0]);
+        port
+    }
+
     /// Adds `[127.0.0.1]:port key` to the config's known_hosts (`key`: `type base64`).
     fn add_known_host(&self, port: u16, key: &str) {
         let mut kh = fs::OpenOptions::new()

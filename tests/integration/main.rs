@@ -11,6 +11,7 @@ mod harness;
 mod hostkeys;
 mod integrity;
 mod offers;
+mod peerside;
 mod ratelimit;
 mod release;
 mod security;
