@@ -181,7 +181,7 @@ fn set_up(hello: &Hello, out: &Out) -> Result<(PathBuf, Server)> {
     out.send(&Event::Ready {
         version: env!("CARGO_PKG_VERSION").into(),
         protocol: PROTOCOL,
-        staging: crate::platform::sftp_path(&staging),
+        staging: staging_for_sftp(hello.staging.as_deref(), &staging),
         staging_free: crate::platform::free_space(&staging),
     });
     Ok((staging, uploader))
@@ -491,6 +491,17 @@ fn valid_file_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
 }
 
+/// The staging dir as the client names it over SFTP: an absolute `/…` path as the
+/// client gave it (to a Windows relay under Wine `/tmp/x` is `Z:\tmp\x`, but the
+/// peer's SSH server is Linux's, where it is `/tmp/x`), else where it is, in the
+/// platform's SFTP form (`/C:/Users/…` on Windows).
+fn staging_for_sftp(requested: Option<&str>, staging: &Path) -> String {
+    match requested {
+        Some(r) if r.starts_with('/') && r.len() > 1 => r.trim_end_matches('/').to_string(),
+        _ => crate::platform::sftp_path(staging),
+    }
+}
+
 /// Returns the staging directory's absolute path. A missing one is created with mode
 /// 0700. One that is there already is used only if it is this account's and nobody
 /// else can write into it, and it is never chmod-ed: a directory relayup did not
@@ -578,6 +589,17 @@ fn upload(server: &mut Server, job: &Job, out: &Out, cancel: &AtomicBool) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_is_named_over_sftp_as_the_client_gave_it() {
+        let here = Path::new("/somewhere/else");
+        assert_eq!(staging_for_sftp(Some("/tmp/stage/"), here), "/tmp/stage");
+        assert_eq!(
+            staging_for_sftp(Some("~/stage"), here),
+            crate::platform::sftp_path(here)
+        );
+        assert_eq!(staging_for_sftp(None, here), crate::platform::sftp_path(here));
+    }
 
     #[test]
     fn staged_names() {
