@@ -122,6 +122,10 @@ pub struct DeployArgs {
     /// Trust unknown SSH host keys on first use and add them to known_hosts.
     #[arg(long)]
     pub accept_new_host_keys: bool,
+    /// Copy this build of relayup instead of this very binary (one built for the
+    /// peers' platform: another architecture, or Windows).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -94,10 +94,15 @@ pub struct Peer {
 /// Where `relayup peers deploy` installs relayup on a peer, relative to its home.
 pub const DEPLOY_PATH: &str = ".local/bin/relayup";
 
+/// Where `peers deploy` installs relayup on a Windows peer, relative to its home
+/// directory: `%LOCALAPPDATA%\relayup\relayup.exe` (as SFTP names it).
+pub const WINDOWS_DEPLOY_PATH: &str = "AppData/Local/relayup/relayup.exe";
+
 impl Peer {
     /// The commands that may start the relay on the peer, in the order tried until
     /// one greets (see [`crate::remote::peer::PeerLink::connect`]): the configured
-    /// path, else the deployed one, else `relayup` on the PATH. Plain words where the
+    /// path, else the deployed one (Unix's, then Windows'), else `relayup` on the
+    /// PATH. Plain words where the
     /// path allows, which every login shell runs alike (sh, csh, fish, `cmd.exe`,
     /// PowerShell); the deployed path is relative to the home directory, where an SSH
     /// session starts. A configured path with other characters is quoted for a
@@ -106,7 +111,11 @@ impl Peer {
         match &self.relayup {
             Some(path) if plain_word(path) => vec![format!("{path} relay")],
             Some(path) => vec![format!("{} relay", crate::remote::quote::sh_home(path))],
-            None => vec![format!("{DEPLOY_PATH} relay"), "relayup relay".to_string()],
+            None => vec![
+                format!("{DEPLOY_PATH} relay"),
+                format!("{} relay", WINDOWS_DEPLOY_PATH.replace('/', "\\")),
+                "relayup relay".to_string(),
+            ],
         }
     }
 

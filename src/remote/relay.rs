@@ -598,7 +598,10 @@ mod tests {
             staging_for_sftp(Some("~/stage"), here),
             crate::platform::sftp_path(here)
         );
-        assert_eq!(staging_for_sftp(None, here), crate::platform::sftp_path(here));
+        assert_eq!(
+            staging_for_sftp(None, here),
+            crate::platform::sftp_path(here)
+        );
     }
 
     #[test]

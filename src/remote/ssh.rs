@@ -474,7 +474,22 @@ pub struct Output {
 /// `/bin/sh -s`, so an account whose shell is not POSIX works too. `script` must quote
 /// every path with [`crate::remote::quote::sh`].
 pub fn run(session: &Session, script: &str) -> Result<Output> {
-    let mut ch = start_script(session, script, false)?;
+    let ch = start_script(session, script, false)?;
+    finish(ch)
+}
+
+/// Runs `command` as it is (the login shell parses it: plain words only, which
+/// every shell, `cmd.exe` and PowerShell included, runs alike) and waits for it.
+pub fn run_command(session: &Session, command: &str) -> Result<Output> {
+    let mut ch = session
+        .channel_session()
+        .context("opening an SSH channel")?;
+    ch.exec(command).context("starting a remote command")?;
+    finish(ch)
+}
+
+/// Ends a started command's input, reads its output and its exit status.
+fn finish(mut ch: ssh2::Channel) -> Result<Output> {
     ch.send_eof().context("starting a remote command")?;
     // Read stderr merged after stdout: both are small for the commands we run.
     let mut stdout = String::new();

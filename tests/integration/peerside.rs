@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 /// A peer whose sshd runs every command through a gate that lets through only a
-/// command ending in ` relay` (split into words, no shell syntax) and SFTP, and
-/// writes anything else to `gate.log`. Returns the config and the log.
+/// command ending in ` relay` or ` --version` (split into words, no shell syntax)
+/// and SFTP, and writes anything else to `gate.log`. Returns the config and the log.
 fn gated_peer(env: &mut TestEnv) -> (std::path::PathBuf, std::path::PathBuf) {
     let log = env.root.join("pub/gate.log");
     fs::write(&log, "").unwrap();
@@ -21,7 +21,7 @@ fn gated_peer(env: &mut TestEnv) -> (std::path::PathBuf, std::path::PathBuf) {
             "#!/bin/sh\n\
              case $SSH_ORIGINAL_COMMAND in\n\
                internal-sftp|sftp) exec /usr/lib/openssh/sftp-server ;;\n\
-               *' relay') set -f; exec $SSH_ORIGINAL_COMMAND ;;\n\
+               *' relay'|*' --version') set -f; exec $SSH_ORIGINAL_COMMAND ;;\n\
              esac\n\
              printf '%s\\n' \"$SSH_ORIGINAL_COMMAND\" >> {log}\n\
              echo 'only the relay runs here' >&2\n\
@@ -33,12 +33,12 @@ fn gated_peer(env: &mut TestEnv) -> (std::path::PathBuf, std::path::PathBuf) {
     fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
     let port = env.add_sshd_with(
         "gated",
-        PEER_USERS[0],
+        PEER_USERS[2],
         &format!("ForceCommand {}\n", gate.display()),
     );
     let peer = format!(
         "host = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\nrelayup = \"{bin}\"\nstaging = \"{stage}\"",
-        user = PEER_USERS[0],
+        user = PEER_USERS[2],
         bin = env.root.join("pub/relayup").display(),
         stage = env.root.join("stage/g1").display(),
     );
@@ -46,7 +46,7 @@ fn gated_peer(env: &mut TestEnv) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 #[test]
-fn a_peer_that_runs_nothing_but_the_relay_takes_a_send_a_check_and_a_clean() {
+fn a_peer_that_runs_nothing_but_relayup_takes_a_send_a_check_a_clean_and_a_deploy() {
     let mut env = TestEnv::new(0);
     let (config, log) = gated_peer(&mut env);
     let ran = || fs::read_to_string(&log).unwrap();
@@ -108,6 +108,58 @@ fn a_peer_that_runs_nothing_but_the_relay_takes_a_send_a_check_and_a_clean() {
         text(&out)
     );
     assert!(theirs.exists(), "another send's part was removed");
+
+    // peers deploy: the platform over SFTP, the copy over SFTP, the copy's
+    // `--version`, the rename over SFTP; then a send uses the installed relay.
+    let installed = std::path::PathBuf::from(format!("/home/{}/.local/bin/relayup", PEER_USERS[2]));
+    struct Uninstall(std::path::PathBuf);
+    impl Drop for Uninstall {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+    let _guard = Uninstall(installed.clone());
+    let _ = fs::remove_file(&installed);
+    let bare = env.private.join("bare.toml");
+    let lines = fs::read_to_string(&config).unwrap();
+    let lines: String = lines
+        .lines()
+        .filter(|l| !l.starts_with("relayup = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&bare, lines).unwrap();
+    let out = env.relayup(&[
+        "peers",
+        "deploy",
+        "--config",
+        bare.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = json_lines(&out);
+    assert_eq!(rows[0]["action"], "installed", "{}", text(&out));
+    assert_eq!(rows[0]["os"], "Linux x86_64", "{}", text(&out));
+    assert!(installed.exists());
+    let out = env.send(
+        &file,
+        &bare,
+        &[
+            "--part-size",
+            "1MiB",
+            "--bwlimit",
+            "2MiB",
+            "--json",
+            "--overwrite",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        json_lines(&out)
+            .iter()
+            .any(|e| e["type"] == "part_done" && e["host"] == "g1"),
+        "the deployed relay carried parts: {}",
+        text(&out)
+    );
 
     assert_eq!(ran(), "", "commands other than the relay ran on the peer");
 }
