@@ -145,8 +145,48 @@ pub fn private_dir_problem(_meta: &Metadata) -> Option<String> {
     None
 }
 
+/// The staging dir's access list: protected (nothing inherited from the parent),
+/// full access for its owner (`OW`) and the system (`SY`), inherited by every file
+/// and directory made in it (`OICI`). Other users of the machine cannot read what
+/// is staged there.
+const PRIVATE_DIR_SDDL: &str = "D:P(A;OICI;FA;;;OW)(A;OICI;FA;;;SY)";
+
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::create_dir(path)
+    use windows_sys::Win32::Foundation::LocalFree;
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+    };
+    use windows_sys::Win32::Security::{PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES};
+    use windows_sys::Win32::Storage::FileSystem::CreateDirectoryW;
+    let sddl = wide(OsStr::new(PRIVATE_DIR_SDDL));
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: the string is NUL-ended; `sd` receives a LocalAlloc'ed descriptor.
+    let made = unsafe {
+        ConvertStringSecurityDescriptorToSecurityDescriptorW(
+            sddl.as_ptr(),
+            SDDL_REVISION_1,
+            &mut sd,
+            std::ptr::null_mut(),
+        )
+    };
+    if made == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let attrs = SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: sd,
+        bInheritHandle: 0,
+    };
+    let name = wide(path.as_os_str());
+    // SAFETY: the path is NUL-ended and `attrs` points at a valid descriptor, freed
+    // once the directory is made.
+    let ok = unsafe { CreateDirectoryW(name.as_ptr(), &attrs) };
+    let err = std::io::Error::last_os_error();
+    unsafe { LocalFree(sd as _) };
+    if ok == 0 {
+        return Err(err);
+    }
+    Ok(())
 }
 
 pub fn owner_only(opts: &mut OpenOptions) -> &mut OpenOptions {
@@ -251,6 +291,110 @@ pub fn not_unicode(text: &str) -> OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sddl` read into a security descriptor and written back as SDDL, as Windows
+    /// understands it.
+    fn round_trip(sddl: &str) -> String {
+        use windows_sys::Win32::Foundation::LocalFree;
+        use windows_sys::Win32::Security::Authorization::{
+            ConvertSecurityDescriptorToStringSecurityDescriptorW,
+            ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+        };
+        use windows_sys::Win32::Security::{DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR};
+        let text = wide(OsStr::new(sddl));
+        let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+        let mut back: *mut u16 = std::ptr::null_mut();
+        // SAFETY: NUL-ended input; the descriptor and the string are LocalAlloc'ed and
+        // freed here.
+        unsafe {
+            let ok = ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                text.as_ptr(),
+                SDDL_REVISION_1,
+                &mut sd,
+                std::ptr::null_mut(),
+            );
+            assert!(ok != 0, "{sddl} does not parse");
+            let ok = ConvertSecurityDescriptorToStringSecurityDescriptorW(
+                sd,
+                SDDL_REVISION_1,
+                DACL_SECURITY_INFORMATION,
+                &mut back,
+                std::ptr::null_mut(),
+            );
+            assert!(ok != 0);
+            let len = (0..).take_while(|&i| *back.add(i) != 0).count();
+            let s = String::from_utf16_lossy(std::slice::from_raw_parts(back, len));
+            LocalFree(back as _);
+            LocalFree(sd as _);
+            s
+        }
+    }
+
+    /// The access list a staging dir is made with. (Wine keeps only part of a DACL
+    /// on its files, `D:(A;OICI;FA;;;SY)` of this one: on disk, only that no one
+    /// else is let in is checked.)
+    #[test]
+    fn a_private_dir_lets_in_its_owner_and_the_system_only() {
+        let dacl = round_trip(PRIVATE_DIR_SDDL);
+        assert!(
+            dacl.starts_with("D:P"),
+            "protected from inheritance: {dacl}"
+        );
+        assert_eq!(dacl.matches("(A;").count(), 2, "{dacl}");
+        assert!(dacl.contains(";OW)") && dacl.contains(";SY)"), "{dacl}");
+        let d = tempfile::tempdir().unwrap();
+        let stage = d.path().join("staging");
+        create_private_dir(&stage).unwrap();
+        assert!(stage.is_dir());
+        assert!(create_private_dir(&stage).is_err(), "made only once");
+        // On disk no one else is let in (a directory made plainly lets Everyone
+        // read, under Wine as on Windows).
+        let on_disk = dacl_of(&stage);
+        for others in [";WD)", ";BU)", ";AU)"] {
+            assert!(!on_disk.contains(others), "{on_disk}");
+        }
+    }
+
+    /// The DACL of `path` in SDDL.
+    fn dacl_of(path: &Path) -> String {
+        use windows_sys::Win32::Foundation::LocalFree;
+        use windows_sys::Win32::Security::Authorization::{
+            ConvertSecurityDescriptorToStringSecurityDescriptorW, GetNamedSecurityInfoW,
+            SDDL_REVISION_1, SE_FILE_OBJECT,
+        };
+        use windows_sys::Win32::Security::{DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR};
+        let name = wide(path.as_os_str());
+        let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+        let mut text: *mut u16 = std::ptr::null_mut();
+        // SAFETY: NUL-ended path; the descriptor and the string are LocalAlloc'ed and
+        // freed here.
+        unsafe {
+            let e = GetNamedSecurityInfoW(
+                name.as_ptr(),
+                SE_FILE_OBJECT,
+                DACL_SECURITY_INFORMATION,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut sd,
+            );
+            assert_eq!(e, 0, "GetNamedSecurityInfoW");
+            let ok = ConvertSecurityDescriptorToStringSecurityDescriptorW(
+                sd,
+                SDDL_REVISION_1,
+                DACL_SECURITY_INFORMATION,
+                &mut text,
+                std::ptr::null_mut(),
+            );
+            assert!(ok != 0);
+            let len = (0..).take_while(|&i| *text.add(i) != 0).count();
+            let s = String::from_utf16_lossy(std::slice::from_raw_parts(text, len));
+            LocalFree(text as _);
+            LocalFree(sd as _);
+            s
+        }
+    }
 
     #[test]
     fn names_round_trip_through_bytes_even_with_a_lone_surrogate() {
