@@ -118,18 +118,6 @@ impl Peer {
             ],
         }
     }
-
-    /// relayup on the peer as one word for its shell: the configured path, or
-    /// `~/.local/bin/relayup` when it is there, else `relayup` on the PATH
-    /// (non-interactive SSH sessions rarely have `~/.local/bin` on their PATH).
-    pub fn invocation(&self) -> String {
-        match &self.relayup {
-            Some(path) => crate::remote::quote::sh_home(path),
-            None => format!(
-                "\"$(if [ -x \"$HOME/{DEPLOY_PATH}\" ]; then printf %s \"$HOME/{DEPLOY_PATH}\"; else printf relayup; fi)\""
-            ),
-        }
-    }
 }
 
 /// Whether `s` is one word that sh, csh, fish, `cmd.exe` and PowerShell all take as
