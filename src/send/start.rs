@@ -100,16 +100,12 @@ pub fn lead(
         }),
         published: published_tx,
     };
-    let published = Arc::new(Published::new(t.mode == Mode::Json));
-    {
-        let (published, source, hashes) = (published.clone(), source.clone(), hashes.clone());
-        // Ends when the assembly, which holds the sender, is gone.
-        std::thread::spawn(move || {
-            for k in published_rx {
-                published.announce(k, &source, &hashes);
-            }
-        });
-    }
+    let published = Published::start(
+        t.mode == Mode::Json,
+        published_rx,
+        source.clone(),
+        hashes.clone(),
+    );
     let merged = assembly
         .start(layout)
         .map_err(|e| with_code(e, Code::Transfer))?;
@@ -170,11 +166,25 @@ pub struct Published {
 }
 
 impl Published {
-    fn new(json: bool) -> Published {
-        Published {
+    /// Announces each file told on `rx` (by index) until the assembly, which holds
+    /// the sender, is gone.
+    fn start(
+        json: bool,
+        rx: mpsc::Receiver<usize>,
+        source: Arc<Source>,
+        hashes: Arc<Hashes>,
+    ) -> Arc<Published> {
+        let published = Arc::new(Published {
             json,
             state: Mutex::new((HashSet::new(), false)),
-        }
+        });
+        let announcer = published.clone();
+        std::thread::spawn(move || {
+            for k in rx {
+                announcer.announce(k, &source, &hashes);
+            }
+        });
+        published
     }
 
     fn announce(&self, k: usize, source: &Source, hashes: &Hashes) {
