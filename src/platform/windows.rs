@@ -145,11 +145,53 @@ pub fn private_dir_problem(_meta: &Metadata) -> Option<String> {
     None
 }
 
-/// The staging dir's access list: protected (nothing inherited from the parent),
-/// full access for its owner (`OW`) and the system (`SY`), inherited by every file
-/// and directory made in it (`OICI`). Other users of the machine cannot read what
-/// is staged there.
-const PRIVATE_DIR_SDDL: &str = "D:P(A;OICI;FA;;;OW)(A;OICI;FA;;;SY)";
+/// The staging dir's access list for the user whose SID is `sid`: protected
+/// (nothing inherited from the parent), full access for that user and the system
+/// (`SY`), inherited by every file and directory made in it (`OICI`). Other users of
+/// the machine cannot read what is staged there.
+fn private_dir_sddl(sid: &str) -> String {
+    format!("D:P(A;OICI;FA;;;{sid})(A;OICI;FA;;;SY)")
+}
+
+/// This process's user's SID in string form (`S-1-5-21-…`).
+fn current_user_sid() -> std::io::Result<String> {
+    use windows_sys::Win32::Foundation::{CloseHandle, LocalFree, HANDLE};
+    use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
+    use windows_sys::Win32::Security::{GetTokenInformation, TokenUser, TOKEN_QUERY, TOKEN_USER};
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+    let mut token: HANDLE = std::ptr::null_mut();
+    // SAFETY: the token handle is closed here; the buffer (u64s, so aligned for
+    // TOKEN_USER) holds the TOKEN_USER and the SID after it, as the call checks;
+    // the string is LocalAlloc'ed and freed here.
+    unsafe {
+        if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = vec![0u64; 64];
+        let mut len = 0u32;
+        let ok = GetTokenInformation(
+            token,
+            TokenUser,
+            buf.as_mut_ptr().cast(),
+            (buf.len() * 8) as u32,
+            &mut len,
+        );
+        let err = std::io::Error::last_os_error();
+        CloseHandle(token);
+        if ok == 0 {
+            return Err(err);
+        }
+        let user = &*(buf.as_ptr() as *const TOKEN_USER);
+        let mut text: *mut u16 = std::ptr::null_mut();
+        if ConvertSidToStringSidW(user.User.Sid, &mut text) == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = (0..).take_while(|&i| *text.add(i) != 0).count();
+        let sid = String::from_utf16_lossy(std::slice::from_raw_parts(text, n));
+        LocalFree(text as _);
+        Ok(sid)
+    }
+}
 
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
     use windows_sys::Win32::Foundation::LocalFree;
@@ -158,7 +200,7 @@ pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
     };
     use windows_sys::Win32::Security::{PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES};
     use windows_sys::Win32::Storage::FileSystem::CreateDirectoryW;
-    let sddl = wide(OsStr::new(PRIVATE_DIR_SDDL));
+    let sddl = wide(OsStr::new(&private_dir_sddl(&current_user_sid()?)));
     let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
     // SAFETY: the string is NUL-ended; `sd` receives a LocalAlloc'ed descriptor.
     let made = unsafe {
@@ -331,17 +373,21 @@ mod tests {
     }
 
     /// The access list a staging dir is made with. (Wine keeps only part of a DACL
-    /// on its files, `D:(A;OICI;FA;;;SY)` of this one: on disk, only that no one
-    /// else is let in is checked.)
+    /// on its files: on disk, only that no one else is let in is checked.)
     #[test]
     fn a_private_dir_lets_in_its_owner_and_the_system_only() {
-        let dacl = round_trip(PRIVATE_DIR_SDDL);
+        let sid = current_user_sid().unwrap();
+        assert!(sid.starts_with("S-1-"), "{sid}");
+        let dacl = round_trip(&private_dir_sddl(&sid));
         assert!(
             dacl.starts_with("D:P"),
             "protected from inheritance: {dacl}"
         );
         assert_eq!(dacl.matches("(A;").count(), 2, "{dacl}");
-        assert!(dacl.contains(";OW)") && dacl.contains(";SY)"), "{dacl}");
+        assert!(
+            dacl.contains(&format!(";{sid})")) && dacl.contains(";SY)"),
+            "{dacl}"
+        );
         let d = tempfile::tempdir().unwrap();
         let stage = d.path().join("staging");
         create_private_dir(&stage).unwrap();
