@@ -132,7 +132,8 @@ fn install(
     }
     if !same_platform(&ours.platform, &os) {
         bail!(
-            "this peer is {os} and {} is for {}: build relayup for {os} and pass it with --binary PATH              (or `cargo install --path .` from the same source on that machine)",
+            "this peer is {os} and {} is for {}: build relayup for {os} and pass it with --binary PATH \
+             (or `cargo install --path .` from the same source on that machine)",
             ours.path.display(),
             ours.platform
         );

@@ -153,9 +153,21 @@ fn private_dir_sddl(sid: &str) -> String {
     format!("D:P(A;OICI;FA;;;{sid})(A;OICI;FA;;;SY)")
 }
 
+/// The NUL-ended UTF-16 string `text`, which the system allocated with `LocalAlloc`,
+/// as a `String`; frees it.
+///
+/// # Safety
+/// `text` is a NUL-ended string from `LocalAlloc`, not used after this.
+unsafe fn take_local_wide(text: *mut u16) -> String {
+    let n = (0..).take_while(|&i| unsafe { *text.add(i) } != 0).count();
+    let s = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, n) });
+    unsafe { windows_sys::Win32::Foundation::LocalFree(text as _) };
+    s
+}
+
 /// This process's user's SID in string form (`S-1-5-21-…`).
 fn current_user_sid() -> std::io::Result<String> {
-    use windows_sys::Win32::Foundation::{CloseHandle, LocalFree, HANDLE};
+    use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
     use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
     use windows_sys::Win32::Security::{GetTokenInformation, TokenUser, TOKEN_QUERY, TOKEN_USER};
     use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
@@ -186,10 +198,7 @@ fn current_user_sid() -> std::io::Result<String> {
         if ConvertSidToStringSidW(user.User.Sid, &mut text) == 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let n = (0..).take_while(|&i| *text.add(i) != 0).count();
-        let sid = String::from_utf16_lossy(std::slice::from_raw_parts(text, n));
-        LocalFree(text as _);
-        Ok(sid)
+        Ok(take_local_wide(text))
     }
 }
 
@@ -334,20 +343,46 @@ pub fn not_unicode(text: &str) -> OsString {
 mod tests {
     use super::*;
 
+    /// The DACL of the descriptor `sd` in SDDL; frees `sd`.
+    ///
+    /// # Safety
+    /// `sd` is a security descriptor from `LocalAlloc`, not used after this.
+    unsafe fn dacl_sddl(sd: windows_sys::Win32::Security::PSECURITY_DESCRIPTOR) -> String {
+        use windows_sys::Win32::Foundation::LocalFree;
+        use windows_sys::Win32::Security::Authorization::{
+            ConvertSecurityDescriptorToStringSecurityDescriptorW, SDDL_REVISION_1,
+        };
+        use windows_sys::Win32::Security::DACL_SECURITY_INFORMATION;
+        let mut text: *mut u16 = std::ptr::null_mut();
+        // SAFETY: as the caller promises; the string is LocalAlloc'ed and freed here.
+        unsafe {
+            let ok = ConvertSecurityDescriptorToStringSecurityDescriptorW(
+                sd,
+                SDDL_REVISION_1,
+                DACL_SECURITY_INFORMATION,
+                &mut text,
+                std::ptr::null_mut(),
+            );
+            assert!(
+                ok != 0,
+                "ConvertSecurityDescriptorToStringSecurityDescriptorW"
+            );
+            LocalFree(sd as _);
+            take_local_wide(text)
+        }
+    }
+
     /// `sddl` read into a security descriptor and written back as SDDL, as Windows
     /// understands it.
     fn round_trip(sddl: &str) -> String {
-        use windows_sys::Win32::Foundation::LocalFree;
         use windows_sys::Win32::Security::Authorization::{
-            ConvertSecurityDescriptorToStringSecurityDescriptorW,
             ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
         };
-        use windows_sys::Win32::Security::{DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR};
+        use windows_sys::Win32::Security::PSECURITY_DESCRIPTOR;
         let text = wide(OsStr::new(sddl));
         let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
-        let mut back: *mut u16 = std::ptr::null_mut();
-        // SAFETY: NUL-ended input; the descriptor and the string are LocalAlloc'ed and
-        // freed here.
+        // SAFETY: NUL-ended input; the descriptor is LocalAlloc'ed and freed by
+        // `dacl_sddl`.
         unsafe {
             let ok = ConvertStringSecurityDescriptorToSecurityDescriptorW(
                 text.as_ptr(),
@@ -356,19 +391,7 @@ mod tests {
                 std::ptr::null_mut(),
             );
             assert!(ok != 0, "{sddl} does not parse");
-            let ok = ConvertSecurityDescriptorToStringSecurityDescriptorW(
-                sd,
-                SDDL_REVISION_1,
-                DACL_SECURITY_INFORMATION,
-                &mut back,
-                std::ptr::null_mut(),
-            );
-            assert!(ok != 0);
-            let len = (0..).take_while(|&i| *back.add(i) != 0).count();
-            let s = String::from_utf16_lossy(std::slice::from_raw_parts(back, len));
-            LocalFree(back as _);
-            LocalFree(sd as _);
-            s
+            dacl_sddl(sd)
         }
     }
 
@@ -403,17 +426,12 @@ mod tests {
 
     /// The DACL of `path` in SDDL.
     fn dacl_of(path: &Path) -> String {
-        use windows_sys::Win32::Foundation::LocalFree;
-        use windows_sys::Win32::Security::Authorization::{
-            ConvertSecurityDescriptorToStringSecurityDescriptorW, GetNamedSecurityInfoW,
-            SDDL_REVISION_1, SE_FILE_OBJECT,
-        };
+        use windows_sys::Win32::Security::Authorization::{GetNamedSecurityInfoW, SE_FILE_OBJECT};
         use windows_sys::Win32::Security::{DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR};
         let name = wide(path.as_os_str());
         let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
-        let mut text: *mut u16 = std::ptr::null_mut();
-        // SAFETY: NUL-ended path; the descriptor and the string are LocalAlloc'ed and
-        // freed here.
+        // SAFETY: NUL-ended path; the descriptor is LocalAlloc'ed and freed by
+        // `dacl_sddl`.
         unsafe {
             let e = GetNamedSecurityInfoW(
                 name.as_ptr(),
@@ -426,19 +444,7 @@ mod tests {
                 &mut sd,
             );
             assert_eq!(e, 0, "GetNamedSecurityInfoW");
-            let ok = ConvertSecurityDescriptorToStringSecurityDescriptorW(
-                sd,
-                SDDL_REVISION_1,
-                DACL_SECURITY_INFORMATION,
-                &mut text,
-                std::ptr::null_mut(),
-            );
-            assert!(ok != 0);
-            let len = (0..).take_while(|&i| *text.add(i) != 0).count();
-            let s = String::from_utf16_lossy(std::slice::from_raw_parts(text, len));
-            LocalFree(text as _);
-            LocalFree(sd as _);
-            s
+            dacl_sddl(sd)
         }
     }
 
