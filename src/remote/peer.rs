@@ -31,7 +31,9 @@ pub struct PeerLink {
     session: Session,
     channel: Channel,
     events: BufReader<ssh2::Stream>,
-    sftp: Sftp,
+    /// Started while the relay logs in to the server (see [`PeerLink::hello`]), or
+    /// when first needed.
+    sftp: Option<Sftp>,
     /// Absolute staging directory on the peer.
     pub staging: String,
     /// relayup version the peer runs.
@@ -69,7 +71,7 @@ impl PeerLink {
             None,
             io_timeout,
         )?;
-        let mut sftp = Some(session.sftp().context("starting SFTP on the peer")?);
+        crate::tr(&format!("{} ssh connected", peer.login.name));
         let mut failed = None;
         for command in peer.relay_commands() {
             let mut channel = session
@@ -88,7 +90,7 @@ impl PeerLink {
                 session: session.clone(),
                 channel,
                 events,
-                sftp: sftp.take().expect("given back by every failed start"),
+                sftp: None,
                 staging: String::new(),
                 version: String::new(),
                 platform: String::new(),
@@ -99,10 +101,10 @@ impl PeerLink {
                 staged: Vec::new(),
                 limit: None,
             };
+            crate::tr(&format!("{} exec", peer.login.name));
             match link.greet() {
-                Ok(()) => return Ok(link),
+                Ok(()) => { crate::tr(&format!("{} greeted", peer.login.name)); return Ok(link)},
                 Err(e) => {
-                    sftp = Some(link.sftp);
                     failed = Some(e);
                 }
             }
@@ -164,6 +166,11 @@ impl PeerLink {
             staging: link.peer.staging.clone(),
             stall_timeout: link.io_timeout.as_secs(),
         }))?;
+        // SFTP starts (a subsystem process on the peer) while the relay logs in to
+        // the server: the two took ~45 ms each, one after the other, before a peer's
+        // first part could be staged.
+        link.sftp()?;
+        crate::tr(&format!("{} sftp", link.peer.login.name));
         match link.next_event()? {
             Event::Ready {
                 version,
@@ -186,6 +193,18 @@ impl PeerLink {
             other => bail!("relay sent {other:?} before ready"),
         }
         .with_context(|| link_name(&link.peer))
+    }
+
+    /// The SFTP session on the peer, started if it is not yet.
+    fn sftp(&mut self) -> Result<&Sftp> {
+        if self.sftp.is_none() {
+            let sftp = self
+                .session
+                .sftp()
+                .with_context(|| format!("{}: starting SFTP", link_name(&self.peer)))?;
+            self.sftp = Some(sftp);
+        }
+        Ok(self.sftp.as_ref().expect("just started"))
     }
 
     // No flush(): on an ssh2 channel it discards unread *incoming* data
@@ -289,7 +308,7 @@ impl PeerLink {
             pace: None,
             progress: &mut |_| {},
         };
-        write_file(&self.sftp, Path::new(&path), body)
+        write_file(self.sftp()?, Path::new(&path), body)
             .with_context(|| format!("staging part {index} at {path}"))
     }
 
@@ -350,8 +369,9 @@ impl PeerLink {
             return;
         }
         let _ = self.channel.wait_close();
+        let Some(sftp) = &self.sftp else { return };
         for (_, path) in self.staged.drain(..) {
-            if self.sftp.unlink(Path::new(&path)).is_err() {
+            if sftp.unlink(Path::new(&path)).is_err() {
                 break;
             }
         }

@@ -313,6 +313,7 @@ mod tests {
             crate::send::plan::Strategy::Adaptive,
             Some(8),
             crate::send::plan::SmallFiles::Together,
+            crate::send::plan::MIN_GUIDED_PART,
         );
         assert_eq!(plan.parts.len(), 3);
         let xxh = |b: &[u8]| format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b));
@@ -344,6 +345,7 @@ mod tests {
             crate::send::plan::Strategy::Adaptive,
             Some(4),
             crate::send::plan::SmallFiles::Apart,
+            crate::send::plan::MIN_GUIDED_PART,
         );
         assert_eq!(
             plan.parts

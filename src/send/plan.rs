@@ -59,9 +59,28 @@ pub fn fixed(size: u64, part_size: u64) -> Vec<Part> {
         .collect()
 }
 
-/// Smallest part `guided` cuts: below this, per-part round trips (a new FTP data
-/// connection, SIZE, RNFR/RNTO) start to cost more than a slow host's tail saves.
+/// Smallest part `guided` cuts for a server more than [`NEAR`] away: below this,
+/// per-part round trips (a new FTP data connection, STOR, SIZE, RNFR/RNTO: about 7)
+/// start to cost more than a slow host's tail saves.
 pub const MIN_GUIDED_PART: u64 = 2 * MIB;
+
+/// Smallest part `guided` cuts for a server within [`NEAR`]: a part's round trips
+/// cost next to nothing there, and the smaller the last parts, the closer together
+/// the hosts finish (in the lab, 3 peers at 80 Mbit/s, the last parts of 2 MiB left
+/// the hosts finishing up to 0.25 s apart; of 512 KiB, 0.05 s).
+pub const MIN_NEAR_PART: u64 = MIB / 2;
+
+/// A server that answers a command within this is near (a LAN).
+pub const NEAR: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The smallest part `guided` cuts, for a server whose round trip is `round_trip`
+/// (`None`: not known).
+pub fn smallest_part(round_trip: Option<std::time::Duration>) -> u64 {
+    match round_trip {
+        Some(rt) if rt <= NEAR => MIN_NEAR_PART,
+        _ => MIN_GUIDED_PART,
+    }
+}
 
 /// The size of a host's `round`-th part at the start: 2 MiB, 4 MiB, 8 MiB, ...
 /// A peer stages its next part while it uploads the current one; doubling keeps each
@@ -74,18 +93,24 @@ fn ramp(round: usize) -> u64 {
 
 /// Guided self-scheduling: a ramp of small parts (so all hosts start at once, see
 /// [`ramp`]), then parts of `remaining / (4 * hosts)`, at most `max` and at
-/// least [`MIN_GUIDED_PART`]: big early (few round trips), small at the end (a slow
-/// host that takes one near the end holds nobody up long).
-pub fn guided(size: u64, hosts: usize, max: u64) -> Vec<Part> {
+/// least `smallest` (see [`smallest_part`]): big early (few round trips), small at
+/// the end (the hosts finish close together, and a slow host that takes one near the
+/// end holds nobody up long).
+pub fn guided(size: u64, hosts: usize, max: u64, smallest: u64) -> Vec<Part> {
     let hosts = hosts.max(1);
+    // A host alone has nobody to finish together with: small parts would only cost.
+    let smallest = if hosts == 1 {
+        MIN_GUIDED_PART
+    } else {
+        smallest
+    };
     let divisor = 4 * hosts as u64;
     let mut parts = Vec::new();
     let mut offset = 0;
     while offset < size {
         let remaining = size - offset;
-        // Whole MiB where possible, so the plan reads well in --dry-run.
-        let guided =
-            (remaining / divisor / MIB * MIB).clamp(MIN_GUIDED_PART, max.max(MIN_GUIDED_PART));
+        // Whole multiples of the smallest part, so the plan reads well in --dry-run.
+        let guided = (remaining / divisor / smallest * smallest).clamp(smallest, max.max(smallest));
         let want = ramp(parts.len() / hosts).min(guided);
         let len = want.min(remaining);
         parts.push(Part {
@@ -212,13 +237,20 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(size: u64, hosts: usize, strategy: Strategy, part_size: Option<u64>) -> Plan {
+    /// `smallest`: see [`smallest_part`].
+    pub fn new(
+        size: u64,
+        hosts: usize,
+        strategy: Strategy,
+        part_size: Option<u64>,
+        smallest: u64,
+    ) -> Plan {
         let (parts, owners) = match strategy {
             Strategy::Equal => equal_pieces(size, hosts),
             Strategy::Adaptive => {
                 let parts = match part_size {
                     Some(p) => fixed(size, p),
-                    None => guided(size, hosts, default_part_size(size, hosts)),
+                    None => guided(size, hosts, default_part_size(size, hosts), smallest),
                 };
                 (parts, Vec::new())
             }
@@ -243,9 +275,10 @@ impl Plan {
         strategy: Strategy,
         part_size: Option<u64>,
         small: SmallFiles,
+        smallest: u64,
     ) -> Plan {
         if !source.is_release() {
-            return Plan::new(source.size, hosts, strategy, part_size);
+            return Plan::new(source.size, hosts, strategy, part_size, smallest);
         }
         let max = part_size.unwrap_or_else(|| default_part_size(source.size, hosts));
         let sizes: Vec<u64> = source.files.iter().map(|f| f.size()).collect();
@@ -393,7 +426,7 @@ mod tests {
             (5 << 30) + 3,
         ] {
             for hosts in [1, 4, 8] {
-                let parts = guided(size, hosts, default_part_size(size, hosts));
+                let parts = guided(size, hosts, default_part_size(size, hosts), crate::send::plan::MIN_GUIDED_PART);
                 assert_covers(&parts, size);
                 for i in hosts..parts.len() {
                     assert!(
@@ -408,7 +441,7 @@ mod tests {
                 assert!(parts.iter().all(|p| p.len <= MAX_DEFAULT_PART));
             }
         }
-        let parts = guided(400 * MIB, 4, default_part_size(400 * MIB, 4));
+        let parts = guided(400 * MIB, 4, default_part_size(400 * MIB, 4), crate::send::plan::MIN_GUIDED_PART);
         assert_eq!(parts[0].len, MIN_GUIDED_PART, "a small first part per host");
         assert_eq!(parts[3].len, MIN_GUIDED_PART);
         assert_eq!(parts[4].len, 2 * MIN_GUIDED_PART, "then doubling");
@@ -417,6 +450,29 @@ mod tests {
         assert_eq!(parts[parts.len() - 2].len, MIN_GUIDED_PART);
         assert!(parts.last().unwrap().len <= MIN_GUIDED_PART);
         assert!(parts.len() < 100, "{} parts", parts.len());
+    }
+
+    #[test]
+    fn a_near_server_gets_smaller_last_parts_but_a_lone_host_does_not() {
+        use std::time::Duration;
+        assert_eq!(smallest_part(Some(Duration::from_micros(300))), MIN_NEAR_PART);
+        assert_eq!(smallest_part(Some(Duration::from_millis(20))), MIN_GUIDED_PART);
+        assert_eq!(smallest_part(None), MIN_GUIDED_PART);
+        let size = 300 * MIB;
+        let max = default_part_size(size, 4);
+        let far = guided(size, 4, max, MIN_GUIDED_PART);
+        let near = guided(size, 4, max, MIN_NEAR_PART);
+        assert_covers(&near, size);
+        assert_eq!(near[..12], far[..12], "the same ramp");
+        assert_eq!(near[near.len() - 2].len, MIN_NEAR_PART);
+        assert_eq!(far[far.len() - 2].len, MIN_GUIDED_PART);
+        // The tail of 4 parts per host holds a quarter as much.
+        let tail = |p: &[Part]| p[p.len() - 16..].iter().map(|p| p.len).sum::<u64>();
+        assert!(tail(&near) * 3 < tail(&far), "{} {}", tail(&near), tail(&far));
+        assert!(near.len() < far.len() + 40, "{} vs {} parts", near.len(), far.len());
+        let alone = guided(size, 1, default_part_size(size, 1), MIN_NEAR_PART);
+        assert!(alone.iter().rev().skip(1).all(|p| p.len >= MIN_GUIDED_PART));
+        assert_eq!(guided(MIB, 1, MIN_DEFAULT_PART, MIN_NEAR_PART).len(), 1);
     }
 
     #[test]
@@ -454,10 +510,10 @@ mod tests {
 
     #[test]
     fn plan_picks_by_strategy() {
-        let p = Plan::new(100, 4, Strategy::Equal, None);
+        let p = Plan::new(100, 4, Strategy::Equal, None, crate::send::plan::MIN_GUIDED_PART);
         assert_eq!(p.parts.len(), 4);
         assert_eq!(p.owners, [0, 1, 2, 3]);
-        let p = Plan::new(100, 4, Strategy::Adaptive, Some(30));
+        let p = Plan::new(100, 4, Strategy::Adaptive, Some(30), crate::send::plan::MIN_GUIDED_PART);
         assert_eq!(p.parts.len(), 4);
         assert_eq!(p.parts[3].len, 10);
         assert!(p.describe(&["local".into()]).contains("4 part(s)"));

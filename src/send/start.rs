@@ -66,7 +66,7 @@ pub fn lead(
     signals: &Signals,
     ready: mpsc::Receiver<(usize, bool)>,
 ) -> Result<Lead> {
-    let (mut assembly, local, skipped) = match preflight::log_in(t, ids, signals)? {
+    let (mut assembly, mut local, skipped) = match preflight::log_in(t, ids, signals)? {
         preflight::LoggedIn::Ready(assembly, local, skipped) => (assembly, *local, skipped),
         preflight::LoggedIn::AlreadyThere(md5) => return Ok(Lead::AlreadyThere(md5)),
     };
@@ -76,9 +76,16 @@ pub fn lead(
         let skip: Vec<usize> = skipped.iter().map(|s| s.0).collect();
         Arc::new(t.source.skipping(&skip))
     };
+    crate::tr("logged in");
     let live = live_hosts(t, assembly.as_ref(), ready);
+    crate::tr("live hosts");
     let id = ids.upload.as_str();
-    let (plan, done, journal) = plan_and_resume(t, &source, id, assembly.as_mut(), live.len())?;
+    // How small the last parts may be: how near the server is, seen from here.
+    let rt = local.round_trip();
+    crate::tr(&format!("rtt {rt:?}"));
+    let smallest = super::plan::smallest_part(rt);
+    let (plan, done, journal) =
+        plan_and_resume(t, &source, id, assembly.as_mut(), live.len(), smallest)?;
     let progress = start_progress(t, &source, id, &plan, &done);
     let sched = Arc::new(Scheduler::new(
         &plan,
@@ -106,9 +113,11 @@ pub fn lead(
         source.clone(),
         hashes.clone(),
     );
+    crate::tr("before merge start");
     let merged = assembly
         .start(layout)
         .map_err(|e| with_code(e, Code::Transfer))?;
+    crate::tr("merge started");
     let journal = std::thread::spawn(move || keep_verified(journal, verified_rx));
     let mut resumed: Vec<usize> = done.iter().copied().collect();
     resumed.sort_unstable();
@@ -131,7 +140,6 @@ pub fn lead(
         places,
     };
     signals.go.set(Some(shared.clone()));
-    let mut local = local;
     local.pace_with(sched.pace(0));
     let mut me = LocalHost::start(local, source.clone(), hashes.clone(), shared.places.clone());
     let job = shared.job(0);
@@ -293,6 +301,7 @@ fn plan_and_resume(
     id: &str,
     assembly: &mut dyn Assembly,
     hosts: usize,
+    smallest: u64,
 ) -> Result<(Plan, HashSet<usize>, Journal)> {
     let (plan, verified) = Journal::load(id)
         .and_then(|j| Some((j.plan(source)?, j.verified)))
@@ -302,7 +311,7 @@ fn plan_and_resume(
             t.small_files() == SmallFiles::Together
                 || plan.parts.iter().all(|p| source.files_in(p).len() == 1)
         })
-        .unwrap_or_else(|| (t.plan(hosts), Default::default()));
+        .unwrap_or_else(|| (t.plan(hosts, smallest), Default::default()));
     let mut done = assembly
         .resumable(&plan, source, &verified)
         .map_err(|e| with_code(e, Code::Transfer))?;

@@ -86,6 +86,7 @@ impl Target {
                 strategy,
                 part_size,
                 small_files(settings.assembly),
+                crate::send::plan::MIN_GUIDED_PART,
             )
             .parts
             .len()
@@ -164,7 +165,8 @@ impl Target {
     /// `--dry-run`: the plan, as text or as one `plan` event.
     pub fn print_plan(&self, id: &str) {
         let hosts = self.host_names();
-        let plan = self.plan(hosts.len());
+        // Without a connection, as for a server beyond a LAN (see `smallest_part`).
+        let plan = self.plan(hosts.len(), crate::send::plan::MIN_GUIDED_PART);
         let server = &self.settings.server;
         let temp_dir = crate::transport::temp_dir(&server.dir, id);
         if self.mode == Mode::Json {
@@ -218,13 +220,15 @@ fn small_files(assembly: AssemblyKind) -> SmallFiles {
 
 impl Target {
     /// A new plan for the send, among `hosts` hosts.
-    pub fn plan(&self, hosts: usize) -> Plan {
+    /// The plan for `hosts` hosts; `smallest`: see [`crate::send::plan::smallest_part`].
+    pub fn plan(&self, hosts: usize, smallest: u64) -> Plan {
         Plan::for_source(
             &self.source,
             hosts,
             self.strategy,
             self.part_size,
             self.small_files(),
+            smallest,
         )
     }
 

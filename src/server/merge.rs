@@ -805,7 +805,10 @@ fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
     let tmp = crate::server::names::temp_dir(&place.dir, &place.upload_id);
     // Names come from us (`<n>.part`, `merged.<run>…`). `set -C` creates a merged
     // file only if no other writer has that name. A file of one part is not copied:
-    // its part is hashed and published where it lies (in a batch).
+    // its part is hashed and published where it lies (in a batch). `tee -a`, not a
+    // truncating open of the empty file: on ext4 a file truncated on open is flushed
+    // to disk when it is closed (auto_da_alloc), which made the merge's end wait
+    // ~150 ms per 300 MiB after the last part.
     let script = format!(
         "cd -- {} || exit 1\n\
          {publish}\n\
@@ -821,7 +824,7 @@ fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
            fi\n\
            set -C; : > \"$m\" || exit 1; set +C\n\
            s=$(i=0; while [ \"$i\" -lt \"$n\" ] && IFS= read -r p; do cat -- \"$p\" || exit 1; i=$((i + 1)); done \
-             | tee -- \"$m\" | md5sum) || exit 1\n\
+             | tee -a -- \"$m\" | md5sum) || exit 1\n\
            got=${{s%% *}}\n\
            printf 'md5 %s %s\\n' \"$k\" \"$got\"\n\
            st=$(stat -c '%i %s %Y' -- \"$m\")\n\
@@ -1360,6 +1363,7 @@ mod tests {
             crate::send::plan::Strategy::Adaptive,
             Some(4),
             crate::send::plan::SmallFiles::Apart,
+            crate::send::plan::MIN_GUIDED_PART,
         );
         let list = MergeList::of(&s, &plan.parts, "r1");
         assert_eq!(
@@ -1402,6 +1406,7 @@ mod tests {
             crate::send::plan::Strategy::Adaptive,
             Some(8),
             crate::send::plan::SmallFiles::Together,
+            crate::send::plan::MIN_GUIDED_PART,
         );
         assert_eq!(
             plan.parts
@@ -1480,6 +1485,7 @@ mod tests {
             crate::send::plan::Strategy::Adaptive,
             Some(4),
             crate::send::plan::SmallFiles::Apart,
+            crate::send::plan::MIN_GUIDED_PART,
         );
         let (hashes, t) = Hashes::spawn(s.clone(), plan.parts.clone());
         t.join().unwrap().unwrap();

@@ -445,6 +445,12 @@ impl Uploader for Ftp {
         None
     }
 
+    fn round_trip(&mut self) -> Option<Duration> {
+        let t = std::time::Instant::now();
+        self.stream.noop().ok()?;
+        Some(t.elapsed())
+    }
+
     fn what(&self) -> &str {
         &self.what
     }

@@ -73,6 +73,8 @@ pub trait Uploader: Send {
     fn free(&mut self, path: &str) -> Option<u64>;
     /// `scheme://host:port`, for messages.
     fn what(&self) -> &str;
+    /// The time the server takes to answer one command, or `None`.
+    fn round_trip(&mut self) -> Option<Duration>;
 }
 
 /// Largest file [`Uploader::read_small`] reads.
@@ -194,6 +196,13 @@ impl Server {
             },
             key,
         ))
+    }
+
+    /// The shortest of two round trips to the server (a command it answers at once),
+    /// or `None` if it did not answer.
+    pub fn round_trip(&mut self) -> Option<Duration> {
+        let conn = self.conn.as_mut()?;
+        Some(conn.round_trip()?.min(conn.round_trip()?))
     }
 
     /// What the server offers, as its first login read it.

@@ -235,6 +235,12 @@ impl Uploader for SftpUpload {
         Some(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
+    fn round_trip(&mut self) -> Option<std::time::Duration> {
+        let t = std::time::Instant::now();
+        self.sftp.stat(Path::new(&self.dir)).ok()?;
+        Some(t.elapsed())
+    }
+
     fn what(&self) -> &str {
         &self.what
     }
