@@ -54,12 +54,3 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Relay => remote::relay::run().map(|_| ExitCode::SUCCESS),
     }
 }
-
-pub static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-pub fn tr(what: &str) {
-    if std::env::var_os("RELAYUP_TRACE").is_some() {
-        let t = T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64();
-        let w = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() % 86400.0;
-        eprintln!("TRACE {t:.4} {w:.4} {what}");
-    }
-}

@@ -4,7 +4,6 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    relayup::tr("main");
     let cli = relayup::cli::Cli::parse();
     let json = cli.json();
     match relayup::run(cli) {

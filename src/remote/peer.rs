@@ -71,7 +71,6 @@ impl PeerLink {
             None,
             io_timeout,
         )?;
-        crate::tr(&format!("{} ssh connected", peer.login.name));
         let mut failed = None;
         for command in peer.relay_commands() {
             let mut channel = session
@@ -101,9 +100,8 @@ impl PeerLink {
                 staged: Vec::new(),
                 limit: None,
             };
-            crate::tr(&format!("{} exec", peer.login.name));
             match link.greet() {
-                Ok(()) => { crate::tr(&format!("{} greeted", peer.login.name)); return Ok(link)},
+                Ok(()) => return Ok(link),
                 Err(e) => {
                     failed = Some(e);
                 }
@@ -170,7 +168,6 @@ impl PeerLink {
         // the server: the two took ~45 ms each, one after the other, before a peer's
         // first part could be staged.
         link.sftp()?;
-        crate::tr(&format!("{} sftp", link.peer.login.name));
         match link.next_event()? {
             Event::Ready {
                 version,

@@ -39,7 +39,6 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         return Err(no_host_finished(&ends, t, &ids.upload));
     }
     let transfer_end = Instant::now();
-    crate::tr("finish start");
     let files = match assembly.finish() {
         Ok(m) => m,
         Err(e) if e.is::<MergeFailed>() => {
@@ -59,7 +58,6 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
     ) {
         progress.merged(md5, transfer_end.elapsed().as_secs_f64());
     }
-    crate::tr("assembly finished");
     let sums = hasher
         .join()
         .map_err(|_| anyhow!("hashing thread panicked"))?
@@ -88,9 +86,7 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
         .publish(&good, t.overwrite, true)
         .map_err(|e| with_code(e, Code::Transfer))?;
     // The journal's last save is done before it goes.
-    crate::tr("published");
     let _ = journal.join();
-    crate::tr("journal joined");
     Journal::remove(&ids.upload);
     for h in ends.iter().filter(|h| !h.left_out) {
         if let Err(e) = &h.result {
@@ -109,7 +105,6 @@ pub fn finish(run: Run, ends: Vec<HostEnd>, t: &Target, ids: &Ids) -> Result<Out
             verification,
         );
     }
-    crate::tr("reported");
     let announced = published.close();
     let mut reports = reports(&source, &sums, &skipped);
     for (k, r) in reports.iter_mut().enumerate() {

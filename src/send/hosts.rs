@@ -241,9 +241,7 @@ impl Driver<'_, '_> {
             expected: None,
             bytes: 0,
         });
-        crate::tr(&format!("host {} begin part {}", job.host, part.index));
         let expected = self.host.begin(&part, job.hashes)?;
-        crate::tr(&format!("host {} begun part {}", job.host, part.index));
         self.inflight.back_mut().expect("just pushed").expected = expected;
         if self.host.stages() {
             self.pace.stage_secs = t.elapsed().as_secs_f64();
@@ -483,7 +481,13 @@ mod tests {
     }
 
     fn run_with(fake: &mut Fake, retry_for: Duration) -> (bool, Vec<usize>, bool) {
-        let plan = Plan::new(4 << 20, 1, Strategy::Adaptive, Some(1 << 20), crate::send::plan::MIN_GUIDED_PART);
+        let plan = Plan::new(
+            4 << 20,
+            1,
+            Strategy::Adaptive,
+            Some(1 << 20),
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         let sched = Scheduler::new(&plan, 1, &[0], &HashSet::new());
         let progress = Progress::quiet();
         let (tx, rx) = mpsc::channel();

@@ -231,7 +231,13 @@ mod tests {
 
     #[test]
     fn plan_round_trips_and_rejects_damage() {
-        let plan = Plan::new(100, 3, Strategy::Equal, None, crate::send::plan::MIN_GUIDED_PART);
+        let plan = Plan::new(
+            100,
+            3,
+            Strategy::Equal,
+            None,
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         let src = |size| Source::unchecked(Path::new("/x"), "d", size);
         let j = Journal::new("abc", &src(100), Path::new("/c"), &plan);
         let back = j.plan(&src(100)).unwrap();
@@ -251,7 +257,13 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let dir = state.path().join("relayup");
         let id = "00112233aabbccdd";
-        let plan = Plan::new(100, 2, Strategy::Equal, None, crate::send::plan::MIN_GUIDED_PART);
+        let plan = Plan::new(
+            100,
+            2,
+            Strategy::Equal,
+            None,
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         let src = Source::unchecked(Path::new("/x"), "d", 100);
         let j = Journal::new(id, &src, Path::new("/c"), &plan);
         j.save_in(&dir).unwrap();
@@ -271,7 +283,13 @@ mod tests {
 
     #[test]
     fn paths_that_are_not_utf8_round_trip_and_old_journals_still_read() {
-        let plan = Plan::new(10, 1, Strategy::Adaptive, None, crate::send::plan::MIN_GUIDED_PART);
+        let plan = Plan::new(
+            10,
+            1,
+            Strategy::Adaptive,
+            None,
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         let odd = PathBuf::from(crate::platform::not_unicode("/tmp/caf\u{e9} "));
         let j = Journal::new(
             "abc",

@@ -205,7 +205,6 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<Outcome> {
             .collect();
         drop(ready_tx);
         let lead = start::lead(&t, &ids, &signals, ready_rx);
-        crate::tr("lead returned");
         // However the lead ended, nobody may wait for it any more.
         signals.hello.set(None);
         signals.go.set(None);
@@ -213,7 +212,6 @@ fn send(args: &SendArgs, exclude: &[String]) -> Result<Outcome> {
             .into_iter()
             .map(|h| h.join().expect("peer threads do not panic"))
             .collect();
-        crate::tr("peers joined");
         let mut run = match lead? {
             Lead::AlreadyThere(md5) => return Ok(Outcome::AlreadyThere(md5)),
             Lead::Run(run) => *run,

@@ -112,12 +112,9 @@ pub fn peer_thread(
     let p = &t.settings.peers[host - 1];
     let name = p.login.name.clone();
     let opened = open_peer(p, t, ids, signals);
-    crate::tr(&format!("peer {host} opened"));
     let _ = ready.send((host, opened.is_ok()));
     drop(ready);
-    let go = signals.go.wait();
-    crate::tr(&format!("peer {host} go"));
-    let Some(go) = go else {
+    let Some(go) = signals.go.wait() else {
         if let Ok(link) = opened {
             link.close();
         }

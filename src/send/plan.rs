@@ -426,7 +426,12 @@ mod tests {
             (5 << 30) + 3,
         ] {
             for hosts in [1, 4, 8] {
-                let parts = guided(size, hosts, default_part_size(size, hosts), crate::send::plan::MIN_GUIDED_PART);
+                let parts = guided(
+                    size,
+                    hosts,
+                    default_part_size(size, hosts),
+                    crate::send::plan::MIN_GUIDED_PART,
+                );
                 assert_covers(&parts, size);
                 for i in hosts..parts.len() {
                     assert!(
@@ -441,7 +446,12 @@ mod tests {
                 assert!(parts.iter().all(|p| p.len <= MAX_DEFAULT_PART));
             }
         }
-        let parts = guided(400 * MIB, 4, default_part_size(400 * MIB, 4), crate::send::plan::MIN_GUIDED_PART);
+        let parts = guided(
+            400 * MIB,
+            4,
+            default_part_size(400 * MIB, 4),
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         assert_eq!(parts[0].len, MIN_GUIDED_PART, "a small first part per host");
         assert_eq!(parts[3].len, MIN_GUIDED_PART);
         assert_eq!(parts[4].len, 2 * MIN_GUIDED_PART, "then doubling");
@@ -455,8 +465,14 @@ mod tests {
     #[test]
     fn a_near_server_gets_smaller_last_parts_but_a_lone_host_does_not() {
         use std::time::Duration;
-        assert_eq!(smallest_part(Some(Duration::from_micros(300))), MIN_NEAR_PART);
-        assert_eq!(smallest_part(Some(Duration::from_millis(20))), MIN_GUIDED_PART);
+        assert_eq!(
+            smallest_part(Some(Duration::from_micros(300))),
+            MIN_NEAR_PART
+        );
+        assert_eq!(
+            smallest_part(Some(Duration::from_millis(20))),
+            MIN_GUIDED_PART
+        );
         assert_eq!(smallest_part(None), MIN_GUIDED_PART);
         let size = 300 * MIB;
         let max = default_part_size(size, 4);
@@ -468,8 +484,18 @@ mod tests {
         assert_eq!(far[far.len() - 2].len, MIN_GUIDED_PART);
         // The tail of 4 parts per host holds a quarter as much.
         let tail = |p: &[Part]| p[p.len() - 16..].iter().map(|p| p.len).sum::<u64>();
-        assert!(tail(&near) * 3 < tail(&far), "{} {}", tail(&near), tail(&far));
-        assert!(near.len() < far.len() + 40, "{} vs {} parts", near.len(), far.len());
+        assert!(
+            tail(&near) * 3 < tail(&far),
+            "{} {}",
+            tail(&near),
+            tail(&far)
+        );
+        assert!(
+            near.len() < far.len() + 40,
+            "{} vs {} parts",
+            near.len(),
+            far.len()
+        );
         let alone = guided(size, 1, default_part_size(size, 1), MIN_NEAR_PART);
         assert!(alone.iter().rev().skip(1).all(|p| p.len >= MIN_GUIDED_PART));
         assert_eq!(guided(MIB, 1, MIN_DEFAULT_PART, MIN_NEAR_PART).len(), 1);
@@ -510,10 +536,22 @@ mod tests {
 
     #[test]
     fn plan_picks_by_strategy() {
-        let p = Plan::new(100, 4, Strategy::Equal, None, crate::send::plan::MIN_GUIDED_PART);
+        let p = Plan::new(
+            100,
+            4,
+            Strategy::Equal,
+            None,
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         assert_eq!(p.parts.len(), 4);
         assert_eq!(p.owners, [0, 1, 2, 3]);
-        let p = Plan::new(100, 4, Strategy::Adaptive, Some(30), crate::send::plan::MIN_GUIDED_PART);
+        let p = Plan::new(
+            100,
+            4,
+            Strategy::Adaptive,
+            Some(30),
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         assert_eq!(p.parts.len(), 4);
         assert_eq!(p.parts[3].len, 10);
         assert!(p.describe(&["local".into()]).contains("4 part(s)"));

@@ -53,11 +53,9 @@ pub fn log_in(t: &Target, ids: &Ids, signals: &Signals) -> Result<LoggedIn> {
         let m = m
             .join()
             .map_err(|_| anyhow!("server pre-flight panicked"))?;
-        crate::tr("prepare joined");
         let l = l
             .join()
             .map_err(|_| anyhow!("server pre-flight panicked"))?;
-        crate::tr("local joined");
         Ok::<_, anyhow::Error>((m?, l))
     })
     .map_err(|e| with_code(e, Code::Connect))?;

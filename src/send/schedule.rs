@@ -251,7 +251,6 @@ impl Scheduler {
         s.in_flight -= 1;
         s.holders.remove(&part.index);
         s.done += 1;
-        crate::tr(&format!("complete part {} host {host} done {}/{}", part.index, s.done, s.total));
         if let Some(slot) = s.completed_by.get_mut(part.index) {
             *slot = Some(host);
         }
@@ -309,7 +308,13 @@ mod tests {
     const ALL: [usize; 4] = [0, 1, 2, 3];
 
     fn plan(parts: usize, strategy: Strategy) -> Plan {
-        Plan::new(parts as u64 * 10, parts, strategy, Some(10), crate::send::plan::MIN_GUIDED_PART)
+        Plan::new(
+            parts as u64 * 10,
+            parts,
+            strategy,
+            Some(10),
+            crate::send::plan::MIN_GUIDED_PART,
+        )
     }
 
     #[test]
@@ -384,7 +389,13 @@ mod tests {
 
     #[test]
     fn a_slow_host_takes_the_small_parts_from_the_back() {
-        let plan = Plan::new(40 << 20, 3, Strategy::Adaptive, Some(1 << 20), crate::send::plan::MIN_GUIDED_PART);
+        let plan = Plan::new(
+            40 << 20,
+            3,
+            Strategy::Adaptive,
+            Some(1 << 20),
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         let s = Scheduler::new(&plan, 3, &ALL[..3], &Default::default());
         for (host, secs) in [(0, 0.1), (1, 0.1), (2, 1.0)] {
             let Next::Part(p) = s.next(host) else {
@@ -411,7 +422,13 @@ mod tests {
 
     #[test]
     fn at_the_end_a_slow_host_leaves_the_last_part_to_a_fast_one() {
-        let plan = Plan::new(4 << 20, 2, Strategy::Adaptive, Some(1 << 20), crate::send::plan::MIN_GUIDED_PART);
+        let plan = Plan::new(
+            4 << 20,
+            2,
+            Strategy::Adaptive,
+            Some(1 << 20),
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         let s = Scheduler::new(&plan, 2, &ALL[..2], &Default::default());
         for (host, secs) in [(0, 0.1), (1, 2.0)] {
             let Next::Part(p) = s.next(host) else {

@@ -412,8 +412,13 @@ mod tests {
         );
         assert_eq!(Places::parts().of(0), (None, None));
         let one = Source::single(&items[0].0, "a").unwrap();
-        let plan =
-            crate::send::plan::Plan::new(10, 1, crate::send::plan::Strategy::Adaptive, Some(4), crate::send::plan::MIN_GUIDED_PART);
+        let plan = crate::send::plan::Plan::new(
+            10,
+            1,
+            crate::send::plan::Strategy::Adaptive,
+            Some(4),
+            crate::send::plan::MIN_GUIDED_PART,
+        );
         assert_eq!(
             Places::direct(&one, &plan.parts).of(1),
             (Some("file"), Some(4))

@@ -76,14 +76,10 @@ pub fn lead(
         let skip: Vec<usize> = skipped.iter().map(|s| s.0).collect();
         Arc::new(t.source.skipping(&skip))
     };
-    crate::tr("logged in");
     let live = live_hosts(t, assembly.as_ref(), ready);
-    crate::tr("live hosts");
     let id = ids.upload.as_str();
     // How small the last parts may be: how near the server is, seen from here.
-    let rt = local.round_trip();
-    crate::tr(&format!("rtt {rt:?}"));
-    let smallest = super::plan::smallest_part(rt);
+    let smallest = super::plan::smallest_part(local.round_trip());
     let (plan, done, journal) =
         plan_and_resume(t, &source, id, assembly.as_mut(), live.len(), smallest)?;
     let progress = start_progress(t, &source, id, &plan, &done);
@@ -113,11 +109,9 @@ pub fn lead(
         source.clone(),
         hashes.clone(),
     );
-    crate::tr("before merge start");
     let merged = assembly
         .start(layout)
         .map_err(|e| with_code(e, Code::Transfer))?;
-    crate::tr("merge started");
     let journal = std::thread::spawn(move || keep_verified(journal, verified_rx));
     let mut resumed: Vec<usize> = done.iter().copied().collect();
     resumed.sort_unstable();
