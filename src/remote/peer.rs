@@ -29,6 +29,7 @@ const MAX_OTHER_LINES: usize = 1000;
 pub struct PeerLink {
     pub peer: Peer,
     session: Session,
+    wire: std::sync::Arc<ssh::Wire>,
     channel: Channel,
     events: BufReader<ssh2::Stream>,
     /// Started while the relay logs in to the server (see [`PeerLink::hello`]), or
@@ -65,28 +66,29 @@ impl PeerLink {
         known_hosts: &crate::config::KnownHosts,
         io_timeout: Duration,
     ) -> Result<PeerLink> {
-        let session = ssh::connect(
+        let (session, wire) = ssh::connect_wired(
             &peer.login,
             Trust::KnownHosts(known_hosts),
             None,
             io_timeout,
         )?;
+        let wire = std::sync::Arc::new(wire);
         let mut failed = None;
         for command in peer.relay_commands() {
-            let mut channel = session
-                .channel_session()
+            let mut channel = wire
+                .settle(&session, || session.channel_session())
                 .context("opening an SSH channel")?;
             // One stream for stdout and stderr: a relay's stderr can never fill its window.
             channel
                 .handle_extended_data(ExtendedData::Merge)
                 .context("merging the relay's stderr")?;
-            channel
-                .exec(&command)
+            wire.settle(&session, || channel.exec(&command))
                 .context("starting relayup on the peer")?;
             let events = BufReader::new(channel.stream(0));
             let mut link = PeerLink {
                 peer: peer.clone(),
                 session: session.clone(),
+                wire: wire.clone(),
                 channel,
                 events,
                 sftp: None,
@@ -196,8 +198,8 @@ impl PeerLink {
     fn sftp(&mut self) -> Result<&Sftp> {
         if self.sftp.is_none() {
             let sftp = self
-                .session
-                .sftp()
+                .wire
+                .settle(&self.session, || self.session.sftp())
                 .with_context(|| format!("{}: starting SFTP", link_name(&self.peer)))?;
             self.sftp = Some(sftp);
         }

@@ -89,8 +89,24 @@ pub fn connect(
     password: Option<&Secret>,
     io_timeout: Duration,
 ) -> Result<Session> {
+    connect_wired(login, trust, password, io_timeout).map(|(session, _)| session)
+}
+
+/// [`connect`], also giving the session's socket, to open its first channels through
+/// [`Wire::settle`].
+pub fn connect_wired(
+    login: &Login,
+    trust: Trust<'_>,
+    password: Option<&Secret>,
+    io_timeout: Duration,
+) -> Result<(Session, Wire)> {
     let what = login.describe();
     let stream = tcp(&login.host, login.port, &what).map_err(unreachable)?;
+    let wire = Wire(
+        stream
+            .try_clone()
+            .with_context(|| format!("{what}: cannot use the connection"))?,
+    );
     let mut session = Session::new().context("creating an SSH session")?;
     session.set_tcp_stream(stream);
     session.set_timeout(io_timeout.as_millis().min(u32::MAX as u128) as u32);
@@ -121,7 +137,104 @@ pub fn connect(
         .map_err(unreachable)?;
     check_host_key(&session, login, &trust)?;
     authenticate(&session, login, password)?;
-    Ok(session)
+    Ok((session, wire))
+}
+
+/// An SSH session's TCP socket (a second handle on it).
+pub struct Wire(#[cfg_attr(not(target_os = "linux"), allow(dead_code))] TcpStream);
+
+/// libssh2's "would block" (`LIBSSH2_ERROR_EAGAIN`).
+const EAGAIN: i32 = -37;
+
+impl Wire {
+    /// Runs `step`, a request to the server and the wait for its answer (opening a
+    /// channel, starting a command, starting SFTP), acknowledging at once every
+    /// packet that arrives meanwhile.
+    ///
+    /// Right after the login OpenSSH's server sends its host keys
+    /// (`hostkeys-00@openssh.com`), then holds its next packet, the answer to our
+    /// first request, until that one is acknowledged (Nagle: the server sets no
+    /// `TCP_NODELAY` without a terminal); Linux delays that acknowledgment by 40 ms
+    /// in a request-answer exchange. Every first channel cost those 40 ms. Here the
+    /// session waits without blocking and the socket is put back into quick-ACK mode
+    /// before each read (Linux only; elsewhere `step` simply blocks).
+    pub fn settle<T>(
+        &self,
+        session: &Session,
+        mut step: impl FnMut() -> Result<T, ssh2::Error>,
+    ) -> Result<T, ssh2::Error> {
+        if !cfg!(target_os = "linux") {
+            return step();
+        }
+        let limit = match session.timeout() {
+            0 => None,
+            ms => Some(std::time::Instant::now() + Duration::from_millis(ms.into())),
+        };
+        session.set_blocking(false);
+        let result = loop {
+            match step() {
+                Err(e) if e.code() == ssh2::ErrorCode::Session(EAGAIN) => {
+                    self.quick_ack();
+                    let left =
+                        limit.map(|l| l.saturating_duration_since(std::time::Instant::now()));
+                    if left == Some(Duration::ZERO) || !self.wait(session, left) {
+                        break Err(ssh2::Error::new(
+                            ssh2::ErrorCode::Session(-9),
+                            "timed out waiting for the server",
+                        ));
+                    }
+                    self.quick_ack();
+                }
+                other => break other,
+            }
+        };
+        session.set_blocking(true);
+        result
+    }
+
+    #[cfg(target_os = "linux")]
+    fn quick_ack(&self) {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn quick_ack(&self) {}
+
+    /// Waits until the socket can go the way libssh2 waits for, or `left` passes;
+    /// `false` on timeout.
+    #[cfg(target_os = "linux")]
+    fn wait(&self, session: &Session, left: Option<Duration>) -> bool {
+        use std::os::fd::AsRawFd;
+        let events = match session.block_directions() {
+            ssh2::BlockDirections::Inbound => libc::POLLIN,
+            ssh2::BlockDirections::Outbound => libc::POLLOUT,
+            _ => libc::POLLIN | libc::POLLOUT,
+        };
+        let mut fd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        let ms = left.map_or(-1, |d| d.as_millis().clamp(1, i32::MAX as u128) as i32);
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut fd, 1, ms) != 0 }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn wait(&self, _: &Session, _: Option<Duration>) -> bool {
+        true
+    }
 }
 
 /// The algorithms to offer for a key type as written in known_hosts.
@@ -474,7 +587,7 @@ pub struct Output {
 /// `/bin/sh -s`, so an account whose shell is not POSIX works too. `script` must quote
 /// every path with [`crate::remote::quote::sh`].
 pub fn run(session: &Session, script: &str) -> Result<Output> {
-    let ch = start_script(session, script, false)?;
+    let ch = start_script(session, None, script, false)?;
     finish(ch)
 }
 
@@ -522,17 +635,31 @@ fn finish(mut ch: ssh2::Channel) -> Result<Output> {
 /// returns the channel with stdin still open. A script that reads stdin itself must
 /// first print a line of its own and the caller must wait for it before writing
 /// anything: `sh` may read ahead on a pipe, but only what has been written. With
-/// `merge_stderr`, stderr arrives in the same stream as stdout.
-pub fn start_script(session: &Session, script: &str, merge_stderr: bool) -> Result<ssh2::Channel> {
+/// `merge_stderr`, stderr arrives in the same stream as stdout. With the session's
+/// `wire`, the channel is opened and the command started through [`Wire::settle`].
+pub fn start_script(
+    session: &Session,
+    wire: Option<&Wire>,
+    script: &str,
+    merge_stderr: bool,
+) -> Result<ssh2::Channel> {
     use std::io::Write;
-    let mut ch = session
-        .channel_session()
-        .context("opening an SSH channel")?;
+    let settle = |step: &mut dyn FnMut() -> Result<(), ssh2::Error>| match wire {
+        Some(w) => w.settle(session, step),
+        None => step(),
+    };
+    let mut ch = None;
+    settle(&mut || {
+        ch = Some(session.channel_session()?);
+        Ok(())
+    })
+    .context("opening an SSH channel")?;
+    let mut ch = ch.expect("opened above");
     if merge_stderr {
         ch.handle_extended_data(ssh2::ExtendedData::Merge)
             .context("merging a remote command's stderr")?;
     }
-    ch.exec("/bin/sh -s").context("starting a remote command")?;
+    settle(&mut || ch.exec("/bin/sh -s")).context("starting a remote command")?;
     ch.write_all(format!("{{\n{script}\n}}\nexit $?\n").as_bytes())
         .context("starting a remote command")?;
     Ok(ch)

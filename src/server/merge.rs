@@ -36,6 +36,7 @@ pub enum Prepared {
 /// parts are appended in order over the merge login as they arrive.
 pub struct AppendMerge {
     session: Session,
+    wire: ssh::Wire,
     /// Held until dropped: the server-side lock of this upload's temp dir.
     _lock: ServerLock,
     /// Parts an earlier run left complete.
@@ -110,7 +111,7 @@ impl Assembly for AppendMerge {
             early: layout.early,
             published: layout.published.clone(),
         };
-        let (feeder, tx) = Feeder::start(&self.session, &self.place, files, trailer)?;
+        let (feeder, tx) = Feeder::start(&self.session, &self.wire, &self.place, files, trailer)?;
         self.feeder = Some(feeder);
         Ok(tx)
     }
@@ -257,7 +258,12 @@ fn lock_lines(tmp: &str, owner: &Owner) -> String {
 
 /// The merge login: an SSH session on the server as `merge.user`.
 pub fn login(settings: &Settings) -> Result<Session> {
-    ssh::connect(
+    login_wired(settings).map(|(session, _)| session)
+}
+
+/// [`login`], with the session's socket (see [`ssh::Wire`]).
+fn login_wired(settings: &Settings) -> Result<(Session, ssh::Wire)> {
+    ssh::connect_wired(
         &settings.merge_login()?.login,
         Trust::KnownHosts(&settings.known_hosts),
         None,
@@ -280,14 +286,15 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let (upload_id, run) = (ids.upload.as_str(), ids.run.as_str());
     let m = settings.merge_login()?;
-    let session = login(settings)?;
+    let (session, wire) = login_wired(settings)?;
     let script = preflight_script(&m.dir, dest, upload_id, overwrite);
     let who = m.login.describe();
-    let mut ch = ssh::start_script(&session, &script, true)?;
+    let mut ch = ssh::start_script(&session, Some(&wire), &script, true)?;
     let (ready, lines) = read_preflight(&mut ch, &who)?;
     if ready {
         return Ok(Prepared::Ready(AppendMerge {
             session,
+            wire,
             _lock: ServerLock { channel: Some(ch) },
             parts: parse_parts(&lines.join("\n")),
             free: free_bytes(&lines),
@@ -708,11 +715,12 @@ impl Feeder {
     /// `session`. The merged files are created here and must not exist.
     pub fn start(
         session: &Session,
+        wire: &ssh::Wire,
         place: &RunPlace,
         files: MergeList,
         trailer: Trailer,
     ) -> Result<(Feeder, Sender<usize>)> {
-        let mut ch = start_merge(session, place)?;
+        let mut ch = start_merge(session, wire, place)?;
         let session = session.clone();
         let (tx, rx): (Sender<usize>, Receiver<usize>) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || -> Result<Vec<Assembled>> {
@@ -801,7 +809,7 @@ const CUT_SCRIPT: &str = "exec 3< \"$m\" || exit 1\n\
 /// [`batch_lines`]), or a part to cut into small files (see [`CUT_SCRIPT`]); it prints `md5 <k> <md5>` and `stat <k> <name> <inode size
 /// mtime>` for each file, then `published <k>` or `kept <k> <status>` for a file it
 /// was told to publish.
-fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
+fn start_merge(session: &Session, wire: &ssh::Wire, place: &RunPlace) -> Result<ssh2::Channel> {
     let tmp = crate::server::names::temp_dir(&place.dir, &place.upload_id);
     // Names come from us (`<n>.part`, `merged.<run>…`). `set -C` creates a merged
     // file only if no other writer has that name. A file of one part is not copied:
@@ -840,7 +848,8 @@ fn start_merge(session: &Session, place: &RunPlace) -> Result<ssh2::Channel> {
         batch = batch_script(),
         cut = CUT_SCRIPT,
     );
-    let mut ch = ssh::start_script(session, &script, true).context("starting the merge")?;
+    let mut ch =
+        ssh::start_script(session, Some(wire), &script, true).context("starting the merge")?;
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut ch), &mut first)
         .context("starting the merge")?;

@@ -35,10 +35,11 @@ impl SftpUpload {
             ServerTrust::KnownHosts(f) => Trust::KnownHosts(f),
             ServerTrust::Exact(k) => Trust::Exact(k),
         };
-        let session = ssh::connect(&login, trust, spec.password.as_ref(), access.io_timeout)?;
+        let (session, wire) =
+            ssh::connect_wired(&login, trust, spec.password.as_ref(), access.io_timeout)?;
         let key = ssh::host_key_line(&session)?;
-        let sftp = session
-            .sftp()
+        let sftp = wire
+            .settle(&session, || session.sftp())
             .map_err(|e| anyhow!("{what}: cannot start SFTP: {e}"))?;
         let dir = temp_dir(&spec.dir, upload_id);
         // The temp dir is created by the merge login's pre-flight (paths are absolute,
