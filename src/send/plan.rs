@@ -320,7 +320,7 @@ impl Plan {
     pub fn describe(&self, hosts: &[String]) -> String {
         let mut out = String::new();
         let strategy = match self.strategy {
-            Strategy::Adaptive => "adaptive (shared queue: free hosts take the next part; slower hosts the smaller ones)",
+            Strategy::Adaptive => "adaptive (shared queue: free hosts take the next part; at the end, the faster ones)",
             Strategy::Equal => "equal (one share per host, sent in pieces)",
         };
         out.push_str(&format!(

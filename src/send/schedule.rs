@@ -33,8 +33,8 @@ struct State {
     total: usize,
     /// Which host reported each part done (by part index), in this run.
     completed_by: Vec<Option<usize>>,
-    /// Which host holds each part in flight, by part index.
-    holders: HashMap<usize, usize>,
+    /// Which host holds each part in flight, and its length, by part index.
+    holders: HashMap<usize, (usize, u64)>,
     /// Hosts uploading now: from the first part they take until they hold none and
     /// there is none for them (waiting at the end, finished, or failed).
     uploading: Vec<bool>,
@@ -75,10 +75,10 @@ impl State {
     fn follow(&mut self, host: usize, next: &Next) {
         let uploading = match next {
             Next::Part(p) => {
-                self.holders.insert(p.index, host);
+                self.holders.insert(p.index, (host, p.len));
                 true
             }
-            _ => self.holders.values().any(|h| *h == host),
+            _ => self.holders.values().any(|h| h.0 == host),
         };
         if self.uploading[host] != uploading {
             self.uploading[host] = uploading;
@@ -88,7 +88,8 @@ impl State {
 
     /// End game: a host slower than the fastest live one leaves a part alone if the
     /// hosts together would clear the whole remaining queue before it could finish
-    /// that one part (the last parts go to whoever finishes them first).
+    /// that part after the ones it holds (a peer takes its next part while it still
+    /// uploads one, to stage it): the last parts go to whoever finishes them first.
     fn others_finish_sooner(&self, host: usize, len: u64) -> bool {
         let Some(mine) = self.rates[host] else {
             return false;
@@ -103,23 +104,13 @@ impl State {
         }
         let total: f64 = live.iter().sum();
         let queued: u64 = self.shared.iter().map(|p| p.len).sum();
-        len as f64 / mine > queued as f64 / total
-    }
-
-    /// Slower than 3/4 of the median rate of the live hosts that have one.
-    fn is_slow(&self, host: usize) -> bool {
-        let Some(mine) = self.rates[host] else {
-            return false;
-        };
-        let mut known: Vec<f64> = (0..self.rates.len())
-            .filter(|&h| self.alive[h])
-            .filter_map(|h| self.rates[h])
-            .collect();
-        if known.len() < 2 {
-            return false;
-        }
-        known.sort_by(|a, b| a.total_cmp(b));
-        mine < 0.75 * known[known.len() / 2]
+        let held: u64 = self
+            .holders
+            .values()
+            .filter(|(h, _)| *h == host)
+            .map(|(_, len)| len)
+            .sum();
+        (held + len) as f64 / mine > queued as f64 / total
     }
 }
 
@@ -201,23 +192,17 @@ impl Scheduler {
         if !s.alive[host] || s.done == s.total {
             return Next::Finished;
         }
-        // Parts shrink along the queue (guided plan): a host clearly slower than the
-        // others takes from the back, so no slow host is left with a big part at the end.
-        let slow = s.is_slow(host);
+        // Every host takes the next part in order, a slow one too: the append-merge
+        // goes on as the parts come, and the guided plan's parts shrink along the
+        // queue, so the last ones are small for everyone. (A slow host that took the
+        // small parts from the back left the fast ones the big middle parts to end on,
+        // and the merge everything after them to append at the end: 0.4 s in lab (b).)
         let part = s.reserved[host].pop_front().or_else(|| {
-            let candidate = if slow {
-                s.shared.back()
-            } else {
-                s.shared.front()
-            }?;
+            let candidate = s.shared.front()?;
             if s.others_finish_sooner(host, candidate.len) {
                 return None;
             }
-            if slow {
-                s.shared.pop_back()
-            } else {
-                s.shared.pop_front()
-            }
+            s.shared.pop_front()
         });
         match part {
             Some(p) => {
@@ -388,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_host_takes_the_small_parts_from_the_back() {
+    fn a_slow_host_takes_the_next_part_and_counts_what_it_holds_at_the_end() {
         let plan = Plan::new(
             40 << 20,
             3,
@@ -397,16 +382,28 @@ mod tests {
             crate::send::plan::MIN_GUIDED_PART,
         );
         let s = Scheduler::new(&plan, 3, &ALL[..3], &Default::default());
-        for (host, secs) in [(0, 0.1), (1, 0.1), (2, 1.0)] {
+        for (host, secs) in [(0, 0.1), (1, 0.1), (2, 0.5)] {
             let Next::Part(p) = s.next(host) else {
                 panic!()
             };
             s.complete(&p, host, secs);
         }
         let Next::Part(p) = s.next(2) else { panic!() };
-        assert_eq!(p.index, 39, "the slow host takes from the back");
+        assert_eq!(p.index, 3, "the slow host takes the next part too");
         let Next::Part(p) = s.next(0) else { panic!() };
-        assert_eq!(p.index, 3, "a fast host takes from the front");
+        assert_eq!(p.index, 4);
+        // The fast hosts take all but 16 of the rest, 1 MiB each.
+        for i in 5..24 {
+            let Next::Part(p) = s.next(i % 2) else {
+                panic!()
+            };
+            s.complete(&p, i % 2, 0.1);
+        }
+        // 16 MiB queued clear in 16 / 22 s; the slow host needs 0.5 s a part, but
+        // holding part 3 it would finish part 24 after 1 s: it leaves it.
+        assert_eq!(s.next(2), Next::Wait, "it still holds part 3");
+        let Next::Part(p) = s.next(0) else { panic!() };
+        assert_eq!(p.index, 24);
     }
 
     #[test]
