@@ -238,7 +238,7 @@ impl Uploader for SftpUpload {
 
     fn round_trip(&mut self) -> Option<std::time::Duration> {
         let t = std::time::Instant::now();
-        self.sftp.stat(Path::new(&self.dir)).ok()?;
+        self.sftp.realpath(Path::new(".")).ok()?;
         Some(t.elapsed())
     }
 
