@@ -167,8 +167,7 @@ impl PeerLink {
             stall_timeout: link.io_timeout.as_secs(),
         }))?;
         // SFTP starts (a subsystem process on the peer) while the relay logs in to
-        // the server: the two took ~45 ms each, one after the other, before a peer's
-        // first part could be staged.
+        // the server, not before the relay: a peer's first part waits for both.
         link.sftp()?;
         match link.next_event()? {
             Event::Ready {

@@ -219,8 +219,8 @@ fn small_files(assembly: AssemblyKind) -> SmallFiles {
 }
 
 impl Target {
-    /// A new plan for the send, among `hosts` hosts.
-    /// The plan for `hosts` hosts; `smallest`: see [`crate::send::plan::smallest_part`].
+    /// A new plan for the send, among `hosts` hosts; `smallest`: see
+    /// [`crate::send::plan::smallest_part`].
     pub fn plan(&self, hosts: usize, smallest: u64) -> Plan {
         Plan::for_source(
             &self.source,
