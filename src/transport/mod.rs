@@ -198,8 +198,10 @@ impl Server {
         ))
     }
 
-    /// The shortest of two round trips to the server (a command it answers at once),
-    /// or `None` if it did not answer.
+    /// The shortest of two round trips to the server, one straight after the other (a
+    /// command it answers at once), or `None` if it did not answer. Two back to back,
+    /// not the login's own commands: those come while every host logs in, and in lab
+    /// (c) timing them with one more `NOOP` called a LAN server far in 1 run of 6.
     pub fn round_trip(&mut self) -> Option<Duration> {
         let conn = self.conn.as_mut()?;
         Some(conn.round_trip()?.min(conn.round_trip()?))

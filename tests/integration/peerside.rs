@@ -53,19 +53,20 @@ fn a_peer_that_runs_nothing_but_relayup_takes_a_send_a_check_a_clean_and_a_deplo
 
     // A send: the peer carries parts.
     let file = env.random_file("f", 5 * PART + 3);
-    let out = env.send(
-        &file,
-        &config,
-        &["--part-size", "1MiB", "--bwlimit", "2MiB", "--json"],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        json_lines(&out)
-            .iter()
-            .any(|e| e["type"] == "part_done" && e["host"] == "g1"),
-        "the gated peer carried parts: {}",
-        text(&out)
-    );
+    let send_through_g1 = |config: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["--part-size", "1MiB", "--bwlimit", "2MiB", "--json"];
+        args.extend_from_slice(extra);
+        let out = env.send(&file, config, &args);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            json_lines(&out)
+                .iter()
+                .any(|e| e["type"] == "part_done" && e["host"] == "g1"),
+            "the gated peer carried parts: {}",
+            text(&out)
+        );
+    };
+    send_through_g1(&config, &[]);
     assert_eq!(md5_file(&env.srv.join("f")), md5_file(&file));
 
     // peers check: the version comes from the relay itself.
@@ -140,26 +141,8 @@ fn a_peer_that_runs_nothing_but_relayup_takes_a_send_a_check_a_clean_and_a_deplo
     assert_eq!(rows[0]["action"], "installed", "{}", text(&out));
     assert_eq!(rows[0]["os"], "Linux x86_64", "{}", text(&out));
     assert!(installed.exists());
-    let out = env.send(
-        &file,
-        &bare,
-        &[
-            "--part-size",
-            "1MiB",
-            "--bwlimit",
-            "2MiB",
-            "--json",
-            "--overwrite",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        json_lines(&out)
-            .iter()
-            .any(|e| e["type"] == "part_done" && e["host"] == "g1"),
-        "the deployed relay carried parts: {}",
-        text(&out)
-    );
+    // The deployed relay carries parts.
+    send_through_g1(&bare, &["--overwrite"]);
 
     assert_eq!(ran(), "", "commands other than the relay ran on the peer");
 }
