@@ -860,18 +860,28 @@ impl TestEnv {
 }
 
 impl Running {
-    /// Waits for `n` `part_done` events (optionally from `host`); panics after 60 s.
+    /// Waits for `n` `part_done` events (optionally from `host`); panics after 60 s,
+    /// or if the send ends first, with the other events it saw.
     pub fn wait_parts(&self, n: usize, host: Option<&str>) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut seen = 0;
+        let mut others = Vec::new();
         while seen < n {
             let left = deadline.saturating_duration_since(Instant::now());
             let ev = match self.events.recv_timeout(left) {
                 Ok(ev) => ev,
-                Err(_) => panic!("no {n} part_done events within 60 s (saw {seen})"),
+                Err(e) => {
+                    let why = match e {
+                        std::sync::mpsc::RecvTimeoutError::Timeout => "none came within 60 s",
+                        std::sync::mpsc::RecvTimeoutError::Disconnected => "the send ended",
+                    };
+                    panic!("waiting for {n} part_done events, saw {seen}: {why}; other events: {others:?}")
+                }
             };
             if ev["type"] == "part_done" && host.is_none_or(|h| ev["host"] == h) {
                 seen += 1;
+            } else if ev["type"] != "progress" {
+                others.push(ev.to_string());
             }
         }
     }
