@@ -40,6 +40,14 @@ fn xmd5_digest(body: &str) -> Option<String> {
         .then(|| word.to_ascii_lowercase())
 }
 
+/// A socket timeout, as a read or write past it reports it (`WouldBlock` on Unix).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 fn timeouts(s: &TcpStream, io_timeout: Duration) -> std::io::Result<()> {
     s.set_read_timeout(Some(io_timeout))?;
     s.set_write_timeout(Some(io_timeout))?;
@@ -77,11 +85,17 @@ impl Ftp {
             .ok_or_else(|| anyhow!("{what}: FTP needs a password"))?;
         stream
             .login(spec.user.as_str(), password.expose())
-            .map_err(|e| {
-                anyhow!(
+            .map_err(|e| match e {
+                suppaftp::FtpError::ConnectionError(io) if timed_out(&io) => anyhow!(
+                    "{what}: no answer to the login as {} within {} s; is the server busy? \
+                     --stall-timeout sets how long to wait",
+                    spec.user,
+                    io_timeout.as_secs()
+                ),
+                e => anyhow!(
                     "{what}: login as {} failed: {e}; check server.user and the password",
                     spec.user
-                )
+                ),
             })?;
         // ASCII mode would rewrite line endings inside binary parts.
         stream
@@ -126,7 +140,13 @@ pub fn parallel_writes(
 ) -> Result<bool> {
     let path = checked(path)?;
     let mut a = Ftp::connect(spec, upload_id, io_timeout)?;
-    let mut b = Ftp::connect(spec, upload_id, wait)?;
+    // The second login gets the usual timeout (a busy server may take seconds to log
+    // in); only its wait for the upload's `150` is cut short.
+    let mut b = Ftp::connect(spec, upload_id, io_timeout)?;
+    b.stream
+        .get_ref()
+        .set_read_timeout(Some(wait))
+        .with_context(|| format!("{}: setting a timeout", b.what))?;
     let what = a.what.clone();
     a.stream.resume_transfer(1).ok();
     let held = a

@@ -89,6 +89,37 @@ fn direct_writes_over_ftps_without_any_ssh_login_on_the_server() {
     }
 }
 
+/// A server slow to log in (vsftpd's `delay_successful_login`, 2 s) still gets direct
+/// writes from every host: the probe for parallel writes waits for its second login
+/// as long as for any other, and only its wait for the upload's `150` is short (its
+/// 1.5 s limit on the whole login failed the send). A login slower than
+/// `--stall-timeout` is reported as such.
+#[test]
+fn a_server_slow_to_log_in_still_gets_direct_writes_from_every_host() {
+    let mut env = TestEnv::new(1);
+    env.set_vsftpd_option("lock_upload_files=NO");
+    env.set_vsftpd_option("delay_successful_login=2");
+    env.stop_server_sshd();
+    let config = direct_config(&env, "direct.toml", "ftp");
+    let file = env.random_file("f", 6 * PART + 1);
+    let extra = ["--part-size", "1MiB", "--bwlimit", "1MiB"];
+    let done = send_ok(&env, &config, &file, "f", &extra);
+    let hosts = done["hosts"].as_object().unwrap();
+    assert!(hosts["p1"]["bytes"].as_u64() > Some(0), "{done}");
+    // Waiting less than the server takes: said so, not blamed on the password.
+    let out = env.send(&file, &config, &["--dest", "g", "--stall-timeout", "1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no answer to the login as")
+            && stderr.contains("within 1 s")
+            && stderr.contains("--stall-timeout")
+            && !stderr.contains("check server.user"),
+        "{stderr}"
+    );
+    assert!(!env.srv.join("g").exists());
+}
+
 /// vsftpd's default makes every upload into one file wait for the others: the send
 /// goes from this machine alone, says so, and is still right.
 #[test]
