@@ -644,25 +644,28 @@ pub fn start_script(
     merge_stderr: bool,
 ) -> Result<ssh2::Channel> {
     use std::io::Write;
-    let settle = |step: &mut dyn FnMut() -> Result<(), ssh2::Error>| match wire {
-        Some(w) => w.settle(session, step),
-        None => step(),
-    };
-    let mut ch = None;
-    settle(&mut || {
-        ch = Some(session.channel_session()?);
-        Ok(())
-    })
-    .context("opening an SSH channel")?;
-    let mut ch = ch.expect("opened above");
+    let mut ch =
+        settled(session, wire, || session.channel_session()).context("opening an SSH channel")?;
     if merge_stderr {
         ch.handle_extended_data(ssh2::ExtendedData::Merge)
             .context("merging a remote command's stderr")?;
     }
-    settle(&mut || ch.exec("/bin/sh -s")).context("starting a remote command")?;
+    settled(session, wire, || ch.exec("/bin/sh -s")).context("starting a remote command")?;
     ch.write_all(format!("{{\n{script}\n}}\nexit $?\n").as_bytes())
         .context("starting a remote command")?;
     Ok(ch)
+}
+
+/// `step` through [`Wire::settle`] if there is a `wire`, else as it is.
+fn settled<T>(
+    session: &Session,
+    wire: Option<&Wire>,
+    mut step: impl FnMut() -> Result<T, ssh2::Error>,
+) -> Result<T, ssh2::Error> {
+    match wire {
+        Some(w) => w.settle(session, step),
+        None => step(),
+    }
 }
 
 /// The signal that killed a finished remote command (`SIGKILL`, ...), if one did.

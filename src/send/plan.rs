@@ -426,12 +426,7 @@ mod tests {
             (5 << 30) + 3,
         ] {
             for hosts in [1, 4, 8] {
-                let parts = guided(
-                    size,
-                    hosts,
-                    default_part_size(size, hosts),
-                    crate::send::plan::MIN_GUIDED_PART,
-                );
+                let parts = guided(size, hosts, default_part_size(size, hosts), MIN_GUIDED_PART);
                 assert_covers(&parts, size);
                 for i in hosts..parts.len() {
                     assert!(
@@ -450,7 +445,7 @@ mod tests {
             400 * MIB,
             4,
             default_part_size(400 * MIB, 4),
-            crate::send::plan::MIN_GUIDED_PART,
+            MIN_GUIDED_PART,
         );
         assert_eq!(parts[0].len, MIN_GUIDED_PART, "a small first part per host");
         assert_eq!(parts[3].len, MIN_GUIDED_PART);
@@ -536,22 +531,10 @@ mod tests {
 
     #[test]
     fn plan_picks_by_strategy() {
-        let p = Plan::new(
-            100,
-            4,
-            Strategy::Equal,
-            None,
-            crate::send::plan::MIN_GUIDED_PART,
-        );
+        let p = Plan::new(100, 4, Strategy::Equal, None, MIN_GUIDED_PART);
         assert_eq!(p.parts.len(), 4);
         assert_eq!(p.owners, [0, 1, 2, 3]);
-        let p = Plan::new(
-            100,
-            4,
-            Strategy::Adaptive,
-            Some(30),
-            crate::send::plan::MIN_GUIDED_PART,
-        );
+        let p = Plan::new(100, 4, Strategy::Adaptive, Some(30), MIN_GUIDED_PART);
         assert_eq!(p.parts.len(), 4);
         assert_eq!(p.parts[3].len, 10);
         assert!(p.describe(&["local".into()]).contains("4 part(s)"));

@@ -302,6 +302,17 @@ mod tests {
         )
     }
 
+    /// An adaptive plan of `mib` parts of 1 MiB, for `hosts` hosts.
+    fn mib_parts(mib: u64, hosts: usize) -> Plan {
+        Plan::new(
+            mib << 20,
+            hosts,
+            Strategy::Adaptive,
+            Some(1 << 20),
+            crate::send::plan::MIN_GUIDED_PART,
+        )
+    }
+
     #[test]
     fn adaptive_hands_out_in_order_then_finishes() {
         let s = Scheduler::new(
@@ -374,13 +385,7 @@ mod tests {
 
     #[test]
     fn a_slow_host_takes_the_next_part_and_counts_what_it_holds_at_the_end() {
-        let plan = Plan::new(
-            40 << 20,
-            3,
-            Strategy::Adaptive,
-            Some(1 << 20),
-            crate::send::plan::MIN_GUIDED_PART,
-        );
+        let plan = mib_parts(40, 3);
         let s = Scheduler::new(&plan, 3, &ALL[..3], &Default::default());
         for (host, secs) in [(0, 0.1), (1, 0.1), (2, 0.5)] {
             let Next::Part(p) = s.next(host) else {
@@ -419,13 +424,7 @@ mod tests {
 
     #[test]
     fn at_the_end_a_slow_host_leaves_the_last_part_to_a_fast_one() {
-        let plan = Plan::new(
-            4 << 20,
-            2,
-            Strategy::Adaptive,
-            Some(1 << 20),
-            crate::send::plan::MIN_GUIDED_PART,
-        );
+        let plan = mib_parts(4, 2);
         let s = Scheduler::new(&plan, 2, &ALL[..2], &Default::default());
         for (host, secs) in [(0, 0.1), (1, 2.0)] {
             let Next::Part(p) = s.next(host) else {
